@@ -1,0 +1,243 @@
+"""The surface file: loss/accuracy (or Hessian eigenvalues) over a 1D or 2D grid.
+
+This module is the one place that reads and writes surface files; plot_surface.py,
+plot_hessian_eigen.py and every plotting script go through it.
+
+Layout (``format_version`` 2, written by this toolkit)
+------------------------------------------------------
+``xcoordinates``  (nx,)    float64, the x grid
+``ycoordinates``  (ny,)    float64, the y grid (2D surfaces only)
+``<metric>``      (nx,) or (nx, ny) float64, ``[i, j]`` = value at (x_i, y_j);
+                  NaN where the point has not been computed yet
+``done``          same shape, uint8: 1 where the point was computed. A computed value
+                  may be anything (0, negative, NaN, inf); only ``done`` says what is done.
+attributes        ``format`` = "loss-landscape-surface", ``format_version`` = 2,
+                  ``layout`` = "[i,j]=(x_i,y_j)", ``dir_file`` (path of the direction file,
+                  as in the original), ``metrics`` (JSON list), ``settings`` (JSON object:
+                  everything that defines the surface; a resume must match it exactly).
+
+Files written by the original loss-landscape code (no ``format_version``) are read
+too: their 2D arrays are declared (nx, ny) but filled in ``np.meshgrid(x, y)`` order,
+so the real layout is ``data.ravel().reshape(ny, nx)`` with ``[j, i]`` = (x_i, y_j),
+and -1 marks "not computed". ``read_surface`` returns them in our orientation.
+"""
+import json
+import os
+
+import h5py
+import numpy as np
+
+from errors import UserError
+
+FORMAT = "loss-landscape-surface"
+FORMAT_VERSION = 2
+LAYOUT = "[i,j]=(x_i,y_j)"
+COORD_NAMES = ("xcoordinates", "ycoordinates")
+NON_METRICS = set(COORD_NAMES) | {"done"}
+
+
+def _open_h5(path):
+    if not os.path.exists(path):
+        raise UserError(f"surface file not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise UserError(f"cannot read {path} as an HDF5 surface file ({e}); "
+                        "is it complete and not a different kind of file?")
+
+
+class Surface:
+    """A surface read from disk, in [i, j] = (x_i, y_j) orientation whatever the source."""
+
+    def __init__(self, path, x, y, values, done, attrs, original):
+        self.path = path
+        self.x = x
+        self.y = y
+        self.values = values          # name -> array, NaN where not done
+        self.done = done              # bool array, shape (nx,) or (nx, ny)
+        self.attrs = attrs
+        self.original = original      # True for files written by the original code
+
+    @property
+    def ndim(self):
+        return 1 if self.y is None else 2
+
+    @property
+    def shape(self):
+        return self.done.shape
+
+    @property
+    def settings(self):
+        return self.attrs.get("settings", {})
+
+    @property
+    def n_done(self):
+        return int(self.done.sum())
+
+    @property
+    def n_total(self):
+        return int(self.done.size)
+
+    @property
+    def complete(self):
+        return self.n_done == self.n_total
+
+    def names(self):
+        """Stored quantities plus the ones derived from them."""
+        names = list(self.values)
+        for split in ("train", "test"):
+            if f"{split}_acc" in self.values:
+                names.append(f"{split}_err")
+        if "max_eig" in self.values and "min_eig" in self.values:
+            names.append("eig_ratio")
+        return names
+
+    def get(self, name):
+        """Values of a stored or derived quantity (train_err = 100 - train_acc, ...)."""
+        if name in self.values:
+            return self.values[name]
+        if name.endswith("_err") and name[:-4] + "_acc" in self.values:
+            return 100.0 - self.values[name[:-4] + "_acc"]
+        if name == "eig_ratio" and "max_eig" in self.values and "min_eig" in self.values:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.abs(self.values["min_eig"] / self.values["max_eig"])
+        raise UserError(f"unknown --surf_name '{name}' in {self.path}; "
+                        f"available: {', '.join(self.names()) or '(none)'}")
+
+
+def read_surface(path):
+    """Read a surface file written by this toolkit or by the original code."""
+    with _open_h5(path) as f:
+        if "xcoordinates" not in f:
+            raise UserError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        if "settings" in attrs and isinstance(attrs["settings"], str):
+            attrs["settings"] = json.loads(attrs["settings"])
+        x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
+        y = np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1) if "ycoordinates" in f else None
+        shape = (len(x),) if y is None else (len(x), len(y))
+        names = [k for k in f.keys() if k not in NON_METRICS and isinstance(f[k], h5py.Dataset)]
+        raw = {k: np.asarray(f[k][()], dtype=np.float64) for k in names
+               if f[k].size == int(np.prod(shape))}
+        original = "format_version" not in f.attrs
+        if original:
+            values = {k: (v.ravel().reshape(shape[::-1]).T if y is not None else v.reshape(shape))
+                      for k, v in raw.items()}
+            ref = next((values[k] for k in ("train_loss", "test_loss", "max_eig") if k in values),
+                       next(iter(values.values()), None))
+            done = np.zeros(shape, bool) if ref is None else (ref != -1)
+            for k in values:
+                values[k] = np.where(done, values[k], np.nan)
+        else:
+            if attrs.get("format_version", 0) > FORMAT_VERSION:
+                raise UserError(f"{path} has format_version {attrs['format_version']}, newer than "
+                                f"this toolkit reads ({FORMAT_VERSION}); update the toolkit")
+            done = np.asarray(f["done"][()]).astype(bool).reshape(shape)
+            values = {k: v.reshape(shape) for k, v in raw.items()}
+    return Surface(path, x, y, values, done, attrs, original)
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def settings_diff(stored, wanted):
+    """Human-readable list of the settings that differ between two settings dicts."""
+    diffs = []
+    for k in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(k, "(absent)"), wanted.get(k, "(absent)")
+        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            diffs.append(f"{k}: file has {_short(a)}, this run has {_short(b)}")
+    return diffs
+
+
+def _short(v):
+    s = json.dumps(v) if not isinstance(v, str) else v
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+class SurfaceWriter:
+    """Rank 0's copy of a surface being computed.
+
+    Opens an existing file to resume it (only if its settings equal ``settings``),
+    records results as they arrive, and saves atomically (temporary file, then
+    rename), so a kill at any moment leaves either the old or the new file, never a
+    broken one.
+    """
+
+    def __init__(self, path, x, y, metrics, settings, attrs=None, overwrite=False):
+        self.path = path
+        self.x = np.asarray(x, dtype=np.float64)
+        self.y = None if y is None else np.asarray(y, dtype=np.float64)
+        self.metrics = list(metrics)
+        self.settings = json.loads(json.dumps(settings))
+        self.attrs = dict(attrs or {})
+        self.shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
+        self.resumed = False
+        if os.path.exists(path) and not overwrite:
+            self._resume()
+        else:
+            self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
+            self.done = np.zeros(self.shape, dtype=bool)
+        self.dirty = True
+
+    def _resume(self):
+        old = read_surface(self.path)
+        if old.original:
+            raise UserError(f"{self.path} was written by the original loss-landscape code and "
+                            "cannot be resumed; pass --overwrite to recompute it or --surf_file "
+                            "to write elsewhere")
+        diffs = settings_diff(old.settings, self.settings)
+        if diffs:
+            raise UserError(f"{self.path} was computed with different settings ("
+                            + "; ".join(diffs) + "); rerun with --overwrite to start fresh or "
+                            "choose another --surf_file")
+        if old.shape != self.shape or set(self.metrics) - set(old.values):
+            raise UserError(f"{self.path} does not hold the grid/metrics of this run; "
+                            "rerun with --overwrite or choose another --surf_file")
+        self.values = {m: old.values[m].copy() for m in self.metrics}
+        self.done = old.done.copy()
+        self.resumed = True
+
+    @property
+    def n_done(self):
+        return int(self.done.sum())
+
+    def todo(self):
+        """Flat (C-order) indices of the points still to compute."""
+        return np.flatnonzero(~self.done.reshape(-1))
+
+    def record(self, indices, values):
+        """Store results: ``values[metric]`` holds one value per flat index."""
+        indices = np.asarray(indices, dtype=np.int64)
+        for m in self.metrics:
+            self.values[m].reshape(-1)[indices] = np.asarray(values[m], dtype=np.float64)
+        self.done.reshape(-1)[indices] = True
+        self.dirty = True
+
+    def save(self):
+        if not self.dirty:
+            return
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["layout"] = LAYOUT
+            f.attrs["metrics"] = json.dumps(self.metrics)
+            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
+            for k, v in self.attrs.items():
+                f.attrs[k] = v
+            f["xcoordinates"] = self.x
+            if self.y is not None:
+                f["ycoordinates"] = self.y
+            for m in self.metrics:
+                f[m] = self.values[m]
+            f["done"] = self.done.astype(np.uint8)
+        os.replace(tmp, self.path)
+        self.dirty = False

@@ -1,0 +1,72 @@
+"""Shared test fixtures: the repository root on sys.path, a CIFAR-10-format data
+folder written in exactly the python-pickle batch format, and helpers to run the
+scripts as a user would (a real subprocess, from the repository root)."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPAT = os.path.join(os.path.dirname(REPO), "shared", "compat")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def write_cifar_batches(root, n_train=300, n_test=100, seed=0):
+    """Write cifar-10-batches-py/{data_batch_1..5,test_batch} with random images.
+
+    Same format as the real files: pickled dicts with b'data' (N, 3072) uint8 in
+    channel-major order and b'labels' a list of ints.
+    """
+    rng = np.random.default_rng(seed)
+    d = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(d, exist_ok=True)
+    per = [n_train // 5 + (1 if i < n_train % 5 else 0) for i in range(5)]
+    for i, n in enumerate(per):
+        _dump(os.path.join(d, f"data_batch_{i + 1}"), rng, n, f"training batch {i + 1} of 5")
+    _dump(os.path.join(d, "test_batch"), rng, n_test, "testing batch 1 of 1")
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer",
+                                      b"dog", b"frog", b"horse", b"ship", b"truck"],
+                     b"num_cases_per_batch": per[0], b"num_vis": 3072}, f)
+    return root
+
+
+def _dump(path, rng, n, label):
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n).tolist()
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": label.encode(), b"labels": labels, b"data": data,
+                     b"filenames": [f"img_{k}.png".encode() for k in range(n)]}, f, protocol=2)
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory):
+    """A folder holding cifar-10-batches-py/ with 300 train and 100 test images."""
+    return write_cifar_batches(str(tmp_path_factory.mktemp("cifar")))
+
+
+def run_script(args, cwd=REPO, env=None, timeout=600, check=False):
+    """Run ``python <args...>`` as a user would; returns CompletedProcess (text)."""
+    e = dict(os.environ)
+    e.setdefault("OMP_NUM_THREADS", "1")
+    e["PYTHONUNBUFFERED"] = "1"
+    if env:
+        e.update(env)
+    p = subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=e,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def assert_one_line_error(p):
+    """A user error: non-zero exit, one 'error: ...' line, no traceback."""
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert lines and lines[-1].startswith("error: "), p.stderr
+    return lines[-1]
