@@ -7,6 +7,9 @@ checkpoint that does not fit) and wraps its ``main`` in ``run_main``, which prin
 import sys
 
 
+QUIET = False  # set on MPI ranks other than 0, so that a shared error prints once
+
+
 class UserError(Exception):
     """A problem with the user's input; the message says what to do."""
 
@@ -16,5 +19,6 @@ def run_main(main, argv=None):
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if not QUIET:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,0 +1,128 @@
+"""MPI set-up and rank placement.
+
+``setup(use_mpi)`` returns the MPI communicator, or None for a single process. It
+refuses to run under ``mpiexec``/``srun`` without ``--mpi`` (every process would
+compute the whole surface and race on one file) and gives a clear error when
+``--mpi`` is asked for but mpi4py or an MPI library is missing. Any uncaught
+exception in a rank aborts the whole job, so a failing rank never leaves the others
+hanging.
+
+``local_rank`` is the rank among the processes of the same node: from SLURM, MPICH,
+Open MPI or, failing those, a shared-memory split of the communicator; ``--cuda``
+uses GPU ``local_rank % device_count`` so that several ranks per node spread over the
+node's GPUs.
+"""
+import os
+import sys
+import threading
+import traceback
+
+import errors
+from errors import UserError
+
+SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
+             "SLURM_STEP_NUM_TASKS")
+LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
+                   "PMI_LOCAL_RANK", "SLURM_LOCALID")
+
+
+def launched_size():
+    """How many processes the launcher started (1 when not under a launcher)."""
+    for v in SIZE_VARS:
+        if os.environ.get(v, "").isdigit():
+            return int(os.environ[v])
+    return 1
+
+
+def setup(use_mpi):
+    """The world communicator for ``--mpi`` runs, else None (after checking the launch)."""
+    if not use_mpi:
+        n = launched_size()
+        if n > 1:
+            raise UserError(f"started as one of {n} MPI processes but without --mpi: each would "
+                            "compute the whole surface; add --mpi (or run a single process)")
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise UserError(f"--mpi needs mpi4py and an MPI library ({e}); install them with "
+                        "'pip install mpi4py mpich' or build mpi4py against your cluster's MPI")
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() != 0:
+        errors.QUIET = True
+    _abort_on_uncaught(comm)
+    return comm
+
+
+def _abort_on_uncaught(comm):
+    def hook(exc_type, exc, tb):
+        traceback.print_exception(exc_type, exc, tb)
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
+    threading.excepthook = lambda a: hook(a.exc_type, a.exc_value, a.exc_traceback)
+
+
+def rank(comm):
+    return 0 if comm is None else comm.Get_rank()
+
+
+def size(comm):
+    return 1 if comm is None else comm.Get_size()
+
+
+def local_rank_and_size(comm):
+    """(rank, size) among the processes of this node."""
+    if comm is None:
+        return 0, 1
+    from mpi4py import MPI
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    r, n = node.Get_rank(), node.Get_size()
+    node.Free()
+    for v in LOCAL_RANK_VARS:
+        if os.environ.get(v, "").isdigit():
+            r = int(os.environ[v])
+            break
+    return r, n
+
+
+def device_for(comm, cuda):
+    """torch device of this rank: GPU local_rank % count with --cuda, else the CPU."""
+    import torch
+    if not cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--cuda was given but PyTorch sees no CUDA GPU; drop --cuda to run on the CPU")
+    lr, _ = local_rank_and_size(comm)
+    return torch.device("cuda", lr % torch.cuda.device_count())
+
+
+def default_threads(comm):
+    """CPU threads per rank: the node's cores shared among its ranks."""
+    _, n = local_rank_and_size(comm)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (os.cpu_count() or cores) // n) if n > 1 else max(1, cores)
+
+
+def barrier(comm):
+    if comm is not None:
+        comm.Barrier()
+
+
+def bcast(comm, obj):
+    return obj if comm is None else comm.bcast(obj, root=0)
+
+
+def check_all(comm, fn):
+    """Run ``fn`` on rank 0 only; a UserError there is raised on every rank."""
+    result, err = None, None
+    if rank(comm) == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            err = str(e)
+    err = bcast(comm, err)
+    if err is not None:
+        raise UserError(err)
+    return result
