@@ -1,0 +1,264 @@
+"""Plot 2D surfaces: labelled contours, filled contours, a heat map and a 3D surface
+of one quantity; the optimization path projected onto PCA directions; Hessian
+eigenvalue maps.
+
+    python plot_2D.py --surf_file surf.h5 --surf_name train_loss [--vmin 0.1 --vmax 10 --vlevel 0.5]
+    python plot_2D.py --surf_file surf.h5 --proj_file proj.h5 --dir_file pca_dirs.h5
+
+Figures (``<surface file>_<surf_name>_<kind>.<format>``, naming in plot_common):
+``2dcontour``, ``2dcontourf``, ``2dheat``, ``3dsurface``; with --proj_file
+``<projection file>_<surf_name>_2dcontour_proj`` (or ``<projection file>_trajectory``
+without a surface); files holding max_eig/min_eig add ``max_eig_2dheat``,
+``min_eig_2dheat`` and ``eig_ratio_2dheat`` (|min_eig/max_eig|).
+"""
+import argparse
+import os
+
+import h5py
+import numpy as np
+
+from errors import UserError, run_main
+from plot_common import (Plots, add_output_args, describe, existing_file, finish,
+                         html_surface, load_surface, optional_float, output_base, pyplot,
+                         quantity_label, save_figure, write_html)
+
+CMAP = "viridis"
+MAX_LEVELS = 500
+
+
+def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None, show=False,
+                    log=False, zlim=None, proj_file=None, dir_file=None, out_dir=None,
+                    formats=("pdf",), html=False):
+    """All 2D figures of one quantity of a surface file; returns Plots (figures, files)."""
+    surf = load_surface(surf_file, ndim=2)
+    name = surf_name or ("train_loss" if "train_loss" in surf.values else surf.names()[0])
+    Z = surf.get(name)
+    levels, norm = contour_levels(Z, vmin, vmax, vlevel, log)
+    plt = pyplot(show)
+    plots = Plots()
+    base = lambda what: output_base(surf_file, f"{name}_{what}", out_dir)
+    title = f"{quantity_label(name)}{' (log scale)' if log else ''}\n{describe(surf)}"
+    X, Y = np.meshgrid(surf.x, surf.y, indexing="ij")      # [i, j] = (x_i, y_j), as Z
+    Zm = np.ma.masked_invalid(Z)
+
+    # labelled contours
+    fig, ax = plt.subplots()
+    cs = ax.contour(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP)
+    ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
+    decorate(fig, ax, cs, title, name)
+    save_figure(fig, base("2dcontour"), formats, plots, "2dcontour", show)
+
+    # filled contours
+    fig, ax = plt.subplots()
+    cs = ax.contourf(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP, extend="both")
+    decorate(fig, ax, cs, title, name)
+    save_figure(fig, base("2dcontourf"), formats, plots, "2dcontourf", show)
+
+    # heat map
+    fig, ax = plt.subplots()
+    mesh = heat_map(ax, surf.x, surf.y, Z, norm)
+    decorate(fig, ax, mesh, title, name)
+    save_figure(fig, base("2dheat"), formats, plots, "2dheat", show)
+
+    # 3D surface
+    fig = plt.figure(figsize=(7, 5.5))
+    ax = fig.add_subplot(projection="3d")
+    Zs = Z if zlim is None else np.minimum(Z, zlim)            # clip to --zlim, NaN stays
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Zs = np.where(Zs > 0, np.log10(Zs), np.nan)
+    lo, hi = (np.log10(norm.vmin), np.log10(norm.vmax)) if log else (norm.vmin, norm.vmax)
+    surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=lo, vmax=hi,
+                              rcount=min(len(surf.x), 150), ccount=min(len(surf.y), 150),
+                              linewidth=0, antialiased=False)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel(f"log10({name})" if log else name)
+    if zlim is not None:
+        ax.set_zlim(top=np.log10(zlim) if log else zlim)
+    ax.set_title(title, fontsize="medium")
+    fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.12,
+                 label=f"log10({name})" if log else name)
+    save_figure(fig, base("3dsurface"), formats, plots, "3dsurface", show)
+
+    # the optimization path on the contours
+    if proj_file:
+        fig, ax = plt.subplots()
+        cs = ax.contour(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP)
+        ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
+        draw_trajectory(ax, proj_file, dir_file)
+        ax.set_title(title, fontsize="medium")
+        colorbar(fig, ax, cs, name)
+        save_figure(fig, output_base(proj_file, f"{name}_2dcontour_proj", out_dir), formats,
+                    plots, "2dcontour_proj", show)
+
+    # Hessian eigenvalue maps
+    if "eig_ratio" in surf.names():
+        for eig in ("max_eig", "min_eig", "eig_ratio"):
+            if eig != name:
+                fig, ax = plt.subplots()
+                values = surf.get(eig)
+                mesh = heat_map(ax, surf.x, surf.y, values, None)
+                decorate(fig, ax, mesh, f"{quantity_label(eig)}\n{describe(surf)}", eig)
+                save_figure(fig, output_base(surf_file, f"{eig}_2dheat", out_dir), formats,
+                            plots, f"{eig}_2dheat", show)
+
+    if html:
+        write_html(html_surface(surf.x, surf.y, Z, name, title), base("interactive"), plots)
+    return finish(plots, show)
+
+
+def contour_levels(Z, vmin=None, vmax=None, vlevel=None, log=False):
+    """Contour levels and colour normalization. Levels run from vmin to vmax
+    *inclusive* every vlevel (``np.arange(vmin, vmax + vlevel/2, vlevel)``); unset
+    values come from the data (about 20 levels at a round step). With ``log`` the
+    levels are even in log10(value): vmin/vmax are values, vlevel is in decades."""
+    from matplotlib.colors import LogNorm, Normalize
+    if vlevel is not None and vlevel <= 0:
+        raise UserError(f"--vlevel must be positive, got {vlevel}")
+    data = Z[np.isfinite(Z)]
+    if log:
+        if (vmin is not None and vmin <= 0) or (vmax is not None and vmax <= 0):
+            raise UserError("--log needs --vmin and --vmax above 0")
+        data = np.log10(data[data > 0])
+        if not data.size:
+            raise UserError("--log: the surface has no values above 0 to plot")
+    elif not data.size:
+        raise UserError("the surface has no finite values to plot")
+    to_axis = np.log10 if log else float
+    lo = to_axis(vmin) if vmin is not None else None
+    hi = to_axis(vmax) if vmax is not None else None
+    if lo is not None and hi is not None and not lo < hi:
+        raise UserError(f"--vmin ({vmin}) must be below --vmax ({vmax})")
+    d_lo = data.min() if lo is None else lo
+    d_hi = data.max() if hi is None else hi
+    if not d_hi > d_lo:
+        d_hi = d_lo + 1.0
+    step = vlevel if vlevel is not None else round_step((d_hi - d_lo) / 20)
+    lo = np.floor(d_lo / step) * step if lo is None else lo
+    hi = np.ceil(d_hi / step - 1e-9) * step if hi is None else hi
+    if (hi - lo) / step > MAX_LEVELS:
+        raise UserError(f"--vlevel {step:g} gives more than {MAX_LEVELS} contour levels "
+                        f"between {lo:g} and {hi:g}; use a larger --vlevel")
+    levels = np.arange(lo, hi + step / 2, step)
+    if len(levels) < 2:
+        raise UserError(f"--vlevel {step:g} leaves fewer than 2 contour levels between "
+                        f"--vmin and --vmax; use a smaller --vlevel")
+    if log:
+        return 10.0 ** levels, LogNorm(10.0 ** levels[0], 10.0 ** levels[-1])
+    return levels, Normalize(levels[0], levels[-1])
+
+
+def round_step(raw):
+    """The smallest 1, 2 or 5 times a power of ten that is >= raw."""
+    power = 10.0 ** np.floor(np.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def heat_map(ax, x, y, Z, norm):
+    """Cells centred on the grid points, x across and y up (Z.T: rows are y)."""
+    return ax.pcolormesh(x, y, np.ma.masked_invalid(Z).T, shading="nearest", cmap=CMAP,
+                         norm=norm, rasterized=True)
+
+
+def decorate(fig, ax, mappable, title, name):
+    ax.set_xlabel("x", fontsize="large")
+    ax.set_ylabel("y", fontsize="large")
+    ax.set_title(title, fontsize="medium")
+    colorbar(fig, ax, mappable, name)
+
+
+def colorbar(fig, ax, mappable, label, **kw):
+    """A colour bar; on a log scale ticked at 1, 2, 5 x 10^k with plain numbers."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    cb = fig.colorbar(mappable, ax=ax, label=label, **kw)
+    if isinstance(mappable.norm, LogNorm):
+        cb.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        cb.ax.yaxis.set_minor_locator(NullLocator())
+    return cb
+
+
+# ---------------------------------------------------------------- trajectories
+
+def draw_trajectory(ax, proj_file, dir_file=None):
+    """The projected path (proj_xcoord, proj_ycoord) with markers, its start, the final
+    model at (0, 0), and PCA axis labels from dir_file's explained_variance_ratio_."""
+    with open_h5(proj_file, "projection file") as f:
+        missing = {"proj_xcoord", "proj_ycoord"} - set(f.keys())
+        if missing:
+            raise UserError(f"{proj_file} is not a projection file (no {', '.join(sorted(missing))}); "
+                            "make it with plot_trajectory.py")
+        px, py = np.asarray(f["proj_xcoord"][()]), np.asarray(f["proj_ycoord"][()])
+    ax.plot(px, py, marker=".", color="tab:red", linewidth=1, markersize=4, label="path")
+    ax.plot(px[:1], py[:1], "o", color="tab:red", markersize=6, label="start")
+    ax.plot([0], [0], "*", color="k", markersize=12, label="final model")
+    ax.legend(fontsize="small", loc="best")
+    xlabel, ylabel = "x", "y"
+    if dir_file:
+        with open_h5(dir_file, "direction file") as f:
+            if "explained_variance_ratio_" in f:
+                ratio = np.asarray(f["explained_variance_ratio_"][()]).ravel()
+                xlabel = f"1st PC: {ratio[0] * 100:.2f} %"
+                ylabel = f"2nd PC: {ratio[1] * 100:.2f} %" if ratio.size > 1 else "y"
+    ax.set_xlabel(xlabel, fontsize="x-large")
+    ax.set_ylabel(ylabel, fontsize="x-large")
+
+
+def open_h5(path, what):
+    existing_file(path, what)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path} as HDF5 ({e})")
+
+
+def plot_trajectory(proj_file, dir_file=None, show=False, out_dir=None, formats=("pdf",)):
+    """The projected optimization path alone (no surface)."""
+    plt = pyplot(show)
+    plots = Plots()
+    fig, ax = plt.subplots()
+    draw_trajectory(ax, proj_file, dir_file)
+    ax.set_title(f"optimization path: {os.path.basename(proj_file)}", fontsize="medium")
+    save_figure(fig, output_base(proj_file, "trajectory", out_dir), formats, plots,
+                "trajectory", show)
+    return finish(plots, show)
+
+
+# ---------------------------------------------------------------- command line
+
+parser = argparse.ArgumentParser(description="Plot 2D loss surfaces and trajectories")
+parser.add_argument("--surf_file", "-f", default="", help="the surface file (.h5)")
+parser.add_argument("--dir_file", default="", help="the direction file (PCA axis labels)")
+parser.add_argument("--proj_file", default="", help="the projected trajectory file (.h5)")
+parser.add_argument("--surf_name", default=None,
+                    help="quantity to plot: train_loss (default), test_loss, train_acc, "
+                         "test_acc, train_err, test_err, max_eig, min_eig, eig_ratio, ...")
+parser.add_argument("--vmin", type=optional_float, default=None,
+                    help="lowest contour level / colour (default: data minimum)")
+parser.add_argument("--vmax", type=optional_float, default=None,
+                    help="highest contour level / colour, included (default: data maximum)")
+parser.add_argument("--vlevel", type=optional_float, default=None,
+                    help="contour spacing (decades with --log; default: about 20 levels)")
+parser.add_argument("--zlim", type=optional_float, default=None,
+                    help="clip the 3D surface at this value (default: no clipping)")
+parser.add_argument("--log", action="store_true", help="log colour scale and contour levels")
+add_output_args(parser)
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    opts = dict(show=args.show, out_dir=args.out_dir, formats=args.format)
+    if args.surf_file:
+        plot_2d_contour(args.surf_file, args.surf_name, args.vmin, args.vmax, args.vlevel,
+                        log=args.log, zlim=args.zlim, proj_file=args.proj_file,
+                        dir_file=args.dir_file, html=args.html, **opts)
+    elif args.proj_file:
+        plot_trajectory(args.proj_file, args.dir_file, **opts)
+    else:
+        raise UserError("nothing to plot; give --surf_file (and/or --proj_file --dir_file)")
+
+
+if __name__ == "__main__":
+    run_main(main)
