@@ -25,8 +25,7 @@ from plot_common import (Plots, add_output_args, describe, finish, html_curves,
                          write_html)
 
 CHECKPOINT = re.compile(r"\.(t7|pth?|ckpt)(?![A-Za-z0-9])")
-LABEL_KEYS = ("model", "model_file", "model_file2", "seed", "idx", "dataset", "dir_type",
-              "xnorm", "xignore")
+LABEL_KEYS = ("model", "model_file", "model_file2", "dataset", "dir_type", "xnorm", "xignore")
 
 
 def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False, show=False,
@@ -248,13 +247,17 @@ def curve_labels(surfs, labels=None):
     settings = [s.settings for s in surfs]
     if all(settings):
         keys = set().union(*settings)
-        differ = [k for k in keys
-                  if len({json.dumps(st.get(k), sort_keys=True) for st in settings}) > 1]
+        differ = [k for k in keys if not k.endswith("_hash")
+                  and len({json.dumps(st.get(k), sort_keys=True) for st in settings}) > 1]
         differ.sort(key=lambda k: (LABEL_KEYS.index(k) if k in LABEL_KEYS else len(LABEL_KEYS), k))
         if differ:
             columns = [distinguishing([str(st.get(k)) for st in settings]) for k in differ[:2]]
             return [", ".join(f"{k}={col[i]}" for k, col in zip(differ, columns))
                     for i in range(len(surfs))]
+    # same settings but other directions (--idx, --seed): the direction file names differ
+    dir_files = [os.path.basename(str(s.attrs.get("dir_file") or "")) for s in surfs]
+    if all(dir_files) and len(set(dir_files)) == len(surfs):
+        return distinguishing(dir_files)
     return distinguishing([os.path.basename(s.path) for s in surfs])
 
 

@@ -46,7 +46,7 @@ def load_surface(path, ndim):
         raise UserError(f"{path} has no computed points yet; run plot_surface.py on it first")
     if not surf.complete:
         print(f"warning: {path}: {surf.n_total - surf.n_done} of {surf.n_total} points not "
-              f"computed yet; plotting the {surf.n_done} that are", file=sys.stderr, flush=True)
+              f"computed yet; using the {surf.n_done} that are", file=sys.stderr, flush=True)
     return surf
 
 
