@@ -1,0 +1,332 @@
+"""Optimization trajectories: the PCA directions of a training run, and the path of
+its checkpoints projected onto them (or onto any 2D direction file).
+
+    python projection.py --model digits_cnn --model_folder RUN --max_epoch 20 --ignore biasbn
+    python projection.py --model resnet56 --model_files 'RUN/model_*.t7'
+    python projection.py --model resnet56 --model_folder RUN --dir_file D.h5   # no PCA
+
+Checkpoints: ``<model_folder>/<prefix><epoch><suffix>`` for epoch = start_epoch,
+start_epoch + save_epoch, ..., max_epoch (the original's flags), or ``--model_files``
+(paths or glob patterns; each pattern's matches in natural order, i.e. model_2 before
+model_10). The final model θ_f is the last checkpoint (``max_epoch``).
+
+PCA (as the original, which used scikit-learn's PCA on the same matrix): the rows are
+θ_e − θ_f for every checkpoint, flattened over the entries of ``--dir_type`` (weights:
+the parameters; states: the state_dict, BatchNorm running statistics included; integer
+buffers such as ``num_batches_tracked`` are left out), with entries of <= 1 dimension
+zeroed by ``--ignore biasbn``. The rows are centred and the two leading right singular
+vectors are the directions: unit vectors, orthogonal, each signed so that its entry of
+largest magnitude is positive (scikit-learn's convention). Everything is computed in
+float64 whatever the parameters' dtypes, from a Gram matrix of the checkpoints
+(checkpoints × checkpoints), built block by block, so memory stays near the size of the
+checkpoints themselves. The direction file has our usual layout (``net_plotter``) plus
+``explained_variance_ratio_``, ``singular_values_`` and ``explained_variance_`` at its
+root (the original's names and meanings); default path, as the original:
+``<model_folder>/PCA_<dir_type>[_ignore=<ignore>]_save_epoch=<k>/directions.h5``.
+
+Projection: the coordinates (x, y) of checkpoint e are those of the point
+θ_f + x·dx + y·dy closest to θ_e (least squares), i.e. the coordinates plot_surface.py
+uses for the same direction file. For orthonormal directions such as the PCA ones this
+is exactly the original's x = (θ_e − θ_f)·dx / |dx| ("cos"). The final model is at
+(0, 0). The projection file (default ``<dir_file>_proj_cos.h5``, or ``_proj_lstsq.h5``
+for directions that are not orthonormal) holds ``proj_xcoord`` and ``proj_ycoord`` (the
+original's names), ``epochs`` and ``model_files``; a suggested ``--x/--y`` range for
+plot_surface.py, covering the path with a margin, is printed and stored as attributes.
+
+Existing output files are reused only if they were made from the same checkpoints and
+settings; otherwise the run stops (``--overwrite`` replaces them). A ``--dir_file``
+given by the user is only read.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+
+import h5py
+import numpy as np
+import torch
+
+import model_loader
+import net_plotter
+from errors import UserError, run_main
+
+BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
+
+
+def build_parser(description=None):
+    p = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
+    p.add_argument("--model", default="digits_cnn", help="zoo name or package.module:factory")
+    p.add_argument("--dataset", default="", help="ignored (accepted for the original's command lines)")
+    p.add_argument("--model_folder", default="", help="folder of the checkpoints of one training run")
+    p.add_argument("--prefix", default="model_", help="checkpoint file name before the epoch")
+    p.add_argument("--suffix", default=".t7", help="checkpoint file name after the epoch")
+    p.add_argument("--start_epoch", default=0, type=int, help="first epoch")
+    p.add_argument("--max_epoch", default=300, type=int, help="last epoch (the final model)")
+    p.add_argument("--save_epoch", default=1, type=int, help="epochs between checkpoints")
+    p.add_argument("--model_files", nargs="+", default=None,
+                   help="checkpoint files or glob patterns instead of the folder flags; the last is the final model")
+    p.add_argument("--dir_type", default="weights", help="weights (parameters) or states (state_dict)")
+    p.add_argument("--ignore", default="", help="'biasbn': leave out entries with <= 1 dimension")
+    p.add_argument("--dir_file", default="", help="project onto this existing 2D direction file instead of PCA")
+    p.add_argument("--pca_file", default="", help="where to write the PCA directions (default: the original's path)")
+    p.add_argument("--proj_file", default="", help="where to write the projection (default: <dir_file>_proj_cos.h5)")
+    p.add_argument("--margin", default=0.1, type=float, help="margin of the suggested range, a fraction of the span")
+    p.add_argument("--overwrite", action="store_true", help="replace output files made with other settings")
+    p.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of trusted checkpoint files")
+    return p
+
+
+def check_args(args):
+    if args.dir_type not in ("weights", "states"):
+        raise UserError(f"unknown --dir_type '{args.dir_type}'; use weights or states")
+    if args.ignore not in ("", "biasbn"):
+        raise UserError(f"unknown --ignore '{args.ignore}'; use biasbn or leave it out")
+    if args.save_epoch < 1:
+        raise UserError("--save_epoch must be >= 1")
+    if args.margin < 0:
+        raise UserError("--margin must be >= 0")
+    if args.dir_file and not os.path.isfile(args.dir_file):
+        raise UserError(f"--dir_file {args.dir_file} not found; leave it out to compute PCA directions")
+
+
+# ----------------------------------------------------------------- checkpoints
+def _natural_key(path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def checkpoint_files(args):
+    """(files, epochs): the checkpoints in trajectory order; the last is the final model."""
+    if args.model_files:
+        files = []
+        for pattern in args.model_files:
+            if glob.has_magic(pattern):
+                hits = sorted(glob.glob(pattern), key=_natural_key)
+                if not hits:
+                    raise UserError(f"--model_files: no file matches {pattern}")
+                files += hits
+            elif not os.path.isfile(pattern):
+                raise UserError(f"--model_files: checkpoint not found: {pattern}")
+            else:
+                files.append(pattern)
+        epochs = [_epoch_of(f, i) for i, f in enumerate(files)]
+    else:
+        if not args.model_folder:
+            raise UserError("give --model_folder (with --prefix/--suffix/--start_epoch/--max_epoch/"
+                            "--save_epoch) or --model_files")
+        epochs = list(range(args.start_epoch, args.max_epoch + 1, args.save_epoch))
+        if not epochs or epochs[-1] != args.max_epoch:
+            epochs.append(args.max_epoch)
+        files = [os.path.join(args.model_folder, f"{args.prefix}{e}{args.suffix}") for e in epochs]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise UserError(f"{len(missing)} of {len(files)} checkpoints are missing, e.g. {missing[0]}; "
+                            "check --model_folder/--prefix/--suffix/--start_epoch/--max_epoch/"
+                            "--save_epoch, or list the files with --model_files")
+    if len(files) < 3:
+        raise UserError(f"a trajectory needs at least 3 checkpoints, got {len(files)}")
+    return files, epochs
+
+
+def _epoch_of(path, index):
+    """The last number in the file name (model_12.t7 -> 12), else the position."""
+    nums = re.findall(r"\d+", os.path.basename(path))
+    return int(nums[-1]) if nums else index
+
+
+def load_trajectory(args, files):
+    """(names, dims, shapes, rows): the float entries of every checkpoint, as stored."""
+    net = model_loader.build_model(args.model)
+    names, rows = None, []
+    for f in files:
+        model_loader.apply_state_dict(net, model_loader.load_state_dict(f, args.unsafe_load), f)
+        entries = [(n, w) for n, w in net_plotter.get_entries(net, args.dir_type) if w.is_floating_point()]
+        names = [n for n, _ in entries]
+        rows.append([w.detach().clone().reshape(-1) for _, w in entries])
+    shapes = [w.shape for _, w in entries]
+    return net, names, shapes, rows
+
+
+def differences(rows, keep):
+    """Yield (entry index, column slice, D): D = θ_e − θ_f in float64, (checkpoints × columns),
+    for the kept entries, in blocks of at most BLOCK elements."""
+    final = rows[-1]
+    step = max(1, BLOCK // len(rows))
+    for j, k in enumerate(keep):
+        if not k:
+            continue
+        for lo in range(0, final[j].numel(), step):
+            cols = slice(lo, lo + step)
+            base = final[j][cols].double()
+            yield j, cols, torch.stack([r[j][cols].double() - base for r in rows])
+
+
+# ------------------------------------------------------------------------- PCA
+def pca_directions(rows, keep, n_components=2):
+    """The leading principal directions of the centred rows θ_e − θ_f.
+
+    Returns (directions, stats): ``directions[c][j]`` is the float64 vector of entry j in
+    component c (zeros for entries not kept); ``stats`` holds scikit-learn's
+    ``explained_variance_ratio_``, ``singular_values_`` and ``explained_variance_``.
+    """
+    m = len(rows)
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    for _, _, d in differences(rows, keep):
+        d = d - d.mean(dim=0)
+        gram += d @ d.T
+    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    s = evals.sqrt()
+    if s[0] == 0:
+        raise UserError("all checkpoints are identical (after --ignore): there is no trajectory")
+    if s[n_components - 1] <= 1e-10 * s[0]:
+        raise UserError("the checkpoints lie on a line (one principal direction only); a 2D "
+                        "projection needs a trajectory that spans a plane")
+    coef = (evecs[:, :n_components] / s[:n_components]).T  # (components × checkpoints)
+    dirs = [[torch.zeros(r.numel(), dtype=torch.float64) for r in rows[-1]] for _ in range(n_components)]
+    for j, cols, d in differences(rows, keep):
+        comp = coef @ (d - d.mean(dim=0))
+        for c in range(n_components):
+            dirs[c][j][cols] = comp[c]
+    for c in range(n_components):  # sign: the entry of largest magnitude is positive
+        peak = max((v for v in dirs[c] if v.numel()), key=lambda v: v.abs().max())
+        if peak[peak.abs().argmax()] < 0:
+            dirs[c] = [-v for v in dirs[c]]
+    total = evals.sum()
+    stats = {"explained_variance_ratio_": (evals[:n_components] / total).numpy(),
+             "singular_values_": s[:n_components].numpy(),
+             "explained_variance_": (evals[:n_components] / (m - 1)).numpy()}
+    return dirs, stats
+
+
+# ------------------------------------------------------------------ projection
+def project(rows, xdir, ydir):
+    """(coords (checkpoints × 2), orthonormal): least-squares coordinates of θ_e − θ_f in
+    the plane of (xdir, ydir), float64; ``orthonormal`` says whether the directions are."""
+    dirs = (xdir, ydir)
+    gram = np.array([[sum(float(a @ b) for a, b in zip(u, v)) for v in dirs] for u in dirs])
+    if np.linalg.matrix_rank(gram, tol=1e-12 * max(gram.trace(), 1e-300)) < 2:
+        raise UserError("the two directions are parallel or zero; they do not span a plane")
+    final = rows[-1]
+    rhs = np.array([[sum(float((r[j].double() - final[j].double()) @ d[j]) for j in range(len(final)))
+                     for d in dirs] for r in rows])
+    coords = np.linalg.solve(gram, rhs.T).T
+    return coords, bool(np.allclose(gram, np.eye(2), atol=1e-6))
+
+
+def suggest_range(values, margin, num=51):
+    """'lo:hi:num' covering ``values`` and 0 with ``margin`` × span on each side,
+    rounded outwards to two significant digits of the span."""
+    lo, hi = min(float(np.min(values)), 0.0), max(float(np.max(values)), 0.0)
+    span = hi - lo
+    if span == 0:
+        return f"-1:1:{num}"
+    lo, hi = lo - margin * span, hi + margin * span
+    step = 10.0 ** (math.floor(math.log10(span)) - 1)
+    lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    digits = max(0, 1 - math.floor(math.log10(span)))
+    return f"{lo:.{digits}f}:{hi:.{digits}f}:{num}"
+
+
+# ----------------------------------------------------------------------- files
+def run_settings(args, files, epochs):
+    """What identifies a trajectory: stored in the output files, checked on reuse."""
+    return {"model": args.model, "dir_type": args.dir_type,
+            "checkpoints": [[os.path.basename(f), model_loader.file_hash(f)] for f in files],
+            "epochs": [int(e) for e in epochs]}
+
+
+def _check_existing(path, settings, overwrite, what):
+    """Refuse to replace ``path`` unless it was made with ``settings`` or --overwrite."""
+    if not os.path.exists(path) or overwrite:
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            stored = f.attrs.get("settings")
+    except OSError:
+        stored = None
+    if stored is None or json.loads(stored) != json.loads(json.dumps(settings)):
+        raise UserError(f"{what} {path} exists and was made from other checkpoints or settings; "
+                        "pass --overwrite to replace it or choose another path")
+
+
+def default_pca_file(args, files):
+    folder = args.model_folder or os.path.dirname(os.path.abspath(files[-1]))
+    name = f"PCA_{args.dir_type}" + (f"_ignore={args.ignore}" if args.ignore else "")
+    name += f"_save_epoch={args.save_epoch}" if not args.model_files else f"_{len(files)}files"
+    return os.path.join(folder, name, "directions.h5")
+
+
+def write_projection(path, coords, epochs, files, dir_file, method, settings, ranges):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f["proj_xcoord"] = coords[:, 0]
+        f["proj_ycoord"] = coords[:, 1]
+        f["epochs"] = np.asarray(epochs, dtype=np.int64)
+        f["model_files"] = np.array([os.path.basename(p) for p in files], dtype=h5py.string_dtype())
+        f.attrs["dir_file"] = dir_file
+        f.attrs["method"] = method
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        f.attrs["suggested_x"], f.attrs["suggested_y"] = ranges
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ main
+def run(args):
+    """PCA (unless --dir_file) and projection; returns (dir_file, proj_file)."""
+    check_args(args)
+    files, epochs = checkpoint_files(args)
+    print(f"loading {len(files)} checkpoints; final model: {files[-1]}", flush=True)
+    net, names, shapes, rows = load_trajectory(args, files)
+    base = run_settings(args, files, epochs)
+    if args.dir_file:
+        dir_file = args.dir_file
+        xdir, ydir = net_plotter.read_directions(dir_file, net, args.dir_type, need_y=True)
+        floats = [w.is_floating_point() for _, w in net_plotter.get_entries(net, args.dir_type)]
+        xdir, ydir = ([t.double().reshape(-1) for t, f in zip(d, floats) if f] for d in (xdir, ydir))
+    else:
+        dir_file = args.pca_file or default_pca_file(args, files)
+        settings = {**base, "kind": "pca", "ignore": args.ignore}
+        _check_existing(dir_file, settings, args.overwrite, "PCA direction file")
+        keep = [not (args.ignore == "biasbn" and len(s) <= 1) for s in shapes]
+        (xdir, ydir), stats = pca_directions(rows, keep)
+        write_pca_file(dir_file, net, args.dir_type, names, shapes, xdir, ydir, stats, settings)
+        ratio = stats["explained_variance_ratio_"]
+        print(f"PCA directions: {dir_file}\n  explained variance ratio: 1st PC {ratio[0]:.4f}, "
+              f"2nd PC {ratio[1]:.4f}", flush=True)
+    coords, orthonormal = project(rows, xdir, ydir)
+    method = "cos" if orthonormal else "lstsq"
+    proj_file = args.proj_file or f"{dir_file}_proj_{method}.h5"
+    settings = {**base, "dir_file": os.path.basename(dir_file), "method": method,
+                "directions_hash": net_plotter.directions_hash(xdir, ydir)}
+    _check_existing(proj_file, settings, args.overwrite, "projection file")
+    ranges = tuple(suggest_range(coords[:, c], args.margin) for c in range(2))
+    write_projection(proj_file, coords, epochs, files, dir_file, method, settings, ranges)
+    for f, (x, y) in zip(files, coords):
+        print(f"  {f}  ({x:.4f}, {y:.4f})")
+    print(f"projection: {proj_file}\nsuggested range for plot_surface.py: "
+          f"--x={ranges[0]} --y={ranges[1]} --dir_file {dir_file}", flush=True)
+    return dir_file, proj_file
+
+
+def write_pca_file(path, net, dir_type, names, shapes, xdir, ydir, stats, settings):
+    """Write PCA directions for every entry of ``dir_type`` (integer entries: zeros)."""
+    by_name = {n: (x.view(s), y.view(s)) for n, s, x, y in zip(names, shapes, xdir, ydir)}
+    entries = net_plotter.get_entries(net, dir_type)
+    full = [[by_name[n][c] if n in by_name else torch.zeros_like(w) for n, w in entries]
+            for c in range(2)]
+    net_plotter.write_directions(path, [n for n, _ in entries], full[0], full[1],
+                                 attrs={"dir_type": dir_type, "kind": "pca",
+                                        "settings": json.dumps(settings, sort_keys=True)},
+                                 extra=stats)
+
+
+def main(argv=None):
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    run_main(main)
