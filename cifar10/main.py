@@ -1,0 +1,305 @@
+"""Train a model of the zoo (or your own) on the digits data, CIFAR-10 or your own data.
+
+    python cifar10/main.py --dataset digits --model digits_cnn --epochs 20 --batch_size 32
+    python cifar10/main.py --dataset cifar10 --model resnet56 --cuda      # the original recipe
+
+Same flags, folder naming, checkpoints and learning-rate schedule as the original
+loss-landscape ``cifar10/main.py``: checkpoints go to
+``<--save>/<model>_<optimizer>_lr=<lr>_bs=<bs>_wd=<wd>_mom=<momentum>_save_epoch=<k>[...]/``
+as ``model_<epoch>.t7`` = {'acc', 'epoch', 'state_dict'} and ``opt_state_<epoch>.t7`` =
+{'optimizer'}, for epoch 0 (before training), epoch 1, every ``--save_epoch`` epochs and
+the last one; ``log.out`` gets one line per epoch. The data sit in memory as tensors and
+are batched, shuffled and augmented there (no DataLoader workers). See doc/training.md.
+"""
+import argparse
+import os
+import random
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import dataloader  # noqa: E402
+import model_loader  # noqa: E402
+from errors import UserError, run_main  # noqa: E402
+
+DEFAULT_SAVE = os.path.join(REPO, "cifar10", "trained_nets")
+LR_DECAY_EPOCHS = (150, 225, 275)  # the original's decay epochs for a 300-epoch run
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train a model for loss-landscape plots")
+    p.add_argument("--batch_size", default=128, type=int)
+    p.add_argument("--lr", default=0.1, type=float, help="learning rate")
+    p.add_argument("--lr_decay", default=0.1, type=float,
+                   help="multiply the learning rate by this at 1/2, 3/4 and 11/12 of the epochs")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--weight_decay", default=0.0005, type=float)
+    p.add_argument("--momentum", default=0.9, type=float)
+    p.add_argument("--epochs", default=300, type=int, help="number of epochs to train")
+    p.add_argument("--save", default=DEFAULT_SAVE,
+                   help="output root; the run's folder is created inside it "
+                        "(default: cifar10/trained_nets of this repository)")
+    p.add_argument("--save_epoch", default=10, type=int, help="save every K epochs")
+    p.add_argument("--ngpu", type=int, default=1, help="number of GPUs (DataParallel) with --cuda")
+    p.add_argument("--cuda", action="store_true", help="train on the GPU")
+    p.add_argument("--rand_seed", default=0, type=int, help="seed of every random choice")
+    p.add_argument("--resume_model", default="", help="continue from this model_<epoch>.t7")
+    p.add_argument("--resume_opt", default="", help="with the optimizer of this opt_state_<epoch>.t7")
+    p.add_argument("--model", "-m", default="vgg9",
+                   help="a zoo name (vgg9, resnet56, digits_cnn, ...) or package.module:factory")
+    p.add_argument("--loss_name", "-l", default="crossentropy", choices=["crossentropy", "mse"])
+    p.add_argument("--noaug", action="store_true", help="no data augmentation")
+    p.add_argument("--label_corrupt_prob", type=float, default=0.0,
+                   help="fraction of training labels replaced by a different, random label")
+    p.add_argument("--idx", default=0, type=int, help="index of a repeated experiment")
+    dataloader.add_data_args(p)
+    return p
+
+
+def name_save_folder(args):
+    """The original's folder name; `_dataset=`/`_max_samples=` are added only for data
+    the original could not train on (custom data sets, subsets)."""
+    name = f"{args.model}_{args.optimizer}_lr={args.lr}"
+    if args.lr_decay != 0.1:
+        name += f"_lr_decay={args.lr_decay}"
+    name += f"_bs={args.batch_size}_wd={args.weight_decay}_mom={args.momentum}"
+    name += f"_save_epoch={args.save_epoch}"
+    if args.loss_name != "crossentropy":
+        name += f"_loss={args.loss_name}"
+    if args.noaug:
+        name += "_noaug"
+    if args.raw_data:
+        name += "_rawdata"
+    if args.label_corrupt_prob > 0:
+        name += f"_randlabel={args.label_corrupt_prob}"
+    if args.ngpu > 1:
+        name += f"_ngpu={args.ngpu}"
+    if args.idx:
+        name += f"_idx={args.idx}"
+    if args.dataset not in ("cifar10", "digits"):
+        name += f"_dataset={args.dataset}"
+    if args.max_samples:
+        name += f"_max_samples={args.max_samples}"
+    return name
+
+
+def corrupt_labels(labels, prob, num_classes, seed):
+    """Change exactly round(prob * N) labels, chosen at random, each to a different
+    random class; deterministic given the seed."""
+    g = torch.Generator().manual_seed(seed)
+    n = round(prob * len(labels))
+    idx = torch.randperm(len(labels), generator=g)[:n]
+    shift = torch.randint(1, num_classes, (n,), generator=g)
+    out = labels.clone()
+    out[idx] = (labels[idx] + shift) % num_classes
+    return out
+
+
+def lr_at(epoch, args):
+    """The original schedule: the rate decays after epochs 150, 225 and 275 of 300;
+    for other run lengths the same fractions of ``--epochs`` (rounded down)."""
+    milestones = {m * args.epochs // 300 for m in LR_DECAY_EPOCHS}
+    return args.lr * args.lr_decay ** sum(1 for m in milestones if 0 < m < epoch)
+
+
+def init_params(net):
+    """The original's initialization: Kaiming-normal convs, unit BN, N(0, 1e-3) linears."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=1e-3)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def augment(x, g):
+    """Random 32x32 crop of the 4-pixel zero-padded image and random horizontal flip,
+    per image (the original's RandomCrop(32, padding=4) + RandomHorizontalFlip)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy, dx = (torch.randint(0, 9, (2, n), generator=g)).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                 torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, out.flip(3), out)
+
+
+def loss_and_hits(net, x, y, loss_name, num_classes):
+    """The original's losses: cross-entropy on logits, or MSE of softmax vs one-hot."""
+    out = net(x)
+    if loss_name == "mse":
+        loss = F.mse_loss(F.softmax(out, dim=1), F.one_hot(y, num_classes).float())
+    else:
+        loss = F.cross_entropy(out, y)
+    return loss, (out.argmax(1) == y).sum().item()
+
+
+def train_epoch(net, x, y, args, num_classes, device, optimizer, g, aug):
+    """One pass over the shuffled training set; (mean loss, accuracy %)."""
+    net.train()
+    total_loss, hits = 0.0, 0
+    for idx in torch.randperm(len(y), generator=g).split(args.batch_size):
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        if aug:
+            xb = augment(xb, g)
+        optimizer.zero_grad()
+        loss, h = loss_and_hits(net, xb, yb, args.loss_name, num_classes)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(yb)
+        hits += h
+    return total_loss / len(y), 100.0 * hits / len(y)
+
+
+@torch.no_grad()
+def evaluate(net, x, y, args, num_classes, device):
+    """Loss and accuracy % in eval mode."""
+    net.eval()
+    total_loss, hits = 0.0, 0
+    for i in range(0, len(y), args.batch_size):
+        xb, yb = x[i:i + args.batch_size].to(device), y[i:i + args.batch_size].to(device)
+        loss, h = loss_and_hits(net, xb, yb, args.loss_name, num_classes)
+        total_loss += loss.item() * len(yb)
+        hits += h
+    return total_loss / len(y), 100.0 * hits / len(y)
+
+
+def check_fits(net, data):
+    """One clear error if the model cannot take these images or predict these classes."""
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(data.train_x[:2].to(next(net.parameters()).device))
+    except RuntimeError as e:
+        raise UserError(f"--model cannot take the {data.name} images of shape "
+                        f"{tuple(data.train_x.shape[1:])} ({str(e).splitlines()[0][:150]}); use "
+                        "digits_cnn/digits_mlp for --dataset digits and the CIFAR zoo for cifar10")
+    if out.dim() != 2 or out.shape[1] < data.num_classes:
+        raise UserError(f"--model gives outputs of shape {tuple(out.shape[1:])} but "
+                        f"{data.name} has {data.num_classes} classes")
+
+
+def save_checkpoint(folder, epoch, acc, net, optimizer):
+    """model_<epoch>.t7 and opt_state_<epoch>.t7 in the original's format."""
+    torch.save({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()},
+               os.path.join(folder, f"model_{epoch}.t7"))
+    torch.save({"optimizer": optimizer.state_dict()}, os.path.join(folder, f"opt_state_{epoch}.t7"))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.save_epoch < 1 or args.epochs < 0:
+        raise UserError("--batch_size and --save_epoch must be >= 1 and --epochs >= 0")
+    if not 0.0 <= args.label_corrupt_prob <= 1.0:
+        raise UserError(f"--label_corrupt_prob must be in [0, 1], got {args.label_corrupt_prob}")
+    if args.cuda and not torch.cuda.is_available():
+        raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
+    if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
+        raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
+    device = torch.device("cuda" if args.cuda else "cpu")
+
+    random.seed(args.rand_seed)
+    np.random.seed(args.rand_seed)
+    torch.manual_seed(args.rand_seed)
+
+    # Data, with corrupted training labels if asked
+    data = dataloader.load_data(args)
+    if len(data.train_y) == 0 or len(data.test_y) == 0:
+        raise UserError(f"the {data.name} data have an empty train or test split; "
+                        "check --max_samples/--data_split")
+    if args.label_corrupt_prob > 0:
+        data.train_y = corrupt_labels(data.train_y, args.label_corrupt_prob, data.num_classes,
+                                      args.rand_seed)
+    aug = data.name == "cifar10" and not args.noaug and not args.raw_data
+
+    # Model: resumed from a checkpoint, or fresh with the original's initialization
+    start_epoch = 1
+    if args.resume_model:
+        net = model_loader.load(args.model, args.resume_model)
+        ckpt = torch.load(args.resume_model, map_location="cpu", weights_only=True)
+        start_epoch = int(ckpt.get("epoch", 0)) + 1 if isinstance(ckpt, dict) else 1
+    else:
+        net = model_loader.build_model(args.model)
+        init_params(net)
+    net.to(device)
+    check_fits(net, data)
+    model = nn.DataParallel(net, device_ids=list(range(args.ngpu))) if args.ngpu > 1 else net
+
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if args.resume_opt:
+        if not os.path.isfile(args.resume_opt):
+            raise UserError(f"--resume_opt file not found: {args.resume_opt}")
+        try:
+            optimizer.load_state_dict(torch.load(args.resume_opt, map_location=device,
+                                                 weights_only=True)["optimizer"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise UserError(f"--resume_opt {args.resume_opt} does not hold this model's optimizer "
+                            f"state ({str(e).splitlines()[0][:150]}); pass the opt_state_<epoch>.t7 "
+                            "saved with the model")
+
+    folder = os.path.join(args.save, name_save_folder(args))
+    os.makedirs(folder, exist_ok=True)
+    print(f"training {args.model} on {data.name} ({len(data.train_y)} train / "
+          f"{len(data.test_y)} test images) into {folder}", flush=True)
+    if args.label_corrupt_prob > 0 and not os.path.exists(os.path.join(folder, "trainloader.t7")):
+        # the training set as trained on, for plot_surface.py --trainloader
+        torch.save({"x": data.train_x, "y": data.train_y}, os.path.join(folder, "trainloader.t7"))
+
+    log = open(os.path.join(folder, "log.out"), "a")
+
+    def record(epoch, train_loss, train_acc, test_loss, test_acc, seconds):
+        line = (f"e: {epoch} train_loss: {train_loss:.5f} train_acc: {train_acc:.3f} "
+                f"test_loss: {test_loss:.5f} test_acc: {test_acc:.3f} "
+                f"lr: {optimizer.param_groups[0]['lr']:g} time: {seconds:.2f}s")
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    n_classes = data.num_classes
+    if start_epoch == 1:  # the initial model, as the original records it
+        t = time.time()
+        train_loss, train_acc = evaluate(model, data.train_x, data.train_y, args, n_classes, device)
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args, n_classes, device)
+        record(0, train_loss, train_acc, test_loss, test_acc, time.time() - t)
+        save_checkpoint(folder, 0, test_acc, net, optimizer)
+
+    g = torch.Generator()
+    for epoch in range(start_epoch, args.epochs + 1):
+        t = time.time()
+        g.manual_seed(args.rand_seed * 1000003 + epoch)  # a resumed run shuffles the same way
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(epoch, args)
+        train_loss, train_acc = train_epoch(model, data.train_x, data.train_y, args, n_classes,
+                                            device, optimizer, g, aug)
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args, n_classes, device)
+        record(epoch, train_loss, train_acc, test_loss, test_acc, time.time() - t)
+        if epoch == 1 or epoch % args.save_epoch == 0 or epoch == args.epochs:
+            save_checkpoint(folder, epoch, test_acc, net, optimizer)
+    log.close()
+    if start_epoch > args.epochs:
+        print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
+              f"{args.epochs}", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
