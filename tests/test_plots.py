@@ -1,0 +1,292 @@
+"""plot_1D.py / plot_2D.py on real surface files: ours (SurfaceWriter) and files laid
+out exactly as the original loss-landscape code wrote them (declared (nx, ny), filled
+in np.meshgrid(x, y) order, -1 for "not computed", dir_file as a string dataset).
+
+Most cases call the plotting functions in-process (they return the figures); a few
+run the scripts as a user would, for the command lines and the one-line errors.
+The helpers here (write_ours, write_original, assert_drawn) are shared with
+test_vtp.py and test_html.py."""
+import glob
+import os
+import re
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import QuadMesh  # noqa: E402
+from matplotlib.contour import ContourSet  # noqa: E402
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
+
+import plot_1D  # noqa: E402
+import plot_2D  # noqa: E402
+from conftest import assert_one_line_error, run_script  # noqa: E402
+from errors import UserError  # noqa: E402
+from surface import SurfaceWriter  # noqa: E402
+
+SETTINGS = {"model": "digits_cnn", "dir_type": "weights", "xnorm": "filter",
+            "dataset": "digits", "model_file": "model_10.pt", "model_file2": ""}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+# ---------------------------------------------------------------- surface files
+
+def write_ours(path, x, y, values, done=None, settings=None, dir_file="dirs.h5"):
+    """Our format via SurfaceWriter; ``values[name]`` is [i, j] = value at (x_i, y_j)."""
+    shape = (len(x),) if y is None else (len(x), len(y))
+    done = np.ones(shape, bool) if done is None else done
+    w = SurfaceWriter(str(path), x, y, list(values), settings or SETTINGS,
+                      attrs={"dir_file": dir_file})
+    idx = np.flatnonzero(done.ravel())
+    w.record(idx, {k: np.asarray(v, float).ravel()[idx] for k, v in values.items()})
+    w.save()
+    return str(path)
+
+
+def write_original(path, x, y, values, done=None, dir_file="model_300.t7_weights.h5"):
+    """Exactly as the original wrote it: (nx, ny) arrays filled in meshgrid(x, y) order."""
+    shape = (len(x),) if y is None else (len(x), len(y))
+    done = np.ones(shape, bool) if done is None else done
+    with h5py.File(path, "w") as f:
+        f["dir_file"] = dir_file
+        f["xcoordinates"] = np.asarray(x, float)
+        if y is not None:
+            f["ycoordinates"] = np.asarray(y, float)
+        for k, v in values.items():
+            v = np.where(done, np.asarray(v, float), -1.0)
+            f[k] = v if y is None else v.T.ravel().reshape(shape)   # meshgrid order
+    return str(path)
+
+
+def grid(nx, ny, x=(-1, 1), y=(-1, 1)):
+    xs, ys = np.linspace(*x, nx), np.linspace(*y, ny)
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    return xs, ys, X, Y
+
+
+def bowl(X, Y):
+    loss = 0.1 + X ** 2 + 2 * Y ** 2
+    return {"train_loss": loss, "train_acc": 100 - 20 * loss}
+
+
+def assert_drawn(path, min_colors=20):
+    """The image exists and is not blank: many distinct colours, some variance."""
+    assert os.path.getsize(path) > 1000, path
+    img = mpimg.imread(path)[..., :3]
+    rgb = (img.reshape(-1, 3) * 255).astype(np.uint32)
+    colors = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2])
+    assert len(colors) >= min_colors and img.std() > 0.02, (path, len(colors), img.std())
+    return img
+
+
+def contour_set(fig):
+    return next(c for c in fig.axes[0].get_children() if isinstance(c, ContourSet))
+
+
+# ---------------------------------------------------------------- 1D
+
+def test_1d_ours_and_original(tmp_path, capsys):
+    x = np.linspace(-1, 1, 21)
+    loss = 0.2 + x ** 2
+    ours = write_ours(tmp_path / "ours.h5", x, None,
+                      {"train_loss": loss, "train_acc": 90 - 10 * x ** 2,
+                       "test_loss": loss + 0.3, "test_acc": 80 - 10 * x ** 2})
+    done = np.ones(21, bool)
+    done[-3:] = False
+    orig = write_original(tmp_path / "orig.h5", x, None,
+                          {"train_loss": loss, "train_acc": 90 - 10 * x ** 2}, done)
+
+    p = plot_1D.plot_1d_loss_err(ours, formats=["png"])
+    assert set(p.figures) == {"loss_acc", "loss", "err"}
+    for f in p.files:
+        assert_drawn(f)
+    ax1, ax2 = p.figures["loss_acc"].axes                      # twin axes
+    styles = {(l.get_label(), l.get_linestyle()) for l in ax1.lines}
+    assert {("Training loss", "-"), ("Test loss", "--")} <= styles
+    assert {l.get_label() for l in ax2.lines} == {"Training accuracy", "Test accuracy"}
+    np.testing.assert_allclose(ax1.lines[0].get_ydata(), loss)
+    err = p.figures["err"].axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(err, 10 + 10 * x ** 2)          # 100 - acc
+
+    capsys.readouterr()
+    p = plot_1D.plot_1d_loss_err(orig, formats=["png"])
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "3 of 21 points not computed" in warning[0]
+    y = p.figures["loss"].axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(y[:-3], loss[:-3])
+    assert np.isnan(y[-3:]).all()                              # -1 placeholders not drawn
+    for f in p.files:
+        assert_drawn(f)
+
+
+def test_1d_limits_log_and_interpolation_marks(tmp_path):
+    x = np.linspace(-2, 2, 41)
+    v = {"train_loss": 0.05 + x ** 2, "train_acc": 100 - x ** 2}
+    f = write_ours(tmp_path / "s.h5", x, None, v)
+    p = plot_1D.plot_1d_loss_err(f, xmin=-1, xmax=1, loss_max=3, formats=[])
+    ax = p.figures["loss"].axes[0]
+    assert ax.get_xlim() == (-1, 1) and ax.get_ylim() == (0, 3)   # -1 and 1 can be asked for
+    assert not [l for l in ax.lines if l.get_linestyle() == ":"]  # not an interpolation
+
+    p = plot_1D.plot_1d_loss_err(f, log=True, formats=["png"])
+    ax = p.figures["loss"].axes[0]
+    assert ax.get_yscale() == "log" and 0 < ax.get_ylim()[0] <= 0.05
+    assert p.files[0].endswith("_1d_loss_acc_log.png")
+
+    interp = write_ours(tmp_path / "interp.h5", np.linspace(-0.5, 1.5, 21), None,
+                        {"train_loss": np.ones(21), "train_acc": np.ones(21)},
+                        settings={**SETTINGS, "model_file2": "model_20.pt"})
+    orig = write_original(tmp_path / "model_300.t7_model_300.t7_states.h5_[-0.5,1.5,21].h5",
+                          np.linspace(-0.5, 1.5, 21), None,
+                          {"train_loss": np.ones(21), "train_acc": np.ones(21)})
+    for path in (interp, orig):
+        ax = plot_1D.plot_1d_loss_err(path, formats=[]).figures["loss"].axes[0]
+        marks = sorted(l.get_xdata()[0] for l in ax.lines if l.get_linestyle() == ":")
+        assert marks == [0.0, 1.0], path
+
+
+def test_1d_overlay_glob_labels_prefix_and_hessian(tmp_path):
+    x = np.linspace(-1, 1, 11)
+    for i in (1, 2, 3):
+        write_ours(tmp_path / f"run_{i}.h5", x, None,
+                   {"train_loss": i * x ** 2, "train_acc": 100 - i * x ** 2},
+                   dir_file=f"model_10.pt_weights_idx={i}.h5")
+    p = plot_1D.plot_1d_loss_err(plot_1D.expand_files([str(tmp_path / "run_*.h5")]),
+                                 formats=["png"])
+    ax = p.figures["loss"].axes[0]
+    assert [l.get_label() for l in ax.lines] == ["idx=1", "idx=2", "idx=3"]
+    assert len({l.get_color() for l in ax.lines}) == 3
+    assert os.path.basename(p.files[0]) == "run_overlay3_1d_loss_acc.png"
+    assert_drawn(p.files[0])
+
+    series = plot_1D.expand_files([], prefix=str(tmp_path / "run"), idx_min=1, idx_max=2)
+    assert series == [str(tmp_path / "run_1.h5"), str(tmp_path / "run_2.h5")]
+    p = plot_1D.plot_1d_loss_err(series, labels=["a", "b"], formats=[])
+    assert [l.get_label() for l in p.figures["loss"].axes[0].lines] == ["a", "b"]
+    with pytest.raises(UserError, match="2 labels for 3"):
+        plot_1D.plot_1d_loss_err(glob.glob(str(tmp_path / "run_*.h5")), labels=["a", "b"])
+    with pytest.raises(UserError, match="missing"):
+        plot_1D.expand_files([], prefix=str(tmp_path / "run"), idx_min=1, idx_max=5)
+
+    hess = write_ours(tmp_path / "hess.h5", x, None, {"max_eig": 10 + x, "min_eig": -x ** 2})
+    p = plot_1D.plot_1d_loss_err(hess, formats=["png"])
+    assert set(p.figures) == {"eig", "eig_abs_ratio"}
+    ratio = p.figures["eig_abs_ratio"].axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(ratio, x ** 2 / (10 + x))
+    assert_drawn(p.files[0])
+
+
+# ---------------------------------------------------------------- 2D
+
+@pytest.mark.parametrize("fmt,nx,ny", [("ours", 9, 9), ("original", 11, 6)])
+def test_2d_all_figures(tmp_path, capsys, fmt, nx, ny):
+    xs, ys, X, Y = grid(nx, ny)
+    done = np.ones((nx, ny), bool)
+    if fmt == "original":
+        done[-1, -2:] = False                                  # -1 placeholders
+    write = write_ours if fmt == "ours" else write_original
+    f = write(tmp_path / "surf_[-1.0,1.0,9]x[-1.0,1.0,9].h5", xs, ys, bowl(X, Y), done)
+    p = plot_2D.plot_2d_contour(f, "train_loss", vmin=0.1, vmax=2.1, vlevel=0.25,
+                                formats=["png"])
+    assert set(p.figures) == {"2dcontour", "2dcontourf", "2dheat", "3dsurface"}
+    for path in p.files:
+        assert SAFE_NAME.match(os.path.basename(path)), path
+        assert_drawn(path)
+    assert (capsys.readouterr().err.count("2 of") == 1) == (fmt == "original")
+
+    ax3d = p.figures["3dsurface"].axes[0]
+    assert ax3d.name == "3d"
+    surfaces = [c for c in ax3d.collections if isinstance(c, Poly3DCollection)]
+    assert surfaces and len(surfaces[0].get_paths()) >= (nx - 1) * (ny - 1) - 4
+    np.testing.assert_allclose(contour_set(p.figures["2dcontour"]).levels,
+                               np.arange(0.1, 2.1 + 0.125, 0.25))   # vmax included
+    assert contour_set(p.figures["2dcontour"]).levels[-1] == pytest.approx(2.1)
+
+
+@pytest.mark.parametrize("write", [write_ours, write_original])
+def test_2d_orientation_non_square(tmp_path, write):
+    """values = x on a 12 x 5 grid: the loss must grow to the right, not upwards."""
+    xs, ys, X, Y = grid(12, 5, x=(-2, 2), y=(-0.5, 0.5))
+    f = write(tmp_path / "x.h5", xs, ys, {"train_loss": X.copy(), "train_acc": X.copy()})
+    p = plot_2D.plot_2d_contour(f, formats=["png"])
+    mesh = next(c for c in p.figures["2dheat"].axes[0].collections if isinstance(c, QuadMesh))
+    drawn = np.asarray(mesh.get_array()).reshape(5, 12)          # rows = y, columns = x
+    np.testing.assert_allclose(drawn, np.tile(xs, (5, 1)))
+
+    img = assert_drawn(next(f for f in p.files if f.endswith("_2dheat.png")))
+    # viridis' green rises with the value: low on the left, high on the right, same up/down
+    h, w, _ = img.shape
+    plot = img[int(.2 * h):int(.8 * h), int(.15 * w):int(.78 * w), 1]
+    left, right = plot[:, :plot.shape[1] // 5].mean(), plot[:, -plot.shape[1] // 5:].mean()
+    top, bottom = plot[:plot.shape[0] // 4].mean(), plot[-plot.shape[0] // 4:].mean()
+    assert right - left > 0.3 and abs(top - bottom) < 0.05, (left, right, top, bottom)
+
+
+def test_2d_log_surf_names_trajectory_and_eig(tmp_path):
+    xs, ys, X, Y = grid(9, 7)
+    v = {**bowl(X, Y), "max_eig": 10 + X, "min_eig": -1 - Y}
+    f = write_ours(tmp_path / "h.h5", xs, ys, v)
+    with h5py.File(tmp_path / "proj.h5", "w") as h:
+        h["proj_xcoord"] = np.linspace(-0.8, 0, 15)
+        h["proj_ycoord"] = np.linspace(-0.4, 0, 15) ** 2
+    with h5py.File(tmp_path / "pca.h5", "w") as h:
+        h["explained_variance_ratio_"] = np.array([0.81234, 0.1])
+
+    p = plot_2D.plot_2d_contour(f, "train_err", log=True, vmin=1, vmax=100, vlevel=0.5,
+                                proj_file=str(tmp_path / "proj.h5"),
+                                dir_file=str(tmp_path / "pca.h5"), formats=["png"])
+    np.testing.assert_allclose(contour_set(p.figures["2dcontour"]).levels,
+                               10 ** np.arange(0, 2.25, 0.5))       # decades, vmax included
+    assert {"2dcontour_proj", "max_eig_2dheat", "min_eig_2dheat", "eig_ratio_2dheat"} <= set(p.figures)
+    ax = p.figures["2dcontour_proj"].axes[0]
+    assert ax.get_xlabel() == "1st PC: 81.23 %" and ax.get_ylabel() == "2nd PC: 10.00 %"
+    path = next(l for l in ax.lines if l.get_label() == "path")
+    np.testing.assert_allclose(path.get_xdata(), np.linspace(-0.8, 0, 15))
+    assert path.get_marker() == "."
+    final = next(l for l in ax.lines if l.get_label() == "final model")
+    assert (final.get_xdata()[0], final.get_ydata()[0]) == (0, 0)
+    mesh = next(c for c in p.figures["eig_ratio_2dheat"].axes[0].collections
+                if isinstance(c, QuadMesh))
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(7, 9),
+                               (np.abs((-1 - Y) / (10 + X))).T)
+    assert os.path.basename(p.files[-1]) == "h.h5_eig_ratio_2dheat.png"
+    for path_ in p.files:
+        assert_drawn(path_)
+
+    t = plot_2D.plot_trajectory(str(tmp_path / "proj.h5"), str(tmp_path / "pca.h5"),
+                                formats=["png"])
+    assert os.path.basename(t.files[0]) == "proj.h5_trajectory.png"
+    assert_drawn(t.files[0], min_colors=10)
+
+
+# ---------------------------------------------------------------- command lines and errors
+
+def test_cli_original_command_out_dir_and_errors(tmp_path):
+    xs, ys, X, Y = grid(6, 5)
+    surf = write_original(tmp_path / "model_300.t7_weights_xnorm=filter.h5_[-1.0,1.0,6]x[-1.0,1.0,5].h5",
+                          xs, ys, bowl(X, Y))
+    run_script(["plot_2D.py", "--surf_file", surf, "--surf_name", "train_loss"], check=True)
+    made = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*.pdf")))
+    assert made == [f"model_300.t7_weights_xnorm_filter.h5_-1.0_1.0_6_x_-1.0_1.0_5_.h5_train_loss_{k}.pdf"
+                    for k in ("2dcontour", "2dcontourf", "2dheat", "3dsurface")]
+    one_d = write_ours(tmp_path / "one.h5", np.linspace(-1, 1, 5), None,
+                       {"train_loss": np.ones(5), "train_acc": np.ones(5)})
+    run_script(["plot_1D.py", "-f", one_d, "--xmin", "-1", "--xmax", "1", "--format", "png",
+                "--out_dir", tmp_path / "figs"], check=True)
+    assert sorted(os.listdir(tmp_path / "figs")) == ["one.h5_1d_err.png", "one.h5_1d_loss.png",
+                                                      "one.h5_1d_loss_acc.png"]
+    with open(tmp_path / "junk.h5", "w") as f:
+        f.write("not hdf5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["weights"] = np.ones(3)
+    cases = [(["plot_2D.py", "--surf_file", tmp_path / "nope.h5"], "not found"),
+             (["plot_2D.py", "--surf_file", one_d], "1D surface"),
+             (["plot_2D.py", "--surf_file", surf, "--surf_name", "tset_loss"], "available: train_acc, train_loss, train_err"),
+             (["plot_2D.py", "--surf_file", tmp_path / "other.h5"], "not a surface file"),
+             (["plot_1D.py", "--surf_file", tmp_path / "junk.h5"], "cannot read"),
+             (["plot_1D.py", "--surf_file", surf], "2D surface")]
+    for args, expected in cases:
+        assert expected in assert_one_line_error(run_script(args)), args
