@@ -31,6 +31,9 @@ def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None
                     formats=("pdf",), html=False):
     """All 2D figures of one quantity of a surface file; returns Plots (figures, files)."""
     surf = load_surface(surf_file, ndim=2)
+    if min(surf.shape) < 2:
+        raise UserError(f"{surf_file} has a {surf.shape[0]} x {surf.shape[1]} grid; contours "
+                        "need at least 2 points along x and y")
     name = surf_name or ("train_loss" if "train_loss" in surf.values else surf.names()[0])
     Z = surf.get(name)
     levels, norm = contour_levels(Z, vmin, vmax, vlevel, log)

@@ -117,7 +117,7 @@ def add_output_args(parser):
 def pyplot(show=False):
     """matplotlib.pyplot, on the non-interactive Agg backend unless figures are shown."""
     import matplotlib
-    if not show:
+    if not show and "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -132,7 +132,8 @@ def save_figure(fig, base, formats, plots, name, show=False):
         plots.files.append(path)
     plots.figures[name] = fig
     if not show:
-        pyplot().close(fig)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
 
 
 def finish(plots, show):
@@ -150,7 +151,8 @@ def write_html(fig, base, plots):
     opens without network)."""
     import plotly.io as pio
     path = f"{base}.html"
-    pio.write_html(fig, path, include_plotlyjs=True, full_html=True, auto_open=False)
+    pio.write_html(fig, path, include_plotlyjs=True, full_html=True, auto_open=False,
+                   config={"responsive": True})
     plots.files.append(path)
     return path
 
@@ -183,11 +185,12 @@ def html_surface(x, y, Z, name, title, xlabel="x", ylabel="y"):
     hover = f"x=%{{x:.4g}}<br>y=%{{y:.4g}}<br>{name}=%{{z:.5g}}<extra></extra>"
     fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "xy"}]],
                         subplot_titles=("3D surface (drag to rotate)", "contour"))
-    fig.add_trace(go.Surface(x=x, y=y, z=z, colorscale="Viridis", hovertemplate=hover,
-                             colorbar=dict(x=0.45, title=dict(text=name))), 1, 1)
+    fig.add_trace(go.Surface(x=x, y=y, z=z, colorscale="Viridis", showscale=False,
+                             hovertemplate=hover), 1, 1)
     fig.add_trace(go.Contour(x=x, y=y, z=z, colorscale="Viridis", hovertemplate=hover,
-                             contours=dict(showlabels=True), showscale=False), 1, 2)
-    fig.update_layout(title=title.replace("\n", "<br>"), width=1200, height=600,
+                             contours=dict(showlabels=True), colorbar=dict(title=dict(text=name))),
+                  1, 2)
+    fig.update_layout(title=title.replace("\n", "<br>"), height=600,
                       scene=dict(xaxis_title=xlabel, yaxis_title=ylabel, zaxis_title=name))
     fig.update_xaxes(title_text=xlabel, row=1, col=2)
     fig.update_yaxes(title_text=ylabel, row=1, col=2)
