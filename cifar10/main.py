@@ -126,11 +126,12 @@ def init_params(net):
                 nn.init.zeros_(m.bias)
 
 
-def augment(x, g):
-    """Random 32x32 crop of the 4-pixel zero-padded image and random horizontal flip,
-    per image (the original's RandomCrop(32, padding=4) + RandomHorizontalFlip)."""
+def augment(x, g, fill=0.0):
+    """Random 32x32 crop of the image padded by 4 pixels of value ``fill`` and random
+    horizontal flip, per image (the original's RandomCrop(32, padding=4) +
+    RandomHorizontalFlip; it padded black pixels before normalizing)."""
     n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
+    padded = F.pad(x - fill, (4, 4, 4, 4)) + fill
     dy, dx = (torch.randint(0, 9, (2, n), generator=g)).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
@@ -152,12 +153,13 @@ def loss_and_hits(net, x, y, loss_name, num_classes):
 
 def train_epoch(net, x, y, args, num_classes, device, optimizer, g, aug):
     """One pass over the shuffled training set; (mean loss, accuracy %)."""
+    black = (-torch.tensor(dataloader.CIFAR_MEAN) / torch.tensor(dataloader.CIFAR_STD)).to(device)
     net.train()
     total_loss, hits = 0.0, 0
     for idx in torch.randperm(len(y), generator=g).split(args.batch_size):
         xb, yb = x[idx].to(device), y[idx].to(device)
         if aug:
-            xb = augment(xb, g)
+            xb = augment(xb, g, black.view(1, -1, 1, 1))
         optimizer.zero_grad()
         loss, h = loss_and_hits(net, xb, yb, args.loss_name, num_classes)
         loss.backward()
@@ -213,6 +215,7 @@ def main(argv=None):
     if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
         raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
     device = torch.device("cuda" if args.cuda else "cpu")
+    torch.backends.cudnn.benchmark = args.cuda  # as the original
 
     random.seed(args.rand_seed)
     np.random.seed(args.rand_seed)
@@ -224,6 +227,9 @@ def main(argv=None):
         raise UserError(f"the {data.name} data have an empty train or test split; "
                         "check --max_samples/--data_split")
     if args.label_corrupt_prob > 0:
+        if data.num_classes < 2:
+            raise UserError(f"--label_corrupt_prob needs at least 2 classes; {data.name} has "
+                            f"{data.num_classes}")
         data.train_y = corrupt_labels(data.train_y, args.label_corrupt_prob, data.num_classes,
                                       args.rand_seed)
     aug = data.name == "cifar10" and not args.noaug and not args.raw_data
