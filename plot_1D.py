@@ -237,7 +237,8 @@ def output_name(paths):
 
 def curve_labels(surfs, labels=None):
     """One label per file: --labels if given; else the settings that differ between
-    the files (model file, seed, ...); else the part of the file names that differs."""
+    the files (model, data set, ...); else the part of the direction file paths or of
+    the surface file paths that differs."""
     if labels:
         if len(labels) != len(surfs):
             raise UserError(f"--labels has {len(labels)} labels for {len(surfs)} surface files")
@@ -254,11 +255,12 @@ def curve_labels(surfs, labels=None):
             columns = [distinguishing([str(st.get(k)) for st in settings]) for k in differ[:2]]
             return [", ".join(f"{k}={col[i]}" for k, col in zip(differ, columns))
                     for i in range(len(surfs))]
-    # same settings but other directions (--idx, --seed): the direction file names differ
-    dir_files = [os.path.basename(str(s.attrs.get("dir_file") or "")) for s in surfs]
+    # same settings but other directions (--idx, --seed) or checkpoint folders: the
+    # direction file paths differ
+    dir_files = [str(s.attrs.get("dir_file") or "") for s in surfs]
     if all(dir_files) and len(set(dir_files)) == len(surfs):
         return distinguishing(dir_files)
-    return distinguishing([os.path.basename(s.path) for s in surfs])
+    return distinguishing([os.path.abspath(s.path) for s in surfs])
 
 
 def distinguishing(strings, seps="/_.-"):
