@@ -64,18 +64,14 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
         return f"{'Training' if split == 'train' else 'Test'} {what}" if single else \
             (labels[k] if split == "train" and kind != "acc" else None)
 
-    def draw(ax, kind, splits=("train", "test")):
-        """Lines of one kind (loss / acc / err) for every file; returns True if any."""
-        drew = False
+    def draw(ax, kind):
+        """The train and test lines of one kind (loss / acc / err) for every file."""
         for k, s in enumerate(surfs):
-            for split in splits:
-                acc = s.values.get(f"{split}_acc")
-                y = s.values.get(f"{split}_loss") if kind == "loss" else \
-                    (None if acc is None else (acc if kind == "acc" else 100.0 - acc))
-                if y is not None:
-                    ax.plot(s.x, y, label=curve_label(k, split, kind), **style(k, split, kind))
-                    drew = True
-        return drew
+            for split in ("train", "test"):
+                name_ = f"{split}_err" if kind == "err" else f"{split}_{kind}"
+                if name_ in s.names():
+                    ax.plot(s.x, s.get(name_), label=curve_label(k, split, kind),
+                            **style(k, split, kind))
 
     def finish_axes(ax, ylabel, fig_title):
         ax.set_xlim(x_lo, x_hi)
