@@ -130,8 +130,8 @@ def checkpoint_files(args):
 
 
 def _epoch_of(path, index):
-    """The last number in the file name (model_12.t7 -> 12), else the position."""
-    nums = re.findall(r"\d+", os.path.basename(path))
+    """The last number in the file name without extension (model_12.t7 -> 12), else the position."""
+    nums = re.findall(r"\d+", os.path.splitext(os.path.basename(path))[0])
     return int(nums[-1]) if nums else index
 
 

@@ -1,0 +1,47 @@
+"""Plot the optimization path of a training run in the plane of its two principal
+directions (the original's command line runs unchanged):
+
+    python plot_trajectory.py --model resnet56 --model_folder RUN --max_epoch 300 \\
+        --dir_type weights --ignore biasbn
+    python plot_trajectory.py --proj_file P.h5 --dir_file D.h5     # replot only
+
+The story: find the checkpoints, compute the PCA directions (or read ``--dir_file``)
+and project every checkpoint (projection.py, which documents the files), then draw
+the path with the axes labelled "1st PC: xx.xx %" and "2nd PC: xx.xx %"
+(plot_2D.plot_trajectory) into ``<projection file>_trajectory.pdf`` (``--format``),
+next to the projection file unless ``--out_dir``. To draw the path on loss contours,
+run the plot_surface.py command that projection.py prints, then
+``plot_2D.py --surf_file S --dir_file D --proj_file P``.
+"""
+import os
+
+import plot_2D
+import projection
+from errors import UserError, run_main
+from plot_common import FORMATS
+
+
+def build_parser():
+    p = projection.build_parser(__doc__.splitlines()[0])
+    p.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf"],
+                   help="figure format(s), e.g. --format png pdf (default: pdf)")
+    p.add_argument("--out_dir", default=None, help="folder of the figure (default: next to the projection file)")
+    p.add_argument("--show", action="store_true", help="show the figure")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.proj_file and not (args.model_folder or args.model_files):
+        if not os.path.isfile(args.proj_file):
+            raise UserError(f"projection file not found: {args.proj_file}; give the checkpoints "
+                            "(--model_folder ... or --model_files) to compute it")
+        dir_file, proj_file = args.dir_file, args.proj_file
+    else:
+        dir_file, proj_file = projection.run(args)
+    plot_2D.plot_trajectory(proj_file, dir_file or None, show=args.show, out_dir=args.out_dir,
+                            formats=args.format)
+
+
+if __name__ == "__main__":
+    run_main(main)
