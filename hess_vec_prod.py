@@ -37,6 +37,7 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 DEFAULT_TOL = 1e-3
+DEFAULT_CACHE_MB = 2048
 
 
 def hessian_params(net):
@@ -49,45 +50,81 @@ class Hessian(LinearOperator):
 
     ``loss_sum(outputs, targets)`` returns the summed loss of a batch (a 0-d tensor), as
     ``evaluation.get_loss_fn`` gives it. ``params`` defaults to ``hessian_params(net)``.
-    The model's current weights are used at every product, so the same operator follows
-    a model that is moved between products. ``count`` counts the products.
+    ``count`` counts the products.
+
+    Graph cache: the forward pass and the first backward pass (the gradient with its
+    graph) are the same for every product at one point, so the gradient graphs of the
+    first batches are kept, up to ``cache_mb`` MiB of saved tensors, and each product
+    then costs only the second backward pass of those batches (about half the time).
+    The cache is dropped whenever the model's parameters or buffers change, so one
+    operator follows a model that is moved between products.
     """
 
-    def __init__(self, net, x, y, loss_sum, batch_size, params=None):
+    def __init__(self, net, x, y, loss_sum, batch_size, params=None, cache_mb=DEFAULT_CACHE_MB):
         self.net = net.eval()
         self.params = [p for _, p in hessian_params(net)] if params is None else list(params)
+        for p in self.params:
+            p.requires_grad_(True)
         self.x, self.y = x, y
         self.loss_sum = loss_sum
         self.batch_size = max(1, int(batch_size))
         self.sizes = [p.numel() for p in self.params]
+        self.budget = cache_mb * 2 ** 20
         self.count = 0
+        self._drop_cache()
         n = sum(self.sizes)
         super().__init__(np.float64, (n, n))
 
+    def _drop_cache(self):
+        self.cache, self.cache_bytes, self.cache_full, self.state = [], 0, False, None
+
+    def _check_cache(self):
+        """Drop the cached graphs if the model has moved since they were made."""
+        state = list(self.net.state_dict().values())
+        if self.state is None or len(state) != len(self.state) or \
+                not all(torch.equal(a, b) for a, b in zip(state, self.state)):
+            self._drop_cache()
+            self.state = [t.clone() for t in state]
+
+    def _gradient(self, i):
+        """Gradient of batch i's summed loss, with its graph; and the bytes it holds."""
+        held = [0]
+
+        def pack(t):
+            held[0] += t.numel() * t.element_size()
+            return t
+
+        xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = self.loss_sum(self.net(xb), yb)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return grads, held[0]
+
     def _matvec(self, v):
+        self._check_cache()
         v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1))
         vs = [c.view_as(p).to(p.device, p.dtype) for c, p in zip(v.split(self.sizes), self.params)]
-        dev = self.params[0].device
-        out = torch.zeros(self.shape[0], dtype=torch.float64, device=dev)
-        flags = [p.requires_grad for p in self.params]
-        try:
-            for p in self.params:
-                p.requires_grad_(True)
+        out = torch.zeros(self.shape[0], dtype=torch.float64, device=self.params[0].device)
+        for b, i in enumerate(range(0, len(self.y), self.batch_size)):
+            cached = b < len(self.cache)
+            if cached:
+                grads = self.cache[b]
+            else:
+                grads, nbytes = self._gradient(i)
+                if not self.cache_full and b == len(self.cache) and \
+                        self.cache_bytes + nbytes <= self.budget:
+                    self.cache.append(grads)
+                    self.cache_bytes += nbytes
+                    cached = True
+                else:
+                    self.cache_full = True
             with torch.enable_grad():
-                for i in range(0, len(self.y), self.batch_size):
-                    xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
-                    loss = self.loss_sum(self.net(xb), yb)
-                    grads = torch.autograd.grad(loss, self.params, create_graph=True,
-                                                allow_unused=True)
-                    dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None)
-                    if not torch.is_tensor(dot) or not dot.requires_grad:
-                        continue  # the gradient does not depend on θ here: H = 0
-                    hv = torch.autograd.grad(dot, self.params, allow_unused=True,
-                                             materialize_grads=True)
-                    out += torch.cat([h.reshape(-1) for h in hv]).double()
-        finally:
-            for p, f in zip(self.params, flags):
-                p.requires_grad_(f)
+                dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None)
+                if not torch.is_tensor(dot) or not dot.requires_grad:
+                    continue  # the gradient does not depend on θ here: H = 0
+                hv = torch.autograd.grad(dot, self.params, retain_graph=cached,
+                                         allow_unused=True, materialize_grads=True)
+            out += torch.cat([h.reshape(-1) for h in hv]).double()
         self.count += 1
         return (out / len(self.y)).cpu().numpy()
 

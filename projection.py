@@ -307,8 +307,9 @@ def run(args):
     write_projection(proj_file, coords, epochs, files, dir_file, method, settings, ranges)
     for f, (x, y) in zip(files, coords):
         print(f"  {f}  ({x:.4f}, {y:.4f})")
-    print(f"projection: {proj_file}\nsuggested range for plot_surface.py: "
-          f"--x={ranges[0]} --y={ranges[1]} --dir_file {dir_file}", flush=True)
+    print(f"projection: {proj_file}\nthe loss surface around the path (add --mpi/--cuda as usual):\n"
+          f"  python plot_surface.py --model {args.model} --model_file {files[-1]} --dir_type "
+          f"{args.dir_type} --dir_file {dir_file} --x={ranges[0]} --y={ranges[1]}", flush=True)
     return dir_file, proj_file
 
 

@@ -1,0 +1,212 @@
+"""Hessian eigenvalues of the loss along one direction (1D) or over a 2D grid, or the
+Hessian spectrum at a single point.
+
+    python plot_hessian_eigen.py --model digits_cnn --model_file M.t7 --x=-1:1:21
+    mpirun -n 4 python plot_hessian_eigen.py --mpi --cuda --model resnet56 --x=-1:1:51 \\
+        --y=-1:1:51 --model_file .../model_300.t7 --plot
+    python plot_hessian_eigen.py --model digits_cnn --model_file M.t7 --top_k 10 --trace
+
+Grid mode takes every flag of plot_surface.py and shares its machinery (directions,
+MPI scheduling, resume, the stale-file guard, the surface file): at every grid point
+it stores ``max_eig`` and ``min_eig``, the largest and smallest eigenvalue of the
+Hessian of the mean training loss with respect to the parameters with more than one
+dimension (hess_vec_prod.py explains the method and its accuracy). plot_2D.py and
+plot_1D.py draw them and |min_eig/max_eig| (``--surf_name eig_ratio``); ``--plot``
+does so at the end. The surface file is named like plot_surface.py's, with
+``_hessian`` before ``.h5``.
+
+Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
+``--at x[,y]`` along the directions of ``--dir_file``, print and store in
+``--spectrum_file`` (default ``<model_file>_hessian.h5``) the K largest eigenvalues
+(``top_eigenvalues``), λmax and λmin (``max_eig``, ``min_eig``) and, with
+``--trace``, Hutchinson's estimate of the trace with its standard error (``trace``,
+``trace_stderr``, ``trace_samples``).
+"""
+import json
+import os
+import sys
+import time
+
+import h5py
+import numpy as np
+import torch
+
+import dataloader
+import model_loader
+import mpi4pytorch
+import net_plotter
+import plot_surface
+from errors import UserError, run_main
+from evaluation import get_loss_fn
+from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hutchinson_trace, min_max_eigs, top_k
+
+METRICS = ["max_eig", "min_eig"]
+
+
+def build_parser():
+    p = plot_surface.build_parser(__doc__.splitlines()[0])
+    g = p.add_argument_group("Hessian")
+    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
+                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius (default 1e-3)")
+    g.add_argument("--eig_maxiter", type=int, default=None,
+                   help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
+    g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
+                   help="memory for the gradient graphs kept between products at a point (0: none)")
+    g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
+    g.add_argument("--trace", action="store_true", help="single point: Hutchinson estimate of the trace")
+    g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors for --trace")
+    g.add_argument("--at", default="", help="single point: x or x,y along --dir_file (default: the model)")
+    g.add_argument("--spectrum_file", default="", help="single point: output file (default <model_file>_hessian.h5)")
+    return p
+
+
+def check_args(args):
+    if args.test:
+        raise UserError("--test is not used here: the Hessian is that of the training loss")
+    if args.precision != "fp32":
+        raise UserError("the Hessian is computed in fp32; drop --precision")
+    if args.eig_tol < 0:
+        raise UserError("--eig_tol must be >= 0 (0: machine precision)")
+    if args.top_k < 0 or args.trace_samples < 2:
+        raise UserError("--top_k must be >= 0 and --trace_samples >= 2")
+    if (args.at or args.spectrum_file) and not (args.top_k or args.trace):
+        raise UserError("--at and --spectrum_file belong to single-point mode: add --top_k K and/or --trace")
+
+
+def hessian_of(args, net, data, device):
+    """The Hessian operator of the mean training loss of ``net`` (moved in place)."""
+    model = net.module if hasattr(net, "module") else net
+    params = [p for p in model.parameters() if p.dim() > 1]
+    return Hessian(net, data.train_x.to(device), data.train_y.to(device),
+                   get_loss_fn(args.loss_name), args.batch_size, params, args.hess_cache_mb)
+
+
+# --------------------------------------------------------------------------- grid
+def grid(args):
+    ctx = prepare_grid(args)
+    op = hessian_of(args, ctx.net, ctx.data, ctx.device)
+
+    def compute(k):
+        point = plot_surface.move_to(ctx, k)
+        t, count = time.perf_counter(), op.count
+        lmax, lmin = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter)
+        if args.no_progress:
+            print(f"rank {ctx.rank}: point {point}: max_eig {lmax:.6g} min_eig {lmin:.6g} "
+                  f"({op.count - count} products, {time.perf_counter() - t:.1f} s)", flush=True)
+        return {"max_eig": lmax, "min_eig": lmin}
+
+    plot_surface.compute_grid(args, ctx, compute, desc="hessian")
+    if ctx.rank == 0:
+        print(f"done: {ctx.surf_file}", flush=True)
+        if args.plot:
+            plot(args, ctx.surf_file)
+
+
+def prepare_grid(args):
+    """plot_surface.prepare with our metrics; the surface file gets a ``_hessian`` name."""
+    if not args.surf_file:
+        dir_file = plot_surface.name_direction_file(args)
+        args.surf_file = plot_surface.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
+    kind = f"hessian eig_tol={args.eig_tol} seed={args.seed}"
+    return plot_surface.prepare(args, METRICS, kind=kind)
+
+
+def plot(args, surf_file):
+    show = ["--show"] if args.show else []
+    if args.y is not None:
+        import plot_2D
+        plot_2D.main(["--surf_file", surf_file, "--surf_name", "eig_ratio"] + show)
+    else:
+        import plot_1D
+        plot_1D.main(["--surf_file", surf_file] + show)
+
+
+# ---------------------------------------------------------------- single point
+def single_point(args):
+    if args.mpi or mpi4pytorch.launched_size() > 1:
+        raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
+    out = args.spectrum_file or (args.model_file or os.path.join("out", args.model.replace(":", "_"))) \
+        + "_hessian.h5"
+    if os.path.exists(out) and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
+    torch.set_num_threads(args.threads or mpi4pytorch.default_threads(None))
+    device = mpi4pytorch.device_for(None, args.cuda)
+    data = dataloader.load_data(args)
+    if not args.model_file:
+        torch.manual_seed(args.seed)
+    net = model_loader.load(args.model, args.model_file, args.unsafe_load).to(device)
+    point = move_to_at(args, net)
+    op = hessian_of(args, net, data, device)
+    t = time.perf_counter()
+    result = {}
+    if args.top_k:
+        if args.top_k >= op.shape[0]:
+            raise UserError(f"--top_k must be below the number of parameters ({op.shape[0]})")
+        result["top_eigenvalues"] = top_k(op, args.top_k, args.eig_tol, args.seed, args.eig_maxiter)
+    result["max_eig"], result["min_eig"] = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter)
+    if args.trace:
+        result["trace"], result["trace_stderr"], result["trace_samples"] = \
+            hutchinson_trace(op, args.trace_samples, args.seed)
+    seconds = time.perf_counter() - t
+    settings = {"model": args.model, "model_file": os.path.basename(args.model_file),
+                "model_hash": model_loader.file_hash(args.model_file) if args.model_file else "init",
+                **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+                "point": point, "dir_file": os.path.basename(args.dir_file) if args.at else "",
+                "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
+    write_spectrum(out, result, settings)
+    report(result, point, op, seconds, out)
+
+
+def move_to_at(args, net):
+    """Move ``net`` to ``--at x[,y]`` along ``--dir_file``; returns the point."""
+    if not args.at:
+        return []
+    try:
+        point = [float(v) for v in args.at.split(",")]
+    except ValueError:
+        point = []
+    if not 1 <= len(point) <= 2:
+        raise UserError(f"--at must be x or x,y (got '{args.at}')")
+    if not args.dir_file:
+        raise UserError("--at needs the --dir_file whose directions the point refers to")
+    xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)
+    net_plotter.Perturbation(net, args.dir_type, xdir, ydir).set(*point)
+    return point
+
+
+def write_spectrum(path, result, settings):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with h5py.File(tmp, "w") as f:
+        for k, v in result.items():
+            f[k] = np.asarray(v, dtype=np.float64)
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def report(result, point, op, seconds, out):
+    where = f"at {tuple(point)}" if point else "at the model"
+    print(f"Hessian of the mean training loss {where} ({op.shape[0]} parameters, "
+          f"{op.count} products, {seconds:.1f} s):")
+    if "top_eigenvalues" in result:
+        print("  top eigenvalues: " + " ".join(f"{v:.6g}" for v in result["top_eigenvalues"]))
+    print(f"  max_eig {result['max_eig']:.6g}  min_eig {result['min_eig']:.6g}  "
+          f"|min/max| {abs(result['min_eig'] / result['max_eig']):.4g}")
+    if "trace" in result:
+        print(f"  trace ≈ {result['trace']:.6g} ± {result['trace_stderr']:.2g} (standard error, "
+              f"{len(result['trace_samples'])} Rademacher vectors)")
+    print(f"saved {out}", flush=True)
+
+
+def main(argv=None):
+    args = plot_surface.parse_args(build_parser(), argv)
+    check_args(args)
+    if args.top_k or args.trace:
+        single_point(args)
+    else:
+        grid(args)
+
+
+if __name__ == "__main__":
+    run_main(main)
