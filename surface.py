@@ -111,6 +111,8 @@ def read_surface(path):
         if "xcoordinates" not in f:
             raise UserError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        if "dir_file" in f and isinstance(f["dir_file"], h5py.Dataset):  # the original's
+            attrs.setdefault("dir_file", _attr(f["dir_file"][()]))
         if "settings" in attrs and isinstance(attrs["settings"], str):
             attrs["settings"] = json.loads(attrs["settings"])
         x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
