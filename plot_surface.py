@@ -319,6 +319,7 @@ def compute_grid(args, ctx, compute, desc="surface"):
         print(f"{ctx.surf_file}: {total} points, {done} already done"
               f"{' (resumed)' if ctx.writer.resumed and done else ''}; set-up {ctx.setup_seconds:.1f} s",
               file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     try:
         run_grid(ctx.comm, ctx.todo, compute, ctx.writer, save_every=args.save_every,
                  progress=not args.no_progress, desc=desc)
@@ -327,6 +328,11 @@ def compute_grid(args, ctx, compute, desc="surface"):
             print(f"interrupted by {e}: {ctx.writer.n_done} of {ctx.writer.done.size} points saved "
                   f"in {ctx.surf_file}; rerun the same command to resume", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
+    seconds = time.perf_counter() - t0
+    if ctx.rank == 0 and len(ctx.todo):
+        print(f"timing: {len(ctx.todo)} points in {seconds:.2f} s, {seconds / len(ctx.todo):.3f} s per "
+              f"point, {mpi4pytorch.size(ctx.comm)} rank(s) x {torch.get_num_threads()} thread(s); "
+              f"set-up {ctx.setup_seconds:.2f} s", file=sys.stderr, flush=True)
     if ctx.rank == 0 and ctx.writer.n_done < ctx.writer.done.size:
         print(f"incomplete: {ctx.writer.n_done} of {ctx.writer.done.size} points in {ctx.surf_file}; "
               "rerun the same command to finish", file=sys.stderr, flush=True)
