@@ -393,3 +393,34 @@ def test_range_parsing():
     args = ps.parse_args(ps.build_parser(), ["--x", "-1:1:51", "--y=0:1:11"])
     assert (args.xmin, args.xmax, args.xnum) == (-1.0, 1.0, 51)
     assert (args.ymin, args.ymax, args.ynum) == (0.0, 1.0, 11)
+
+
+def test_failing_rank_ends_the_job_quickly(ckpts, tmp_path):
+    (tmp_path / "failing.py").write_text(textwrap.dedent("""
+        import os
+        import torch.nn.functional as F
+        calls = [0]
+        def loss(out, y):
+            calls[0] += 1
+            if os.environ.get("PMI_RANK") == "1" and calls[0] > 2:
+                raise RuntimeError("rank 1 fails on purpose")
+            return F.cross_entropy(out, y, reduction="none")
+    """))
+    cmd = ["mpiexec", "-n", "2", sys.executable, os.path.join(REPO, "plot_surface.py"), "--mpi",
+           "--model", "digits_cnn", "--model_file", ckpts[0], "--loss_name", "failing:loss",
+           "--x=-1:1:40", "--surf_file", str(tmp_path / "s.h5"), *SMALL]
+    t0 = time.time()
+    p = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert time.time() - t0 < 30 + 10  # start-up of two ranks included
+    assert p.returncode != 0
+    assert "rank 1 fails on purpose" in p.stderr
+
+
+def test_mpi_flag_without_mpi4py_is_a_clear_error(ckpts, tmp_path):
+    broken = tmp_path / "mpi4py"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('libmpi.so.12: cannot open shared object file')\n")
+    p = run_script(surface_cmd(ckpts[0], str(tmp_path / "s.h5"), "--mpi", "--x=-1:1:2"),
+                   env={"PYTHONPATH": str(tmp_path)})
+    line = assert_one_line_error(p)
+    assert "mpi4py" in line and "pip install mpi4py mpich" in line
