@@ -137,18 +137,32 @@ def start_vector(n, seed=0):
     return np.random.default_rng(seed).standard_normal(n)
 
 
+class NonFinite(ArithmeticError):
+    """A Hessian-vector product held NaN or inf (the loss is not finite there)."""
+
+
 def _eig(op, which, tol, v0, maxiter, shift=0.0, k=1):
-    """``k`` eigenvalues of ``op`` (shifted by ``shift`` inside ARPACK, added back)."""
+    """``k`` eigenvalues of ``op`` (shifted by ``shift`` inside ARPACK, added back);
+    NaN where a product is not finite or Lanczos gives nothing."""
     n = op.shape[0]
-    a = op if not shift else LinearOperator(op.shape, dtype=np.float64,
-                                            matvec=lambda v: op.matvec(v) - shift * v.reshape(-1))
-    if n <= k + 1:  # too small for ARPACK: use the dense matrix
-        vals = np.linalg.eigvalsh(a.matmat(np.eye(n)))
-        vals = {"LA": vals[::-1], "SA": vals, "LM": vals[np.argsort(-np.abs(vals))]}[which][:k]
-        return np.sort(vals + shift)[::-1]
+
+    def matvec(v):
+        out = op.matvec(v) - shift * v.reshape(-1)
+        if not np.isfinite(out).all():
+            raise NonFinite
+        return out
+
+    a = LinearOperator(op.shape, dtype=np.float64, matvec=matvec)
     try:
-        vals = eigsh(a, k=k, which=which, tol=tol, v0=v0, maxiter=maxiter,
-                     return_eigenvectors=False)
+        if n <= k + 1:  # too small for ARPACK: use the dense matrix
+            vals = np.linalg.eigvalsh(a.matmat(np.eye(n)))
+            vals = {"LA": vals[::-1], "SA": vals, "LM": vals[np.argsort(-np.abs(vals))]}[which][:k]
+        else:
+            vals = eigsh(a, k=k, which=which, tol=tol, v0=v0, maxiter=maxiter,
+                         return_eigenvectors=False)
+    except NonFinite:
+        warnings.warn("a Hessian-vector product is not finite (NaN/inf loss here); recording NaN")
+        return np.full(k, np.nan)
     except ArpackNoConvergence as e:
         if len(e.eigenvalues) < k:
             warnings.warn(f"Lanczos ({which}) did not converge in {maxiter} restarts; "

@@ -279,32 +279,37 @@ def run(args):
     """PCA (unless --dir_file) and projection; returns (dir_file, proj_file)."""
     check_args(args)
     files, epochs = checkpoint_files(args)
+    base = run_settings(args, files, epochs)
+    dir_file = args.dir_file or args.pca_file or default_pca_file(args, files)
+    pca_settings = {**base, "kind": "pca", "ignore": args.ignore}
+    if args.dir_file:
+        made_for = net_plotter.read_direction_attrs(dir_file).get("dir_type", args.dir_type)
+        if made_for != args.dir_type:
+            raise UserError(f"{dir_file} holds --dir_type {made_for} directions; rerun with "
+                            f"--dir_type {made_for}")
+    else:
+        _check_existing(dir_file, pca_settings, args.overwrite, "PCA direction file")
     print(f"loading {len(files)} checkpoints; final model: {files[-1]}", flush=True)
     net, names, shapes, rows = load_trajectory(args, files)
-    base = run_settings(args, files, epochs)
     if args.dir_file:
-        dir_file = args.dir_file
         xdir, ydir = net_plotter.read_directions(dir_file, net, args.dir_type, need_y=True)
         floats = [w.is_floating_point() for _, w in net_plotter.get_entries(net, args.dir_type)]
         xdir, ydir = ([t.double().reshape(-1) for t, f in zip(d, floats) if f] for d in (xdir, ydir))
     else:
-        dir_file = args.pca_file or default_pca_file(args, files)
-        settings = {**base, "kind": "pca", "ignore": args.ignore}
-        _check_existing(dir_file, settings, args.overwrite, "PCA direction file")
         keep = [not (args.ignore == "biasbn" and len(s) <= 1) for s in shapes]
         (xdir, ydir), stats = pca_directions(rows, keep)
-        write_pca_file(dir_file, net, args.dir_type, names, shapes, xdir, ydir, stats, settings)
+        write_pca_file(dir_file, net, args.dir_type, names, shapes, xdir, ydir, stats, pca_settings)
         ratio = stats["explained_variance_ratio_"]
         print(f"PCA directions: {dir_file}\n  explained variance ratio: 1st PC {ratio[0]:.4f}, "
               f"2nd PC {ratio[1]:.4f}", flush=True)
     coords, orthonormal = project(rows, xdir, ydir)
     method = "cos" if orthonormal else "lstsq"
     proj_file = args.proj_file or f"{dir_file}_proj_{method}.h5"
-    settings = {**base, "dir_file": os.path.basename(dir_file), "method": method,
-                "directions_hash": net_plotter.directions_hash(xdir, ydir)}
-    _check_existing(proj_file, settings, args.overwrite, "projection file")
+    proj_settings = {**base, "dir_file": os.path.basename(dir_file), "method": method,
+                     "directions_hash": net_plotter.directions_hash(xdir, ydir)}
+    _check_existing(proj_file, proj_settings, args.overwrite, "projection file")
     ranges = tuple(suggest_range(coords[:, c], args.margin) for c in range(2))
-    write_projection(proj_file, coords, epochs, files, dir_file, method, settings, ranges)
+    write_projection(proj_file, coords, epochs, files, dir_file, method, proj_settings, ranges)
     for f, (x, y) in zip(files, coords):
         print(f"  {f}  ({x:.4f}, {y:.4f})")
     print(f"projection: {proj_file}\nthe loss surface around the path (add --mpi/--cuda as usual):\n"

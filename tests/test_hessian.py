@@ -203,3 +203,13 @@ def test_single_point_top_k_and_trace(tmp_path, mlp_file):
     assert top[0] == pytest.approx(lmax, rel=1e-3) and lmin <= top[-1]
     assert abs(trace - hutchinson_trace(op, 30)[0]) < 1e-6 * abs(trace) and se > 0
     assert "--overwrite" in assert_one_line_error(run_script(cmd))  # an existing file is kept
+
+
+def test_non_finite_loss_gives_nan_not_a_crash():
+    net, x, y = tiny_problem()
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    op = Hessian(net, x, y, get_loss_fn("crossentropy"), N_SAMPLES)
+    with pytest.warns(UserWarning, match="not finite"):
+        lmax, lmin = min_max_eigs(op)
+    assert np.isnan(lmax) and np.isnan(lmin)
