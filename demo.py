@@ -15,7 +15,7 @@ step can be rerun or changed by hand:
    each network (--idx 0, 1, ...), overlaid with plot_1D.py, and a 2D surface for each,
    plotted with plot_2D.py (contours, heat map, 3D surface);
 4. h52vtp.py: a ParaView .vtp of each 2D surface; plot_2D.py --html: an interactive page;
-5. a flatness table: the mean train-loss increase at |alpha| = 0.25 and 0.5 along the
+5. a flatness table: the mean train-loss increase at alpha = +-0.25 and +-0.5 along the
    random directions, with its spread over the directions (flatness.md, flatness.json);
 6. index.html: every figure on one page (relative links, works offline).
 
@@ -77,9 +77,11 @@ def main(argv=None):
         raise UserError(f"--np must be >= 1, got {args.np}")
     size = SIZES["quick" if args.quick else "full"]
     out = os.path.abspath(args.out)
+    index = os.path.join(out, "index.html")
+    if os.path.exists(index) and INDEX_MARK not in open(index, errors="replace").read(300):
+        raise UserError(f"{index} exists and was not written by the demo; choose another --out")
     os.makedirs(out, exist_ok=True)
-    demo = Demo(out, size, args.quick, launcher(args.np))
-    t_start = time.perf_counter()
+    demo = Demo(out, launcher(args.np))
 
     demo.step("Training the two networks with cifar10/main.py")
     models = {key: demo.train(key, bs, lr, e_quick if args.quick else e_full)
@@ -117,16 +119,17 @@ def main(argv=None):
         demo.plot("h52vtp", ["--surf_file", grids[key], "--surf_name", "train_loss",
                              "--zmax", str(LOSS_RANGE[1]), "--log"], key)
 
-    demo.step(f"Flatness: train-loss increase at |alpha| = {', '.join(map(str, RADII))}")
+    demo.step(f"Flatness: train-loss increase at α = ±{' and ±'.join(map(str, RADII))}")
     table = flatness_table(lines, labels, interp)
     print(table["markdown"], flush=True)
     with open(os.path.join(out, "flatness.json"), "w") as f:
-        json.dump({k: v for k, v in table.items() if k != "markdown"}, f, indent=1)
+        json.dump({k: table[k] for k in ("radii", "rows", "verdict", "small_batch_flatter")},
+                  f, indent=1)
     with open(os.path.join(out, "flatness.md"), "w") as f:
         f.write(table["markdown"] + "\n")
 
     demo.step("index.html: every figure on one page")
-    seconds = time.perf_counter() - t_start
+    seconds = time.perf_counter() - demo.t0
     write_index(out, demo, table, seconds, args.quick)
     if args.doc_images:
         copy_doc_images(demo.figures, args.doc_images)
@@ -170,8 +173,8 @@ class Demo:
     """Runs the steps: prints a line per step, the command of each tool it runs, and
     collects the files the plotting tools write (by figure group)."""
 
-    def __init__(self, out, size, quick, mpi):
-        self.out, self.size, self.quick, self.mpi = out, size, quick, mpi
+    def __init__(self, out, mpi):
+        self.out, self.mpi = out, mpi
         self.n_step, self.t0 = 0, time.perf_counter()
         self.figures = {}            # group -> [files], in the order written
 
@@ -235,9 +238,9 @@ def flatness_table(lines, labels, interp_file):
         surfs = [read_surface(f) for f in files]
         loss0 = float(np.mean([s.values["train_loss"][_index(s.x, 0.0, f)]
                                for s, f in zip(surfs, files)]))
-        row = {"minimizer": key, "label": labels[key], "checkpoint": surfs[0].settings["model_file"],
-               "directions": len(files), "train_loss": loss0, "increase": {}}
-        at = _index(interp.x, float(k), interp_file)      # model_file at 0, model_file2 at 1
+        row = {"minimizer": key, "label": labels[key], "directions": len(files),
+               "checkpoint": surfs[0].settings["model_file"], "train_loss": loss0, "increase": {}}
+        at = _index(interp.x, float(k), interp_file)  # the small batch at α = 0, the large at 1
         for name in ("train_acc", "test_loss", "test_acc"):
             row[name] = float(interp.values[name][at])
         for r in RADII:
@@ -249,21 +252,19 @@ def flatness_table(lines, labels, interp_file):
                                        "per_direction": [float(v) for v in inc]}
         rows.append(row)
     verdict = flatness_verdict(*rows)
-    md = ["| minimizer | train loss | train acc (%) | test acc (%) | "
-          + " | ".join(f"loss increase at |α|={r} (mean ± std)" for r in RADII) + " |",
-          "|---|---|---|---|" + "---|" * len(RADII)]
-    for row in rows:
-        md.append(f"| {row['label']} | {row['train_loss']:.4f} | {row['train_acc']:.2f} | "
-                  f"{row['test_acc']:.2f} | " + " | ".join(
-                      f"{row['increase'][str(r)]['mean']:.4f} ± {row['increase'][str(r)]['std']:.4f}"
-                      for r in RADII) + " |")
-    n = rows[0]["directions"]
-    md += ["", f"Loss increase = (L(+α) + L(−α))/2 − L(0) of the training loss along each of "
-           f"{n} filter-normalized random directions; mean and standard deviation over the "
-           "directions.", "", f"**{verdict}**"]
+    spread = lambda row, r: "{mean:.4f} ± {std:.4f}".format(**row["increase"][str(r)])
+    header = ["minimizer", "train loss", "train acc (%)", "test acc (%)"] + \
+        [f"loss increase at α = ±{r} (mean ± std)" for r in RADII]
+    cells = [[row["label"], f"{row['train_loss']:.4f}", f"{row['train_acc']:.2f}",
+              f"{row['test_acc']:.2f}"] + [spread(row, r) for r in RADII] for row in rows]
+    note = ("Loss increase = (L(+α) + L(−α))/2 − L(0) of the training loss along each of "
+            f"{len(files)} filter-normalized random directions; mean and standard deviation "
+            "over the directions.")
+    md = [f"| {' | '.join(line)} |" for line in [header, ["---"] * len(header)] + cells]
     return {"radii": list(RADII), "rows": rows, "verdict": verdict,
-            "small_batch_flatter": verdict.startswith(FLATTER),
-            "markdown": "\n".join(md)}
+            "small_batch_flatter": verdict.startswith(FLATTER), "header": header,
+            "cells": cells, "note": note,
+            "markdown": "\n".join(md + ["", note, "", f"**{verdict}**"])}
 
 
 def flatness_verdict(small, large):
@@ -273,7 +274,7 @@ def flatness_verdict(small, large):
     lo, hi = (lambda row, r: inc(row, r)["mean"] - inc(row, r)["std"],
               lambda row, r: inc(row, r)["mean"] + inc(row, r)["std"])
     ratios = ", ".join(f"{inc(large, r)['mean'] / max(inc(small, r)['mean'], 1e-12):.1f}x at "
-                       f"|α|={r}" for r in RADII)
+                       f"α = ±{r}" for r in RADII)
     if all(hi(small, r) < lo(large, r) for r in RADII):
         return (f"{FLATTER}: its training loss rises less at every radius (large/small mean "
                 f"increase: {ratios}), and the spreads over the directions do not overlap, as "
@@ -319,16 +320,20 @@ SECTIONS = [
 ]
 
 
+INDEX_MARK = "<!-- written by the loss-landscape demo.py -->"
+
+
 def write_index(out, demo, table, seconds, quick):
     rel = lambda p: html.escape(os.path.relpath(p, out).replace(os.sep, "/"))
-    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+    kind = lambda f: "interactive 3D page" if f.endswith(".html") else "ParaView .vtp"
+    parts = ["<!DOCTYPE html>", INDEX_MARK, "<html><head><meta charset='utf-8'>",
              "<title>loss-landscape demo</title><style>",
              "body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}",
              "img{width:48%;margin:0.5%;border:1px solid #ddd}",
              "table{border-collapse:collapse}td,th{border:1px solid #aaa;padding:4px 8px}",
              "</style></head><body>",
              "<h1>Loss landscapes of a small-batch and a large-batch minimizer</h1>",
-             f"<p>digits_cnn on the embedded digits data{' (--quick: reduced size)' if quick else ''}; "
+             f"<p>digits_cnn on the embedded digits data{' (--quick: reduced size)' * quick}; "
              f"made by <code>python demo.py</code> in {seconds:.0f} s. "
              "How to read the figures: doc/demo.md.</p>",
              "<h2>Flatness</h2>", table_html(table)]
@@ -339,26 +344,21 @@ def write_index(out, demo, table, seconds, quick):
                   for f in files if f.endswith(".png")]
         others = [f for f in files if not f.endswith(".png")]
         if others:
-            parts.append("<p>" + " · ".join(
-                f"<a href='{rel(f)}'>{'interactive 3D page' if f.endswith('.html') else 'ParaView .vtp'}"
-                f" ({html.escape(os.path.basename(f))})</a>" for f in others) + "</p>")
+            parts.append("<p>" + " · ".join(f"<a href='{rel(f)}'>{kind(f)} "
+                                            f"({html.escape(os.path.basename(f))})</a>"
+                                            for f in others) + "</p>")
     parts.append("</body></html>")
     with open(os.path.join(out, "index.html"), "w") as f:
         f.write("\n".join(parts) + "\n")
 
 
 def table_html(table):
-    head = "".join(f"<th>loss increase at |α| = {r}<br>(mean ± std)</th>" for r in table["radii"])
-    rows = []
-    for row in table["rows"]:
-        cells = "".join(f"<td>{row['increase'][str(r)]['mean']:.4f} ± "
-                        f"{row['increase'][str(r)]['std']:.4f}</td>" for r in table["radii"])
-        rows.append(f"<tr><td>{html.escape(row['label'])}</td><td>{row['train_loss']:.4f}</td>"
-                    f"<td>{row['train_acc']:.2f}</td><td>{row['test_acc']:.2f}</td>{cells}</tr>")
-    return ("<table><tr><th>minimizer</th><th>train loss</th><th>train acc (%)</th>"
-            f"<th>test acc (%)</th>{head}</tr>" + "".join(rows) + "</table>"
-            f"<p>{html.escape(table['verdict'])} (over {table['rows'][0]['directions']} "
-            "filter-normalized random directions; flatness.md, flatness.json)</p>")
+    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>"
+                                              for c in cells) + "</tr>"
+    return ("<table>" + row(table["header"], "th") + "".join(row(c, "td") for c in table["cells"])
+            + f"</table><p>{html.escape(table['note'])}</p><p><b>{html.escape(table['verdict'])}"
+            "</b> (<a href='flatness.md'>flatness.md</a>, <a href='flatness.json'>flatness.json"
+            "</a>)</p>")
 
 
 # ---------------------------------------------------------------------- doc images

@@ -29,7 +29,8 @@ def test_steps_and_progress_are_shown(quick):
     out, p = quick
     for n in range(1, 7):
         assert f"[{n}/6" in p.stdout
-    assert "$ python cifar10/main.py" in p.stdout and "plot_surface.py" in p.stdout
+    assert "python cifar10/main.py --dataset digits" in p.stdout
+    assert "python plot_surface.py --mpi" in p.stdout or "$ python plot_surface.py" in p.stdout
     assert "surface: 100%" in p.stderr                     # plot_surface's progress bar
     assert "demo done in" in p.stdout
 
@@ -66,7 +67,8 @@ def test_index_shows_every_figure(quick):
     links = set(re.findall(r"(?:src|href)='([^']+)'", index))
     made = {os.path.relpath(f, out) for f in glob.glob(os.path.join(out, "figures", "*", "*"))}
     assert made and made <= links                          # every figure, page and .vtp
-    assert {l for l in links if l.endswith(".png")} <= {l for l in re.findall(r"src='([^']+)'", index)}
+    shown = set(re.findall(r"<img src='([^']+)'", index))
+    assert {f for f in made if f.endswith(".png")} <= shown          # shown, not only linked
     for link in links:                                     # relative, and they resolve
         assert not link.startswith(("/", "http")) and os.path.isfile(os.path.join(out, link))
     assert "<table>" in index and "small batch" in index and "large batch" in index
@@ -85,11 +87,12 @@ def test_flatness_table_matches_the_surfaces(quick):
     rows = {r["minimizer"]: r for r in table["rows"]}
     assert list(rows) == ["small_batch", "large_batch"]
     size = demo.SIZES["quick"]
+    pattern = f"model_*.t7_weights_xignore=biasbn_xnorm=filter*.h5_[[]-1.0,1.0,{size['line']}[]].h5"
     for key, row in rows.items():
-        folder = next(d for d in glob.glob(os.path.join(out, "models", "*"))
-                      if os.path.isdir(d) and f"_bs={dict(small_batch=16, large_batch=1024)[key]}_" in d)
-        files = sorted(glob.glob(os.path.join(
-            folder, f"model_*.t7_weights_xignore=biasbn_xnorm=filter*.h5_[[]-1.0,1.0,{size['line']}[]].h5")))
+        batch = dict(small_batch=16, large_batch=1024)[key]
+        (folder,) = [d for d in glob.glob(os.path.join(out, "models", f"digits_cnn_*_bs={batch}_*"))
+                     if os.path.isdir(d)]
+        files = sorted(glob.glob(os.path.join(folder, pattern)))
         assert len(files) == size["dirs"] == row["directions"]
         curves = [raw_train_loss(f) for f in files]
         loss0 = np.mean([loss[np.isclose(x, 0)][0] for x, loss in curves])
@@ -103,7 +106,9 @@ def test_flatness_table_matches_the_surfaces(quick):
             assert got["std"] == pytest.approx(np.std(inc, ddof=1), rel=1e-9)
         assert 0 <= row["test_acc"] <= 100 and 0 <= row["train_acc"] <= 100
     md = open(os.path.join(out, "flatness.md")).read()
-    assert md.count("\n| ") == 3 and "small batch (bs=16)" in md and "large batch (bs=1024)" in md
+    table_lines = [l for l in md.splitlines() if l.startswith("| ") and "---" not in l]
+    assert [l.split(" | ")[0] for l in table_lines] == \
+        ["| minimizer", "| small batch (bs=16)", "| large batch (bs=1024)"]
     assert f"{rows['small_batch']['increase']['0.5']['mean']:.4f}" in md
     # the claim is made exactly when the numbers show it
     s, l = rows["small_batch"]["increase"], rows["large_batch"]["increase"]
@@ -129,11 +134,21 @@ def test_existing_checkpoint_is_reused(tmp_path, capsys):
     _, checkpoint = demo.training(str(tmp_path), 16, 0.05, 3)   # where main.py saves it
     os.makedirs(os.path.dirname(checkpoint))
     open(checkpoint, "wb").close()
-    d = demo.Demo(str(tmp_path), demo.SIZES["quick"], True, [])
+    d = demo.Demo(str(tmp_path), [])
     assert d.train("small_batch", 16, 0.05, 3) == checkpoint
     assert "reusing" in capsys.readouterr().out
     assert os.listdir(os.path.dirname(checkpoint)) == ["model_3.t7"]   # nothing was trained
 
 
-def test_bad_np_is_one_line_error(tmp_path):
+def test_bad_input_is_one_line_error(tmp_path):
     assert "--np" in assert_one_line_error(run_script(["demo.py", "--np", "0", "--out", tmp_path]))
+    (tmp_path / "index.html").write_text("<html>my own page</html>")   # never overwritten
+    msg = assert_one_line_error(run_script(["demo.py", "--out", tmp_path]))
+    assert "index.html" in msg
+    assert (tmp_path / "index.html").read_text() == "<html>my own page</html>"
+
+
+def test_single_process_without_mpiexec(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))                # no launcher to be found
+    assert demo.launcher(2) == [] and demo.launcher(1) == []
+    assert "runs as one process (no mpiexec or mpirun on the PATH)" in capsys.readouterr().out
