@@ -301,9 +301,10 @@ SECTIONS = [
     ("interpolation", "1D linear interpolation between the two minimizers",
      "Weights (and BatchNorm statistics) = small-batch + α (large-batch − small-batch): α = 0 "
      "is the small-batch minimizer, α = 1 the large-batch one. Solid: training, dashed: test. "
-     "A loss barrier between them shows they sit in different basins; the width of the dip "
-     "around each end is not comparable between them (their weight scales differ), which is why "
-     "the paper uses filter-normalized directions below."),
+     "The loss between them shows how high the wall between the two minimizers is; the widths "
+     "of the dips at the two ends cannot be compared (the networks' weights differ in scale): "
+     "that is what the filter-normalized plots below are for. Outside [0, 1] the BatchNorm "
+     "statistics are extrapolated too; where a running variance reaches zero the loss jumps."),
     ("random_1d", "1D filter-normalized random direction, both minimizers",
      "Training loss (log scale) along one random direction scaled filter by filter to the "
      "network's own weights, so that the two curves are comparable: the flatter minimizer has "
