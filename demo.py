@@ -14,7 +14,8 @@ step can be rerun or changed by hand:
 3. plot_surface.py: 1D curves along several filter-normalized random directions for
    each network (--idx 0, 1, ...), overlaid with plot_1D.py, and a 2D surface for each,
    plotted with plot_2D.py (contours, heat map, 3D surface);
-4. h52vtp.py: a ParaView .vtp of each 2D surface; plot_2D.py --html: an interactive page;
+4. h52vtp.py: a ParaView .vtp of each 2D surface (plot_2D.py --html in step 3 made an
+   interactive page of each);
 5. a flatness table: the mean train-loss increase at alpha = +-0.25 and +-0.5 along the
    random directions, with its spread over the directions (flatness.md, flatness.json);
 6. index.html: every figure on one page (relative links, works offline).
@@ -48,7 +49,8 @@ from surface import read_surface  # noqa: E402
 NETWORKS = [("small_batch", "small batch (bs=16)", 16, 0.05, 10, 2),
             ("large_batch", "large batch (bs=1024)", 1024, 0.1, 60, 12)]
 # Grid sizes: interpolation points, 1D points on [-1, 1], random directions, 2D points per axis.
-# The 1D grid must hold +-0.25 and +-0.5 (xnum - 1 a multiple of 8).
+# The 1D grid must hold +-0.25 and +-0.5 (line - 1 a multiple of 8), the interpolation
+# grid on [-0.5, 1.5] must hold 0 and 1 (interp - 1 a multiple of 4).
 SIZES = {"full": dict(interp=101, line=41, dirs=5, grid=25),
          "quick": dict(interp=9, line=9, dirs=2, grid=5)}
 RADII = (0.25, 0.5)
