@@ -237,6 +237,11 @@ def make_directions(args, net, dir_file):
                                         "xignore": args.xignore, "yignore": args.yignore})
 
 
+def _short(path):
+    """A checkpoint's folder and file name: enough to tell runs apart in plot labels."""
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)) if path else ""
+
+
 def _load(args, path):
     return model_loader.load(args.model, path, args.unsafe_load)
 
@@ -267,9 +272,8 @@ def prepare(args, metrics, kind="loss"):
     surf_file = name_surface_file(args, dir_file)
     settings = {
         "kind": kind, "model": args.model,
-        "model_file": os.path.basename(args.model_file), "model_hash": _hash_or_init(args, args.model_file),
-        "model_file2": os.path.basename(args.model_file2),
-        "model_file3": os.path.basename(args.model_file3),
+        "model_file": _short(args.model_file), "model_hash": _hash_or_init(args, args.model_file),
+        "model_file2": _short(args.model_file2), "model_file3": _short(args.model_file3),
         **dataloader.data_settings(args, data),
         "loss_name": args.loss_name, "dir_type": args.dir_type,
         "directions_hash": net_plotter.directions_hash(xdir, ydir),
