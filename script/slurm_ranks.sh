@@ -39,10 +39,13 @@ run_ranks() {
   local -a launch flags=(--mpi)
   case ${LAUNCHER:-srun} in
     srun)
-      # srun does not inherit --cpus-per-task from the batch script (Slurm >= 22.05);
+      # srun does not inherit --cpus-per-task from the batch script (Slurm >= 22.05).
       # --kill-on-bad-exit=0: a rank that exits 143 after a signal must not make srun
-      # SIGKILL rank 0 while it saves (a rank that fails aborts the whole run itself)
-      launch=(srun --mpi="${SRUN_MPI:-pmi2}" --kill-on-bad-exit=0
+      # SIGKILL rank 0 while it saves (a rank that fails aborts the whole run itself);
+      # --wait=60: but a rank that dies without MPI noticing (e.g. in MPI_Init) must not
+      # leave the others hanging until the time limit (the ranks of a healthy run end
+      # within seconds of each other: they all meet at the end of the grid)
+      launch=(srun --mpi="${SRUN_MPI:-pmi2}" --kill-on-bad-exit=0 --wait=60
               ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"}) ;;
     mpiexec)
       launch=(mpiexec -n "${SLURM_NTASKS:?not inside a Slurm allocation}") ;;
