@@ -23,12 +23,12 @@ negative-dominant spectra alike (the original shifted by 0.51·λmax and asked f
 largest magnitude, which returns λmax again for a well-conditioned positive definite
 Hessian).
 
-Tolerances: ARPACK stops when each Ritz value's residual bound is below
-``tol`` × |Ritz value| of the operator it runs on. The first run is relative to ρ; the
-second runs on the shifted operator, so its bound is relative to λmax − λmin. With the
-default ``tol=1e-3`` the eigenvalues are typically accurate to well below 1e-3 of ρ
-(the eigenvalue error of Lanczos is of the order of the squared residual divided by
-the gap to the next eigenvalue).
+Tolerances: ARPACK stops when each Ritz value θ has a residual norm below ``tol``·|θ|
+on the operator it runs on, and for a symmetric operator an eigenvalue then lies within
+that distance of θ. So λ₁ is within ``tol``·ρ of an eigenvalue and the other end within
+``tol``·(λmax − λmin) ≤ 2·``tol``·ρ; in practice far closer (the eigenvalue error of
+Lanczos is of the order of the squared residual over the gap to the next eigenvalue).
+Default ``tol=1e-3``.
 """
 import warnings
 

@@ -24,7 +24,6 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 """
 import json
 import os
-import sys
 import time
 
 import h5py

@@ -31,7 +31,7 @@ import dataloader  # noqa: E402
 import model_loader  # noqa: E402
 import net_plotter  # noqa: E402
 from evaluation import get_loss_fn  # noqa: E402
-from hess_vec_prod import DEFAULT_TOL, Hessian, min_max_eigs  # noqa: E402
+from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, min_max_eigs  # noqa: E402
 
 
 def data_args(**kw):
@@ -56,11 +56,11 @@ def gradient_seconds(net, x, y, loss_sum, batch_size, repeat=2):
     return (time.perf_counter() - t) / repeat
 
 
-def bench(name, net, x, y, batch_size, points):
+def bench(name, net, x, y, batch_size, points, cache_mb):
     loss_sum = get_loss_fn("crossentropy")
     net.eval()
     grad_s = gradient_seconds(net, x, y, loss_sum, batch_size)
-    op = Hessian(net, x, y, loss_sum, batch_size)
+    op = Hessian(net, x, y, loss_sum, batch_size, cache_mb=cache_mb)
     gen = net_plotter.make_generator(0, 0)
     move = net_plotter.Perturbation(net, "weights", net_plotter.random_direction(net, "weights", "filter",
                                                                                "biasbn", gen))
@@ -86,11 +86,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--points", type=int, default=2)
+    p.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
+                   help="graph cache of the Hessian operator (plot_hessian_eigen.py's default)")
     p.add_argument("--skip_resnet", action="store_true")
     p.add_argument("--skip_digits", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, tol {DEFAULT_TOL}, "
+          f"graph cache {args.hess_cache_mb:.0f} MiB, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +106,7 @@ def main():
             data = dataloader.load_data(data_args())
             net = model_loader.load("digits_cnn", model_file)
             results.append(bench("digits_cnn, digits test set", net, data.test_x, data.test_y, 360,
-                                 args.points))
+                                 args.points, args.hess_cache_mb))
         if not args.skip_resnet:
             from conftest import write_cifar_batches
             write_cifar_batches(tmp, n_train=500, n_test=10)
@@ -111,7 +114,7 @@ def main():
             torch.manual_seed(0)
             net = model_loader.load("resnet20")
             results.append(bench("resnet20, 500 CIFAR-format images", net, data.train_x, data.train_y, 128,
-                                 args.points))
+                                 args.points, args.hess_cache_mb))
     print("\n| case | parameters (>1-D) | products/point | s/point (wall) | s/point (CPU) | "
           "s/product | gradient s | product/gradient |\n|---|---|---|---|---|---|---|---|")
     for r in results:
