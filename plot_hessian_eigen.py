@@ -106,8 +106,8 @@ def prepare_grid(args):
     if not args.surf_file:
         dir_file = plot_surface.name_direction_file(args)
         args.surf_file = plot_surface.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
-    kind = f"hessian eig_tol={args.eig_tol} seed={args.seed}"
-    return plot_surface.prepare(args, METRICS, kind=kind)
+    return plot_surface.prepare(args, METRICS, kind="hessian",
+                                extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
 
 
 def plot(args, surf_file):

@@ -247,7 +247,7 @@ def _load(args, path):
 
 
 # ------------------------------------------------------------------------ set-up
-def prepare(args, metrics, kind="loss"):
+def prepare(args, metrics, kind="loss", extra_settings=None):
     """Everything a grid run needs; returns a namespace (see the fields below)."""
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
@@ -281,7 +281,7 @@ def prepare(args, metrics, kind="loss"):
         "xignore": str(dir_attrs.get("xignore", "")), "yignore": str(dir_attrs.get("yignore", "")),
         "x": [args.xmin, args.xmax, args.xnum],
         "y": [args.ymin, args.ymax, args.ynum] if args.y is not None else None,
-        "precision": args.precision, "metrics": list(metrics),
+        "precision": args.precision, "metrics": list(metrics), **(extra_settings or {}),
     }
 
     def open_writer():
