@@ -62,7 +62,7 @@ def _pids_with_env(var, value):
 class SlurmCluster:
     """A one-node cluster (node = this host, ``cpus`` CPUs, partition ``debug``)."""
 
-    def __init__(self, root, cpus=2, kill_wait=30, cred_expire=10):
+    def __init__(self, root, cpus=2, kill_wait=30, cred_expire=5):
         self.root = os.path.abspath(root)
         self.cpus = cpus
         self.kill_wait = kill_wait        # seconds between SIGTERM and SIGKILL of a cancelled job
