@@ -50,6 +50,10 @@ def setup(use_mpi):
         raise UserError(f"--mpi needs mpi4py and an MPI library ({e}); install them with "
                         "'pip install mpi4py mpich' or build mpi4py against your cluster's MPI")
     comm = MPI.COMM_WORLD
+    if comm.Get_size() == 1 and launched_size() > 1:
+        raise UserError(f"--mpi: the launcher started {launched_size()} processes but MPI sees each "
+                        "as a world of one (launcher and MPI library do not match, e.g. "
+                        "'srun --mpi=none'); use your MPI's mpiexec or srun --mpi=pmi2/pmix")
     if comm.Get_rank() != 0:
         errors.QUIET = True
     _abort_on_uncaught(comm)

@@ -153,28 +153,40 @@ def run_grid(comm, todo, compute, writer=None, save_every=10.0, progress=True,
     rank = 0 if comm is None else comm.Get_rank()
     counter = _Counter(comm)
     collector = _Collector(comm, writer, save_every, len(todo), progress, desc) if rank == 0 else None
-    state = {"signum": None}
+    state = {"signum": None, "computing": False}
 
     def on_signal(signum, frame):
+        # Raise only inside compute(), the long part: raising inside an MPI call (say
+        # between the counter's Lock and Unlock) would leave MPI in a broken state.
+        # Elsewhere the loop sees the flag after the call.
         if state["signum"] is None:
             state["signum"] = signum
-            raise Interrupted(signum)
+            if state["computing"]:
+                raise Interrupted(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             while True:
                 c = counter.next()
+                if state["signum"]:
+                    raise Interrupted(state["signum"])
                 if c >= len(todo):
                     break
                 k = int(todo[c])
-                values = compute(k)
+                state["computing"] = True
+                try:
+                    values = compute(k)
+                finally:
+                    state["computing"] = False
                 if rank == 0:
                     collector.record([k], values)
                     if collector.thread is None:
                         collector.step()
                 else:
                     comm.send(([k], values), dest=0, tag=RESULT)
+                if state["signum"]:
+                    raise Interrupted(state["signum"])
         except Interrupted:
             if comm is not None:
                 counter.exhaust(len(todo))
