@@ -26,7 +26,7 @@ import mpi4pytorch
 import model_loader
 import net_plotter
 from errors import UserError, run_main
-from evaluation import PRECISIONS, Evaluator, get_loss_fn
+from evaluation import PRECISIONS, Evaluator, get_loss_fn, keep_freed_memory
 from scheduler import Interrupted, run_grid
 from surface import SurfaceWriter
 
@@ -250,6 +250,7 @@ def _load(args, path):
 def prepare(args, metrics, kind="loss", extra_settings=None):
     """Everything a grid run needs; returns a namespace (see the fields below)."""
     t0 = time.perf_counter()
+    keep_freed_memory()
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
     torch.set_num_threads(args.threads or mpi4pytorch.default_threads(comm))
