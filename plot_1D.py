@@ -280,8 +280,8 @@ def is_interpolation(surf):
     ``model_300.t7_model_300.t7_states...`` does."""
     if surf.settings:
         return bool(surf.settings.get("model_file2"))
-    name = os.path.basename(str(surf.attrs.get("dir_file") or surf.path))
-    return len(CHECKPOINT.findall(name)) >= 2
+    names = (str(surf.attrs.get("dir_file", "")), surf.path)
+    return any(len(CHECKPOINT.findall(os.path.basename(n))) >= 2 for n in names)
 
 
 def interpolation_marks(surfs):
