@@ -82,9 +82,9 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
         for xm, text in marks:
             if x_lo <= xm <= x_hi:
                 ax.axvline(xm, color="0.4", linestyle=":", linewidth=1)
-                ax.annotate(text, (xm, 1.0), xycoords=("data", "axes fraction"),
-                            xytext=(2, -10), textcoords="offset points", fontsize="small",
-                            color="0.3")
+                ax.annotate(text, (xm, 0.98), xycoords=("data", "axes fraction"),
+                            xytext=(3, 0), textcoords="offset points", fontsize="x-small",
+                            color="0.3", rotation=90, va="top", ha="left")
 
     def loss_limits(ax):
         losses = np.concatenate([s.values[f"{sp}_loss"][(s.x >= x_lo) & (s.x <= x_hi)]
@@ -259,9 +259,10 @@ def curve_labels(surfs, labels=None):
     return distinguishing([os.path.abspath(s.path) for s in surfs])
 
 
-def distinguishing(strings, seps="/_.-"):
+def distinguishing(strings, seps="/_-", end_seps="/_.-"):
     """The part of each string that differs from the others, cut at separators:
-    ['a/bs=128_wd/m.t7', 'a/bs=8192_wd/m.t7'] -> ['bs=128', 'bs=8192']."""
+    ['a/bs=128_wd/m.t7', 'a/bs=8192_wd/m.t7'] -> ['bs=128', 'bs=8192'] ('.' ends a
+    part but does not start one, so 'lr=0.05' is not cut to '05')."""
     if len(set(strings)) < 2:
         return list(strings)
     ref = strings[0]
@@ -269,7 +270,7 @@ def distinguishing(strings, seps="/_.-"):
     while p > 0 and ref[p - 1] not in seps:
         p -= 1
     s = min(len(os.path.commonprefix([t[::-1] for t in strings])), min(map(len, strings)) - p)
-    while s > 0 and ref[len(ref) - s] not in seps:
+    while s > 0 and ref[len(ref) - s] not in end_seps:
         s -= 1
     return [t[p:len(t) - s] or t for t in strings]
 
