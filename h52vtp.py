@@ -18,11 +18,11 @@ surface file or in --out_dir (the original's name, sanitized as in plot_common).
 """
 import argparse
 import base64
-import os
 
 import numpy as np
 
 from errors import UserError, run_main
+from fileio import written_atomically
 from plot_common import load_surface, optional_float, output_base
 
 
@@ -133,10 +133,8 @@ def write_vtp(path, points, values, quads, show_points, ascii):
     if len(quads):
         parts.append(cells("Polys", quads.ravel(), 4 * np.arange(1, len(quads) + 1)))
     parts.append("    </Piece>\n  </PolyData>\n</VTKFile>\n")
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    with written_atomically(path) as tmp, open(tmp, "w") as f:
         f.write("".join(parts))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- command line

@@ -25,13 +25,13 @@ settings that made the directions. PCA direction files (projection.py) also hold
 """
 import hashlib
 import json
-import os
 
 import h5py
 import numpy as np
 import torch
 
 from errors import UserError
+from fileio import open_h5, written_atomically
 
 FORMAT = "loss-landscape-directions"
 FORMAT_VERSION = 2
@@ -98,10 +98,7 @@ def make_generator(seed, idx):
 
 def write_directions(path, names, xdir, ydir=None, attrs=None, extra=None):
     """Write a direction file (see the module doc for the layout)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         for k, v in (attrs or {}).items():
@@ -115,11 +112,10 @@ def write_directions(path, names, xdir, ydir=None, attrs=None, extra=None):
                 g[str(i)] = t.detach().cpu().numpy()
         for k, v in (extra or {}).items():
             f[k] = np.asarray(v)
-    os.replace(tmp, path)
 
 
 def read_direction_attrs(path):
-    with _open(path) as f:
+    with open_h5(path, "direction file") as f:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
@@ -130,7 +126,7 @@ def read_directions(path, net, dir_type, need_y):
     files written before BatchNorm had ``num_batches_tracked``).
     """
     entries = get_entries(net, dir_type)
-    with _open(path) as f:
+    with open_h5(path, "direction file") as f:
         if "xdirection" not in f:
             raise UserError(f"{path} is not a direction file (no 'xdirection' group)")
         if need_y and "ydirection" not in f:
@@ -173,15 +169,6 @@ def _read_group(g, entries, path, dir_type):
                             f"has {tuple(w.shape)}; it was made for another model")
         out.append(t)
     return out
-
-
-def _open(path):
-    if not os.path.isfile(path):
-        raise UserError(f"direction file not found: {path}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise UserError(f"cannot read direction file {path}: {e}")
 
 
 def directions_hash(*directions):

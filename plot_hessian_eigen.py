@@ -36,6 +36,7 @@ import mpi4pytorch
 import net_plotter
 import plot_surface
 from errors import UserError, run_main
+from fileio import written_atomically
 from evaluation import get_loss_fn
 from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hutchinson_trace, min_max_eigs, top_k
 
@@ -174,14 +175,10 @@ def move_to_at(args, net):
 
 
 def write_spectrum(path, result, settings):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
         for k, v in result.items():
             f[k] = np.asarray(v, dtype=np.float64)
         f.attrs["settings"] = json.dumps(settings, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def report(result, point, op, seconds, out):

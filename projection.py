@@ -51,6 +51,7 @@ import torch
 import model_loader
 import net_plotter
 from errors import UserError, run_main
+from fileio import written_atomically
 
 BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
 
@@ -259,10 +260,7 @@ def default_pca_file(args, files):
 
 
 def write_projection(path, coords, epochs, files, dir_file, method, settings, ranges):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
         f["proj_xcoord"] = coords[:, 0]
         f["proj_ycoord"] = coords[:, 1]
         f["epochs"] = np.asarray(epochs, dtype=np.int64)
@@ -271,7 +269,6 @@ def write_projection(path, coords, epochs, files, dir_file, method, settings, ra
         f.attrs["method"] = method
         f.attrs["settings"] = json.dumps(settings, sort_keys=True)
         f.attrs["suggested_x"], f.attrs["suggested_y"] = ranges
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------ main

@@ -28,22 +28,13 @@ import h5py
 import numpy as np
 
 from errors import UserError
+from fileio import open_h5, written_atomically
 
 FORMAT = "loss-landscape-surface"
 FORMAT_VERSION = 2
 LAYOUT = "[i,j]=(x_i,y_j)"
 COORD_NAMES = ("xcoordinates", "ycoordinates")
 NON_METRICS = set(COORD_NAMES) | {"done"}
-
-
-def _open_h5(path):
-    if not os.path.exists(path):
-        raise UserError(f"surface file not found: {path}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise UserError(f"cannot read {path} as an HDF5 surface file ({e}); "
-                        "is it complete and not a different kind of file?")
 
 
 class Surface:
@@ -107,7 +98,7 @@ class Surface:
 
 def read_surface(path):
     """Read a surface file written by this toolkit or by the original code."""
-    with _open_h5(path) as f:
+    with open_h5(path, "surface file") as f:
         if "xcoordinates" not in f:
             raise UserError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
@@ -224,10 +215,7 @@ class SurfaceWriter:
     def save(self):
         if not self.dirty:
             return
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
-        with h5py.File(tmp, "w") as f:
+        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["layout"] = LAYOUT
@@ -241,5 +229,4 @@ class SurfaceWriter:
             for m in self.metrics:
                 f[m] = self.values[m]
             f["done"] = self.done.astype(np.uint8)
-        os.replace(tmp, self.path)
         self.dirty = False

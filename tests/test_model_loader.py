@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import model_loader
-from conftest import COMPAT, REPO, assert_one_line_error, run_script
+from conftest import COMPAT, assert_one_line_error, run_script
 from errors import UserError
 
 RELEASED = os.path.join(COMPAT, "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")

@@ -79,7 +79,7 @@ def independent_eval(ckpt, dir_file, dir_type, x, y):
 
 def test_values_equal_independent_evaluation_2d(ckpts, tmp_path):
     surf, dirf = str(tmp_path / "s.h5"), str(tmp_path / "d.h5")
-    p = run_script(surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--y=-0.5:0.5:3", "--dir_file", dirf,
+    run_script(surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--y=-0.5:0.5:3", "--dir_file", dirf,
                                "--batch_size", "64"), check=True)
     s = read_surface(surf)
     assert s.complete and s.values["train_loss"].shape == (3, 3)
