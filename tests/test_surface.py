@@ -424,3 +424,42 @@ def test_mpi_flag_without_mpi4py_is_a_clear_error(ckpts, tmp_path):
                    env={"PYTHONPATH": str(tmp_path)})
     line = assert_one_line_error(p)
     assert "mpi4py" in line and "pip install mpi4py mpich" in line
+
+
+ORIGINAL_COMMANDS = [
+    "--mpi --cuda --model vgg9 --x=-0.5:1.5:401 --dir_type states "
+    "--model_file cifar10/trained_nets/vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1/model_300.t7 "
+    "--model_file2 cifar10/trained_nets/vgg9_sgd_lr=0.1_bs=8192_wd=0.0_save_epoch=1/model_300.t7 --plot",
+    "--mpi --cuda --model vgg9 --x=-1:1:51 "
+    "--model_file cifar10/trained_nets/vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1/model_300.t7 "
+    "--dir_type weights --xnorm filter --xignore biasbn --plot",
+    "--mpi --cuda --model resnet56 --x=-1:1:51 --y=-1:1:51 "
+    "--model_file cifar10/trained_nets/resnet56_sgd_lr=0.1_bs=128_wd=0.0005/model_300.t7 "
+    "--dir_type weights --xnorm filter --xignore biasbn --ynorm filter --yignore biasbn --plot",
+]
+
+
+@pytest.mark.parametrize("line", ORIGINAL_COMMANDS)
+def test_original_documented_command_lines_parse(line):
+    import plot_surface as ps
+    args = ps.parse_args(ps.build_parser(), line.split())
+    assert args.mpi and args.cuda and args.plot and args.model_file.endswith("model_300.t7")
+
+
+def test_original_random_direction_recipe_runs_on_cifar_format_data(cifar_dir, tmp_path):
+    """The original's 1D recipe with vgg9 on CIFAR-10 python batches, minus the GPU and
+    with a short grid: a vgg9 checkpoint in the original's format and folder naming."""
+    folder = tmp_path / "trained_nets" / "vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({"acc": 10.0, "epoch": 300, "state_dict": model_loader.build_model("vgg9").state_dict()},
+               str(folder / "model_300.t7"))
+    model_file = str(folder / "model_300.t7")
+    run_script(["plot_surface.py", "--model", "vgg9", "--x=-1:1:3", "--model_file", model_file,
+                "--dir_type", "weights", "--xnorm", "filter", "--xignore", "biasbn", "--plot",
+                "--dataset", "cifar10", "--datapath", cifar_dir, "--max_samples", "64", "--no_progress"],
+               check=True)
+    surf = model_file + "_weights_xignore=biasbn_xnorm=filter.h5_[-1.0,1.0,3].h5"
+    s = read_surface(surf)
+    assert s.complete and s.settings["dataset"] == "cifar10" and s.settings["n_train"] == 64
+    assert any(f.endswith("_1d_loss_acc.pdf") for f in os.listdir(folder))
