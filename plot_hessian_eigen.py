@@ -28,7 +28,6 @@ import time
 
 import h5py
 import numpy as np
-import torch
 
 import dataloader
 import model_loader
@@ -125,16 +124,11 @@ def plot(args, surf_file):
 def single_point(args):
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
-    out = args.spectrum_file or (args.model_file or os.path.join("out", args.model.replace(":", "_"))) \
-        + "_hessian.h5"
+    out = args.spectrum_file or plot_surface.model_stem(args) + "_hessian.h5"
     if os.path.exists(out) and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
-    torch.set_num_threads(args.threads or mpi4pytorch.default_threads(None))
-    device = mpi4pytorch.device_for(None, args.cuda)
-    data = dataloader.load_data(args)
-    if not args.model_file:
-        torch.manual_seed(args.seed)
-    net = model_loader.load(args.model, args.model_file, args.unsafe_load).to(device)
+    device, data, net = plot_surface.load_run(args, None)
+    net = net.to(device)
     point = move_to_at(args, net)
     op = hessian_of(args, net, data, device)
     t = time.perf_counter()

@@ -138,7 +138,7 @@ def name_direction_file(args):
     if args.dir_file:
         return args.dir_file
     f1, f2, f3 = args.model_file, args.model_file2, args.model_file3
-    name = f1 or os.path.join("out", args.model.replace(":", "_"))
+    name = model_stem(args)
     if f2:
         if os.path.dirname(f1) == os.path.dirname(f2):
             name = f1 + "_" + os.path.basename(f2)
@@ -247,22 +247,32 @@ def _load(args, path):
 
 
 # ------------------------------------------------------------------------ set-up
+def load_run(args, comm):
+    """What every run starts from: threads, device, the data and the model at (0, 0)."""
+    keep_freed_memory()
+    torch.set_num_threads(args.threads or mpi4pytorch.default_threads(comm))
+    device = mpi4pytorch.device_for(comm, args.cuda)
+    data = dataloader.load_data(args)
+    if not args.model_file:
+        torch.manual_seed(args.seed)  # a freshly initialized model, the same on every rank
+    return device, data, _load(args, args.model_file)
+
+
+def model_stem(args):
+    """The model file, or out/<model> for a freshly initialized one: output names start here."""
+    return args.model_file or os.path.join("out", args.model.replace(":", "_"))
+
+
 def prepare(args, metrics, kind="loss", extra_settings=None):
     """Everything a grid run needs; returns a namespace (see the fields below)."""
     t0 = time.perf_counter()
-    keep_freed_memory()
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
-    torch.set_num_threads(args.threads or mpi4pytorch.default_threads(comm))
-    device = mpi4pytorch.device_for(comm, args.cuda)
     if args.model_file2 and args.dir_type == "weights" and rank == 0:
         print("warning: --dir_type weights moves only the parameters; BatchNorm statistics stay "
               "those of --model_file (use --dir_type states to interpolate them too)",
               file=sys.stderr)
-    data = dataloader.load_data(args)
-    if not args.model_file:
-        torch.manual_seed(args.seed)
-    net = _load(args, args.model_file)
+    device, data, net = load_run(args, comm)
     dir_file = name_direction_file(args)
     mpi4pytorch.check_all(comm, lambda: make_directions(args, net, dir_file))
     mpi4pytorch.barrier(comm)
