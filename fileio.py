@@ -29,8 +29,8 @@ def written_atomically(path):
 def open_h5(path, what):
     """Open an HDF5 file for reading; a missing or unreadable file is a UserError."""
     import h5py
-    if not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path}")
+    if not path or not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path!r}")
     try:
         return h5py.File(path, "r")
     except OSError as e:

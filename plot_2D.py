@@ -14,11 +14,11 @@ without a surface); files holding max_eig/min_eig add ``max_eig_2dheat``,
 import argparse
 import os
 
-import h5py
 import numpy as np
 
 from errors import UserError, run_main
-from plot_common import (Plots, add_output_args, describe, existing_file, finish,
+from fileio import open_h5
+from plot_common import (Plots, add_output_args, describe, finish,
                          html_surface, load_surface, optional_float, output_base, pyplot,
                          quantity_label, save_figure, write_html)
 
@@ -207,14 +207,6 @@ def draw_trajectory(ax, proj_file, dir_file=None):
                 ylabel = f"2nd PC: {ratio[1] * 100:.2f} %" if ratio.size > 1 else "y"
     ax.set_xlabel(xlabel, fontsize="x-large")
     ax.set_ylabel(ylabel, fontsize="x-large")
-
-
-def open_h5(path, what):
-    existing_file(path, what)
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path} as HDF5 ({e})")
 
 
 def plot_trajectory(proj_file, dir_file=None, show=False, out_dir=None, formats=("pdf",)):

@@ -50,12 +50,6 @@ def load_surface(path, ndim):
     return surf
 
 
-def existing_file(path, what):
-    if not path or not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path!r}")
-    return path
-
-
 # ---------------------------------------------------------------- names
 
 def sanitize(name):
