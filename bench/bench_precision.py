@@ -18,7 +18,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT]
-RELEASED = os.path.join(os.path.dirname(ROOT), "shared", "compat",
+RELEASED = os.path.join(ROOT, "tests", "compat",
                         "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")
 
 import model_loader  # noqa: E402

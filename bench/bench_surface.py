@@ -20,7 +20,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-RELEASED = os.path.join(os.path.dirname(ROOT), "shared", "compat",
+RELEASED = os.path.join(ROOT, "tests", "compat",
                         "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPAT = os.path.join(os.path.dirname(REPO), "shared", "compat")
+COMPAT = os.path.join(REPO, "tests", "compat")  # copies of the original code's facts
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 

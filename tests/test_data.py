@@ -17,6 +17,7 @@ def args_for(*argv):
     return dataloader.add_data_args(argparse.ArgumentParser()).parse_args(list(argv))
 
 
+@pytest.mark.slow
 def test_digits_fixed_split_normalized():
     d = dataloader.load_data(args_for())
     assert d.train_x.shape == (1437, 1, 8, 8) and d.test_x.shape == (360, 1, 8, 8)

@@ -25,6 +25,7 @@ def quick(tmp_path_factory):
     return str(out), p
 
 
+@pytest.mark.slow
 def test_steps_and_progress_are_shown(quick):
     out, p = quick
     for n in range(1, 7):
@@ -35,6 +36,7 @@ def test_steps_and_progress_are_shown(quick):
     assert "demo done in" in p.stdout
 
 
+@pytest.mark.slow
 def test_figures_vtp_and_html_exist(quick):
     out, _ = quick
     figs = os.path.join(out, "figures")
@@ -61,6 +63,7 @@ def test_figures_vtp_and_html_exist(quick):
         assert reader.GetOutput().GetNumberOfPolys() == (grid - 1) ** 2
 
 
+@pytest.mark.slow
 def test_index_shows_every_figure(quick):
     out, _ = quick
     index = open(os.path.join(out, "index.html")).read()
@@ -80,6 +83,7 @@ def raw_train_loss(path):
         return f["xcoordinates"][()], f["train_loss"][()]
 
 
+@pytest.mark.slow
 def test_flatness_table_matches_the_surfaces(quick):
     out, p = quick
     table = json.load(open(os.path.join(out, "flatness.json")))
@@ -140,6 +144,7 @@ def test_existing_checkpoint_is_reused(tmp_path, capsys):
     assert os.listdir(os.path.dirname(checkpoint)) == ["model_3.t7"]   # nothing was trained
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_error(tmp_path):
     assert "--np" in assert_one_line_error(run_script(["demo.py", "--np", "0", "--out", tmp_path]))
     (tmp_path / "index.html").write_text("<html>my own page</html>")   # never overwritten
@@ -148,6 +153,7 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert (tmp_path / "index.html").read_text() == "<html>my own page</html>"
 
 
+@pytest.mark.slow
 def test_single_process_without_mpiexec(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))                # no launcher to be found
     assert demo.launcher(2) == [] and demo.launcher(1) == []

@@ -59,6 +59,7 @@ def exact_hessian(net, x, y, loss_sum):
     return torch.autograd.functional.hessian(mean_loss, w0).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_name", ["crossentropy", "mse"])
 def test_tiny_network_matches_exact_hessian_for_every_batch_size(loss_name):
     net, x, y = tiny_problem()
@@ -161,6 +162,7 @@ def mlp_hessian(model_file, n=40):
     return net, Hessian(net, data.train_x, data.train_y, get_loss_fn("crossentropy"), n)
 
 
+@pytest.mark.slow
 def test_2d_grid_two_ranks_equal_one_rank(tmp_path, mlp_file):
     one, two, dir_file = (str(tmp_path / f) for f in ("one.h5", "two.h5", "dirs.h5"))
     grid = ["plot_hessian_eigen.py", "--model", "digits_mlp", "--model_file", mlp_file,
@@ -189,6 +191,7 @@ def test_2d_grid_two_ranks_equal_one_rank(tmp_path, mlp_file):
     assert "eig_tol" in assert_one_line_error(p) and open(one, "rb").read() == before
 
 
+@pytest.mark.slow
 def test_single_point_top_k_and_trace(tmp_path, mlp_file):
     out = str(tmp_path / "spectrum.h5")
     cmd = ["plot_hessian_eigen.py", "--model", "digits_mlp", "--model_file", mlp_file, "--max_samples", "40",

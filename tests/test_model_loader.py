@@ -43,6 +43,7 @@ class Evil:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_code_in_checkpoint_is_refused(tmp_path):
     marker = str(tmp_path / "ran")
     path = str(tmp_path / "evil.t7")

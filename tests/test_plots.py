@@ -27,6 +27,8 @@ from conftest import assert_one_line_error, run_script  # noqa: E402
 from errors import UserError  # noqa: E402
 from surface import SurfaceWriter  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = {"model": "digits_cnn", "dir_type": "weights", "xnorm": "filter",
             "dataset": "digits", "model_file": "model_10.pt", "model_file2": ""}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")

@@ -208,6 +208,7 @@ def test_suggested_range_covers_the_path():
         assert lo <= vals.min() - 0.1 * span and hi >= vals.max() + 0.1 * span
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_and_keep_files(tmp_path):
     net = mixed_net()
     a, b = coefficients(n=4)
@@ -227,6 +228,7 @@ def test_errors_are_one_line_and_keep_files(tmp_path):
     assert pca_file.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_full_recipe_train_pca_surface_contours(tmp_path):
     """cifar10/main.py --save_epoch 1 -> plot_trajectory.py (PCA + projection + path) ->
     plot_surface.py over the suggested range -> plot_2D.py with the path on the contours."""

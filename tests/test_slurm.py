@@ -110,6 +110,7 @@ def text(path):
         return f.read()
 
 
+@pytest.mark.slow
 def test_sbatch_2d_two_ranks_equals_single_process(cluster, model_file, reference, tmp_path):
     dir_file, ref = reference
     surf = str(tmp_path / "surf.h5")
@@ -122,6 +123,7 @@ def test_sbatch_2d_two_ranks_equals_single_process(cluster, model_file, referenc
     assert_equal_surfaces(read_surface(surf), ref)
 
 
+@pytest.mark.slow
 def test_sigterm_resubmit_and_time_limit_requeue_resume(cluster, model_file, reference, tmp_path):
     """scancel --signal=TERM mid-run: the ranks save and the job ends; the resubmitted job
     resumes, gets the time-limit warning (USR1 to the batch shell, as --signal=B:USR1@120
@@ -158,6 +160,7 @@ def test_sigterm_resubmit_and_time_limit_requeue_resume(cluster, model_file, ref
     assert_equal_surfaces(read_surface(surf), ref)
 
 
+@pytest.mark.slow
 def test_job_array_of_1d_curves(cluster, model_file, tmp_path):
     """Two array tasks, seeds 3 and 4: separate files, different directions, and both
     curves pass through the checkpoint's own loss at x = 0."""
@@ -178,6 +181,7 @@ def test_job_array_of_1d_curves(cluster, model_file, tmp_path):
     assert os.path.exists(f"{out}_seed3_dir.h5") and os.path.exists(f"{out}_seed4_dir.h5")
 
 
+@pytest.mark.slow
 def test_hessian_template(cluster, model_file, tmp_path):
     """hessian_2d.sbatch on a 2x2 grid with 2 ranks: a complete max_eig/min_eig map."""
     surf = str(tmp_path / "hess.h5")

@@ -77,6 +77,7 @@ def independent_eval(ckpt, dir_file, dir_type, x, y):
     return loss, acc
 
 
+@pytest.mark.slow
 def test_values_equal_independent_evaluation_2d(ckpts, tmp_path):
     surf, dirf = str(tmp_path / "s.h5"), str(tmp_path / "d.h5")
     run_script(surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--y=-0.5:0.5:3", "--dir_file", dirf,
@@ -111,6 +112,7 @@ CLOSED_FORM = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nx,ny", [(21, 11), (11, 21)])
 def test_orientation_closed_form(tmp_path, nx, ny):
     (tmp_path / "closed.py").write_text(CLOSED_FORM)
@@ -130,6 +132,7 @@ def test_orientation_closed_form(tmp_path, nx, ny):
     np.testing.assert_allclose(s.y, np.linspace(0, 1, ny))
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_rank(ckpts, tmp_path):
     dirf = str(tmp_path / "d.h5")
     one, two = str(tmp_path / "one.h5"), str(tmp_path / "two.h5")
@@ -146,6 +149,7 @@ def test_two_ranks_equal_one_rank(ckpts, tmp_path):
         np.testing.assert_allclose(a.values[m], b.values[m], rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_seed_not_rank_count_sets_directions_and_idx_changes_them(ckpts, tmp_path):
     files = {}
     for name, extra in (("a", []), ("b", ["--idx", "1"]), ("c", ["--seed", "5"])):
@@ -166,6 +170,7 @@ def test_seed_not_rank_count_sets_directions_and_idx_changes_them(ckpts, tmp_pat
     assert not all(torch.equal(u, v) for u, v in zip(rd["a"], rd["c"]))
 
 
+@pytest.mark.slow
 def test_filter_normalization_invariants():
     torch.manual_seed(0)
     net = model_loader.load("resnet56", os.path.join(COMPAT, "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7"))
@@ -215,6 +220,7 @@ def test_states_directions_leave_integer_buffers_and_variances_valid(ckpts):
             assert torch.equal(v, before[k])
 
 
+@pytest.mark.slow
 def test_three_checkpoint_plane_states(ckpts, tmp_path):
     surf = str(tmp_path / "plane.h5")
     run_script(["plot_surface.py", "--model", "digits_cnn", "--model_file", ckpts[0],
@@ -228,6 +234,7 @@ def test_three_checkpoint_plane_states(ckpts, tmp_path):
     assert abs(s.values["train_loss"][0, 1] - own[2]) < 1e-6
 
 
+@pytest.mark.slow
 def test_interpolation_weights_mode_warns_and_names_file(ckpts, tmp_path):
     a, b = str(tmp_path / "m1" / "model_1.t7"), str(tmp_path / "m2" / "model_1.t7")
     for src, dst in ((ckpts[0], a), (ckpts[1], b)):
@@ -250,6 +257,7 @@ def test_model_file3_name_has_no_extra_folders(ckpts, tmp_path):
     assert name.count("/") == 1
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_equals_uninterrupted(ckpts, tmp_path):
     dirf = str(tmp_path / "d.h5")
     full, part = str(tmp_path / "full.h5"), str(tmp_path / "part.h5")
@@ -279,6 +287,7 @@ def test_kill9_then_resume_equals_uninterrupted(ckpts, tmp_path):
     np.testing.assert_array_equal(a.values["train_acc"], b.values["train_acc"])
 
 
+@pytest.mark.slow
 def test_sigterm_under_mpi_saves_and_exits_cleanly(ckpts, tmp_path):
     surf = str(tmp_path / "t.h5")
     cmd = ["mpiexec", "-n", "2", sys.executable] + surface_cmd(
@@ -359,6 +368,7 @@ def test_legacy_positional_direction_file_for_released_checkpoint(tmp_path):
             assert d.flatten()[0].item() == float(keys.index(name)), name
 
 
+@pytest.mark.slow
 def test_bad_inputs_one_line_errors_and_files_untouched(ckpts, tmp_path):
     surf, dirf = str(tmp_path / "s.h5"), str(tmp_path / "d1.h5")
     run_script(surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf), check=True)
@@ -395,6 +405,7 @@ def test_range_parsing():
     assert (args.ymin, args.ymax, args.ynum) == (0.0, 1.0, 11)
 
 
+@pytest.mark.slow
 def test_failing_rank_ends_the_job_quickly(ckpts, tmp_path):
     (tmp_path / "failing.py").write_text(textwrap.dedent("""
         import os
@@ -416,6 +427,7 @@ def test_failing_rank_ends_the_job_quickly(ckpts, tmp_path):
     assert "rank 1 fails on purpose" in p.stderr
 
 
+@pytest.mark.slow
 def test_mpi_flag_without_mpi4py_is_a_clear_error(ckpts, tmp_path):
     broken = tmp_path / "mpi4py"
     broken.mkdir()
@@ -446,6 +458,7 @@ def test_original_documented_command_lines_parse(line):
     assert args.mpi and args.cuda and args.plot and args.model_file.endswith("model_300.t7")
 
 
+@pytest.mark.slow
 def test_original_random_direction_recipe_runs_on_cifar_format_data(cifar_dir, tmp_path):
     """The original's 1D recipe with vgg9 on CIFAR-10 python batches, minus the GPU and
     with a short grid: a vgg9 checkpoint in the original's format and folder naming."""

@@ -1,3 +1,4 @@
+import pytest
 """cifar10/main.py trains, saves checkpoints in the original's format, resumes exactly,
 corrupts labels as asked and fails with one-line errors."""
 import argparse
@@ -21,6 +22,7 @@ def _log(folder):
         return [dict(zip(l.split()[0::2], l.split()[1::2])) for l in f.read().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_save_and_resume(tmp_path):
     # run from another working directory: the script finds the repository by itself
     root_a, root_b = tmp_path / "a", tmp_path / "b"
@@ -60,6 +62,7 @@ def test_label_corruption_changes_exact_fraction():
     assert not torch.equal(corrupt_labels(y, 0.3, 10, 3), corrupt_labels(y, 0.3, 10, 4))
 
 
+@pytest.mark.slow
 def test_cifar_run_with_corrupted_labels(tmp_path, cifar_dir):
     """A CIFAR-10 model on CIFAR-format data (augmented); the corrupted training set is
     saved for plot_surface.py --trainloader."""
@@ -112,6 +115,7 @@ def test_lr_schedule_and_folder_names():
         "_noaug_randlabel=0.2_ngpu=2_idx=1")
 
 
+@pytest.mark.slow
 def test_bad_input_one_line_errors(tmp_path):
     p = run_script(["cifar10/main.py", "--model", "no_such_net", "--save", tmp_path, "--epochs", "1"])
     assert "unknown --model 'no_such_net'" in assert_one_line_error(p)

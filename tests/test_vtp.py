@@ -90,6 +90,7 @@ def test_interp_non_square(tmp_path):
     np.testing.assert_allclose(values, expected, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_original_command_and_errors(tmp_path):
     xs, ys, X, Y = grid(5, 5)
     done = np.ones((5, 5), bool)
