@@ -17,14 +17,18 @@ convolutions on NVIDIA GPUs; no effect on the CPU), ``bf16`` (autocast to bfloat
 import contextlib
 import ctypes
 import sys
+import time
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from dataloader import import_object
 from errors import UserError
+from inference import FusedModel, named_state
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+ENGINES = ("auto", "eager", "fused", "compiled")
 
 
 def keep_freed_memory():
@@ -45,21 +49,59 @@ def keep_freed_memory():
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
+def _check_outputs(out, y, name):
+    """The built-in losses need (batch, classes) outputs and labels below the class count."""
+    if not torch.is_tensor(out):
+        raise UserError(f"the model returned {type(out).__name__}, not a tensor of shape "
+                        "(batch, classes); --loss_name " + name + " needs logits")
+    if out.dim() != 2 or out.shape[0] != len(y):
+        raise UserError(f"--loss_name {name} needs model outputs of shape (batch, classes); the "
+                        f"model returned shape {tuple(out.shape)} for a batch of {len(y)}")
+
+
 def get_loss_fn(name):
-    """A function (outputs, targets) -> summed loss of the batch (a 0-d tensor)."""
+    """A function (outputs, targets) -> summed loss of the batch (a 0-d tensor).
+
+    Built-ins check the output shape (batch, classes); a custom function must return
+    per-sample losses (shape (B,)) or their batch mean (0-d): anything else, or an
+    exception inside it, is a one-line ``UserError`` naming the function.
+    """
     if name == "crossentropy":
-        return lambda out, y: F.cross_entropy(out, y, reduction="sum")
+        def crossentropy(out, y):
+            _check_outputs(out, y, name)
+            return F.cross_entropy(out, y, reduction="sum")
+        crossentropy.needs_classes = True
+        return crossentropy
     if name == "mse":
         def mse(out, y):
+            _check_outputs(out, y, name)
             onehot = F.one_hot(y, out.shape[1]).to(out.dtype)
             return (F.softmax(out, dim=1) - onehot).pow(2).mean(dim=1).sum()
+        mse.needs_classes = True
         return mse
     if ":" in name:
         fn = import_object(name, "--loss_name")
 
         def custom(out, y):
-            loss = fn(out, y)
-            return loss.sum() if loss.dim() > 0 else loss * len(y)
+            try:
+                loss = fn(out, y)
+            except UserError:
+                raise
+            except Exception as e:
+                msg = str(e).strip().splitlines()
+                raise UserError(f"--loss_name {name} raised {type(e).__name__}"
+                                f"{': ' + msg[0][:200] if msg else ''}")
+            if not torch.is_tensor(loss):
+                raise UserError(f"--loss_name {name} returned {type(loss).__name__}; it must "
+                                f"return a tensor of per-sample losses (shape ({len(y)},)) or "
+                                "their batch mean (a 0-d tensor)")
+            if loss.dim() == 0:
+                return loss * len(y)
+            if tuple(loss.shape) != (len(y),):
+                raise UserError(f"--loss_name {name} returned shape {tuple(loss.shape)} for a "
+                                f"batch of {len(y)}; it must return per-sample losses (shape "
+                                f"({len(y)},)) or their batch mean (a 0-d tensor)")
+            return loss.sum()
         return custom
     raise UserError(f"unknown --loss_name '{name}'; use crossentropy, mse or "
                     "package.module:function")
@@ -83,12 +125,48 @@ def precision_mode(precision, device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-class Evaluator:
-    """``evaluator()`` -> (mean loss, accuracy %) of ``net`` on (x, y), exactly."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self, net, x, y, loss_fn, batch_size, device, precision="fp32"):
+
+def _best_time(fn: Callable[[], object], device: torch.device, reps: int = 3) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+class Evaluator:
+    """``evaluator()`` -> (mean loss, accuracy %) of ``net`` on (x, y), exactly.
+
+    ``engine`` (``ENGINES``): ``eager`` runs ``net`` as it is; ``fused`` runs
+    ``inference.FusedModel`` (BatchNorm folded into the preceding conv/linear layer,
+    refolded from the current weights at every call, channels_last where a probe says it
+    is faster); ``compiled`` is the fused model under ``torch.compile`` (full batches;
+    minutes of compilation on a CPU, reused for every point); ``auto`` picks the faster
+    of eager and fused on a probe batch. Any model works: where nothing folds, or the
+    model does not trace, or the fused output differs from eager on a probe batch, the
+    evaluator runs eager. ``path`` says what runs, e.g. ``fused (56 conv+bn folded),
+    channels_last``.
+
+    ``evaluate_points(perturb, points)`` evaluates several grid points in one pass
+    (stacked weights under ``torch.func.vmap``); ``probe_points_per_pass`` picks how many.
+    """
+
+    def __init__(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 loss_fn: Callable, batch_size: int, device: torch.device,
+                 precision: str = "fp32", engine: str = "auto"):
         if len(y) == 0:
             raise UserError("the evaluation set is empty; check --max_samples/--data_split")
+        if engine not in ENGINES:
+            raise UserError(f"unknown --engine '{engine}'; use {', '.join(ENGINES)}")
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown --precision '{precision}'; use {', '.join(PRECISIONS)}")
         self.net = net.to(device).eval()
         self.x = x.to(device)
         self.y = y.to(device)
@@ -96,16 +174,250 @@ class Evaluator:
         self.batch_size = max(1, int(batch_size))
         self.device = device
         self.precision = precision
+        self.engine = engine
+        self.compile_seconds = 0.0
+        self.setup_seconds = 0.0
+        self._fused = None
+        self._compiled = None
+        self._vmap_state = None
+        t0 = time.perf_counter()
+        example = self._check_model()
+        if engine != "eager":
+            self._choose(engine, example)
+        self._xin = self._fused.prepare_input(self.x) if self._fused else self.x
+        self.setup_seconds = time.perf_counter() - t0
 
-    def __call__(self):
+    # --------------------------------------------------------------- set-up
+    def _check_model(self) -> torch.Tensor:
+        """One small batch through the model and the loss: bad outputs are one-line errors."""
+        example = self.x[:min(8, len(self.x))]
+        yb = self.y[:len(example)]
+        with torch.inference_mode(), precision_mode(self.precision, self.device):
+            out = self.net(example)
+            if not torch.is_tensor(out):
+                raise UserError(f"the model returned {type(out).__name__}, not a tensor of shape "
+                                "(batch, classes)")
+            self.loss_fn(out.float(), yb)
+        if getattr(self.loss_fn, "needs_classes", False):
+            lo, hi = int(self.y.min()), int(self.y.max())
+            if lo < 0 or hi >= out.shape[1]:
+                raise UserError(f"the labels run from {lo} to {hi} but the model has "
+                                f"{out.shape[1]} outputs; use a model with more classes or "
+                                "another --dataset")
+        return example
+
+    def _choose(self, engine: str, example: torch.Tensor) -> None:
+        fused = FusedModel(self.net, example)
+        self.path = fused.describe()
+        if not fused.fused:
+            if engine == "compiled":
+                self._compile(self.net)
+            return
+        if not self._agrees(fused, example):
+            self.path = "eager (fused output differs from eager on a probe batch)"
+            return
+        xb = self.x[:min(self.batch_size, len(self.x))]
+        xcl = xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else None
+
+        def run(model, inp):
+            return lambda: model(inp)
+        with torch.inference_mode(), precision_mode(self.precision, self.device):
+            fused(xb)  # warm-up (oneDNN primitives)
+            t_fused = _best_time(run(fused, xb), self.device)
+            t_cl = float("inf")
+            if xcl is not None:
+                fused.set_channels_last(True)
+                fused.refresh()
+                fused(xcl)
+                t_cl = _best_time(run(fused, xcl), self.device)
+                fused.set_channels_last(t_cl < t_fused)
+                fused.refresh()
+            t_eager = _best_time(run(self.net, xb), self.device) if engine == "auto" else 0.0
+        self.probe_seconds = {"eager": t_eager, "fused": t_fused, "fused_channels_last": t_cl}
+        if engine == "auto" and t_eager <= min(t_fused, t_cl):
+            self.path = f"eager (fused no faster on a probe batch: {fused.describe()})"
+            return
+        self._fused = fused
+        self.path = fused.describe()
+        if engine == "compiled":
+            self._compile(fused.gm)
+
+    def _agrees(self, fused: FusedModel, example: torch.Tensor) -> bool:
+        with torch.inference_mode():
+            a, b = self.net(example).double(), fused(example).double()
+        scale = max(1.0, a.abs().max().item())
+        return bool(torch.isfinite(b).all()) and (a - b).abs().max().item() <= 1e-4 * scale
+
+    def _compile(self, module: torch.nn.Module) -> None:
+        t = time.perf_counter()
+        try:
+            compiled = torch.compile(module, dynamic=False)
+            xb = self.x[:min(self.batch_size, len(self.x))]
+            if self._fused:
+                xb = self._fused.prepare_input(xb)
+            with torch.inference_mode(), precision_mode(self.precision, self.device):
+                ref = module(xb).double()
+                got = compiled(xb).double()
+            if (ref - got).abs().max().item() > 1e-4 * max(1.0, ref.abs().max().item()):
+                self.path += "; not compiled (compiled output differs)"
+                return
+        except Exception as e:  # no compiler, unsupported op: stay uncompiled
+            self.path += f"; not compiled ({type(e).__name__})"
+            return
+        self._compiled = compiled
+        self.compile_seconds = time.perf_counter() - t
+        self.path += f", compiled ({self.compile_seconds:.0f} s)"
+
+    # ------------------------------------------------------------ one point
+    def _model_for(self, n_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self._compiled is not None and n_rows == min(self.batch_size, len(self.x)):
+            return self._compiled
+        return self._fused if self._fused is not None else self.net
+
+    def __call__(self) -> tuple[float, float]:
+        if self._fused is not None:
+            self._fused.refresh()
         n = len(self.y)
         with torch.inference_mode(), precision_mode(self.precision, self.device):
             loss = torch.zeros((), dtype=torch.float64, device=self.device)
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
             for i in range(0, n, self.batch_size):
-                xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
-                out = self.net(xb)
+                xb, yb = self._xin[i:i + self.batch_size], self.y[i:i + self.batch_size]
+                out = self._model_for(len(xb))(xb)
                 loss += self.loss_fn(out.float(), yb).double()
-                correct += (out.argmax(dim=1) == yb).sum()
+                correct += _hits(out, yb)
             loss, correct = loss.item(), correct.item()
         return loss / n, 100.0 * correct / n
+
+    # -------------------------------------------------------- several points
+    def _names_of(self, perturb) -> list[str] | None:
+        """The net's entry name of each of ``perturb``'s targets (None: not all found)."""
+        where = {(t.data_ptr(), tuple(t.shape)): n for n, t in named_state(self.net).items()}
+        names = [where.get((t.data_ptr(), tuple(t.shape))) for t in perturb.targets]
+        return None if any(n is None for n in names) else names
+
+    def _stacked_params(self, perturb, points) -> dict[str, torch.Tensor] | None:
+        """{name in the evaluated module: (K, ...) tensor} for the K points."""
+        if self._vmap_state is None or self._vmap_state[0] is not perturb:
+            self._vmap_state = (perturb, self._names_of(perturb))
+        names = self._vmap_state[1]
+        if names is None:
+            return None
+        stacks = dict(zip(names, perturb.stacked(points)))
+        if self._fused is None:
+            return stacks
+        k = len(points)
+        live = named_state(self.net)
+        folded = self._fused.folded_names()
+        inputs = {n: stacks[n] if n in stacks else live[n].expand(k, *live[n].shape)
+                  for n in folded if n in live and live[n].is_floating_point()}
+        params = torch.func.vmap(lambda s: self._fused.folded_params(s.__getitem__))(inputs)
+        params.update({n: t for n, t in stacks.items() if n not in folded})
+        return params
+
+    def _run_points(self, params: dict[str, torch.Tensor], k: int, rows: int | None = None):
+        module = self._fused.gm if self._fused is not None else self.net
+
+        def forward(p, xb):
+            return torch.func.functional_call(module, p, (xb,))
+        batched = torch.func.vmap(forward, in_dims=(0, None))
+        n = len(self.y) if rows is None else min(rows, len(self.y))
+        with torch.inference_mode(), precision_mode(self.precision, self.device):
+            loss = torch.zeros(k, dtype=torch.float64, device=self.device)
+            correct = torch.zeros(k, dtype=torch.int64, device=self.device)
+            for i in range(0, n, self.batch_size):
+                xb, yb = self._xin[i:min(i + self.batch_size, n)], self.y[i:min(i + self.batch_size, n)]
+                out = batched(params, xb)
+                for j in range(k):
+                    loss[j] += self.loss_fn(out[j].float(), yb).double()
+                    correct[j] += _hits(out[j], yb)
+            loss, correct = loss.tolist(), correct.tolist()
+        return [(a / n, 100.0 * c / n) for a, c in zip(loss, correct)]
+
+    def evaluate_points(self, perturb, points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+        """[(mean loss, accuracy %)] at each grid point (x, y) of ``points``, in order.
+
+        ``perturb`` is the ``net_plotter.Perturbation`` that moves this evaluator's net.
+        Several points run in one pass (stacked weights, torch.func.vmap over
+        functional_call); equal to ``perturb.set(x, y); evaluator()`` one point at a
+        time within 1e-6, and one at a time wherever stacking does not apply. The net is
+        left at the last point."""
+        points = [(float(p[0]), float(p[1] or 0.0)) for p in points]
+        if not points:
+            return []
+        params = None
+        if len(points) > 1 and getattr(self, "_vmap_ok", True):
+            with torch.no_grad():
+                try:
+                    params = self._stacked_params(perturb, points)
+                except Exception:
+                    params = None
+        if params is None:
+            out = []
+            for p in points:
+                perturb.set(*p)
+                out.append(self())
+            return out
+        try:
+            out = self._run_points(params, len(points))
+        except UserError:
+            raise
+        except Exception:  # an operation without a vmap rule: one point at a time, for good
+            self._vmap_ok = False
+            return self.evaluate_points(perturb, points)
+        perturb.set(*points[-1])
+        return out
+
+    def probe_points_per_pass(self, perturb, candidates: Sequence[int] = (1, 4, 16),
+                              min_gain: float = 1.15) -> int:
+        """The number of points per pass that evaluates fastest on one batch (1 when
+        stacking does not pay by at least ``min_gain``, or does not apply)."""
+        rows = min(self.batch_size, len(self.y))
+        best_k, best_t = 1, None
+        saved = [t.clone() for t in perturb.targets]
+        try:
+            for k in sorted(set(int(c) for c in candidates)):
+                pts = [(0.01 * j, 0.0) for j in range(k)]
+                if k == 1:
+                    fn = self._probe_one(rows)
+                else:
+                    with torch.no_grad():
+                        try:
+                            params = self._stacked_params(perturb, pts)
+                        except Exception:
+                            params = None
+                    if params is None:
+                        break
+
+                    def fn(params=params, k=k):
+                        return self._run_points(params, k, rows)
+                try:
+                    fn()
+                    t = _best_time(fn, self.device, reps=2) / k
+                except (RuntimeError, NotImplementedError, MemoryError):  # incl. CUDA out of memory
+                    break
+                if best_t is None:
+                    best_t = t
+                elif t * min_gain < best_t:
+                    best_k, best_t = k, t
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(perturb.targets, saved)
+        return best_k
+
+    def _probe_one(self, rows: int) -> Callable[[], object]:
+        def fn():
+            if self._fused is not None:
+                self._fused.refresh()
+            with torch.inference_mode(), precision_mode(self.precision, self.device):
+                xb = self._xin[:rows]
+                out = self._model_for(len(xb))(xb)
+                return self.loss_fn(out.float(), self.y[:rows]).item()
+        return fn
+
+
+def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Correct predictions in a batch (0 where the output is not (batch, classes))."""
+    if out.dim() != 2 or out.shape[0] != len(y):
+        return torch.zeros((), dtype=torch.int64, device=y.device)
+    return (out.argmax(dim=1) == y).sum()

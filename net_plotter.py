@@ -216,3 +216,22 @@ class Perturbation:
             torch._foreach_add_(self.targets, self.dy, alpha=float(y))
         for v in self.variances:
             v.clamp_(min=0)
+
+    @torch.no_grad()
+    def stacked(self, points):
+        """For each target, the (K, *shape) stack of its values at the K grid points
+        ``points`` [(x, y)], computed exactly as ``set(x, y)`` writes them; the model
+        is not moved (for evaluating several points in one pass)."""
+        k = len(points)
+        out = [torch.empty((k, *t.shape), dtype=t.dtype, device=t.device) for t in self.targets]
+        for j, (x, y) in enumerate(points):
+            rows = [s[j] for s in out]
+            torch._foreach_copy_(rows, self.base)
+            if x:
+                torch._foreach_add_(rows, self.dx, alpha=float(x))
+            if y:
+                torch._foreach_add_(rows, self.dy, alpha=float(y))
+        for s, t in zip(out, self.targets):
+            if any(t is v for v in self.variances):
+                s.clamp_(min=0)
+        return out
