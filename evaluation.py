@@ -175,6 +175,7 @@ class Evaluator:
         self.device = device
         self.precision = precision
         self.engine = engine
+        self.path = "eager"
         self.compile_seconds = 0.0
         self.setup_seconds = 0.0
         self._fused = None
@@ -197,13 +198,13 @@ class Evaluator:
             if not torch.is_tensor(out):
                 raise UserError(f"the model returned {type(out).__name__}, not a tensor of shape "
                                 "(batch, classes)")
+            if getattr(self.loss_fn, "needs_classes", False) and out.dim() == 2:
+                lo, hi = int(self.y.min()), int(self.y.max())
+                if lo < 0 or hi >= out.shape[1]:
+                    raise UserError(f"the labels run from {lo} to {hi} but the model has "
+                                    f"{out.shape[1]} outputs; use a model with more classes or "
+                                    "another --dataset")
             self.loss_fn(out.float(), yb)
-        if getattr(self.loss_fn, "needs_classes", False):
-            lo, hi = int(self.y.min()), int(self.y.max())
-            if lo < 0 or hi >= out.shape[1]:
-                raise UserError(f"the labels run from {lo} to {hi} but the model has "
-                                f"{out.shape[1]} outputs; use a model with more classes or "
-                                "another --dataset")
         return example
 
     def _choose(self, engine: str, example: torch.Tensor) -> None:
