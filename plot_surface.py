@@ -255,7 +255,9 @@ def load_run(args, comm):
     data = dataloader.load_data(args)
     if not args.model_file:
         torch.manual_seed(args.seed)  # a freshly initialized model, the same on every rank
-    return device, data, _load(args, args.model_file)
+    net = _load(args, args.model_file)
+    model_loader.check_fits(net, data, args.model)
+    return device, data, net
 
 
 def model_stem(args):
