@@ -239,6 +239,9 @@ def load(model_name: str, model_file: str | None = None, allow_unsafe: bool = Fa
 
 def file_hash(path: str) -> str:
     """SHA-256 of a file's content (first 16 hex digits): identifies a checkpoint."""
+    if not os.path.isfile(path):
+        what = "a folder, not a file" if os.path.isdir(path) else "not found"
+        raise UserError(f"checkpoint {path}: {what}")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
