@@ -414,10 +414,10 @@ def _tensor_file(path: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise UserError(f"{flag} file not found: {path}")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{flag} {path} holds more than tensors and plain data, or is damaged; "
-                        f"it was not loaded ({_first_line(e)[:160]}); save {{'x': images, "
-                        "'y': labels}} with torch.save")
+    except pickle.UnpicklingError:
+        raise UserError(f"{flag} {path} is damaged or not a torch.save file of tensors (it was "
+                        "not loaded: it is not a pickle of tensors and plain data); save "
+                        "{'x': images, 'y': labels} with torch.save")
     except Exception as e:
         raise UserError(f"{flag} {path} is damaged or not a torch.save file ({_first_line(e)}); "
                         "save {'x': images, 'y': labels} with torch.save")

@@ -377,8 +377,8 @@ def main(argv=None):
     args = parse_args(build_parser(), argv)
     splits = ["train"] + (["test"] if args.test else [])
     metrics = [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
+    loss_fn = get_loss_fn(args.loss_name)  # a bad --loss_name fails before any file is written
     ctx = prepare(args, metrics)
-    loss_fn = get_loss_fn(args.loss_name)
     evaluators = {s: Evaluator(ctx.net, *ctx.data.split(s), loss_fn, args.batch_size,
                                ctx.device, args.precision) for s in splits}
 
