@@ -17,8 +17,6 @@ import torch
 
 from conftest import COMPAT, REPO, write_cifar_batches
 
-pytestmark = pytest.mark.slow
-
 SECTION = "## The original's recipes"
 RELEASED = os.path.join(COMPAT, "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")
 
@@ -87,6 +85,45 @@ def test_readme_recipes_parse_into_three_surface_runs():
     assert any("plot_2D.py" in c for c in commands) and any("h52vtp.py" in c for c in commands)
 
 
+def _readme():
+    with open(os.path.join(REPO, "README.md")) as f:
+        return f.read()
+
+
+def _folder_flags(folder):
+    """'vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1' -> cifar10/main.py flags."""
+    model, rest = re.match(r"^(.*?)_(sgd|adam)_", folder).group(1), folder.split("_sgd_", 1)[-1]
+    flags = ["--model", model]
+    names = {"lr": "--lr", "bs": "--batch_size", "wd": "--weight_decay", "mom": "--momentum",
+             "save_epoch": "--save_epoch"}
+    for key, value in re.findall(r"(save_epoch|lr|bs|wd|mom)=([^_]+)", rest):
+        flags += [names[key], value]
+    return flags
+
+
+def test_readme_checkpoint_folders_are_what_training_writes():
+    """The trained_nets folders of the recipes are the names cifar10/main.py gives the
+    runs with those settings (no _mom=0.9_ or _save_epoch=10 for the defaults)."""
+    from cifar10.main import build_parser, name_save_folder
+    folders = {p.split("/")[2] for c in readme_commands(_readme()) for p in shlex.split(c)
+               if p.startswith("cifar10/trained_nets/")}
+    assert len(folders) == 3, folders
+    for folder in folders:
+        args = build_parser().parse_args(_folder_flags(folder))
+        assert name_save_folder(args) == folder
+
+
+@pytest.mark.xfail(strict=False, reason="until README's trajectory recipe shows the folder "
+                   "cifar10/main.py writes (no _mom=0.9 for the default momentum)")
+def test_readme_trajectory_folder_is_what_its_training_line_writes():
+    from cifar10.main import build_parser, name_save_folder
+    text = _readme()
+    train = re.search(r"^python cifar10/main\.py (.*)$", text, flags=re.M).group(1)
+    folder = re.search(r'--model_folder "?cifar10/trained_nets/([^" \n]+)', text).group(1)
+    assert name_save_folder(build_parser().parse_args(shlex.split(train))) == folder
+
+
+@pytest.mark.slow
 def test_readme_recipes_run_as_written(tmp_path):
     with open(os.path.join(REPO, "README.md")) as f:
         commands = readme_commands(f.read())
