@@ -173,7 +173,7 @@ class SurfaceWriter:
         self.attrs = dict(attrs or {})
         self.shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
         self.resumed = False
-        if os.path.exists(path) and not overwrite:
+        if path is not None and os.path.exists(path) and not overwrite:
             self._resume()
         else:
             self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
@@ -212,7 +212,9 @@ class SurfaceWriter:
         self.dirty = True
 
     def save(self):
-        if not self.dirty:
+        """Write the file (atomically) if anything changed; a writer without a path keeps
+        its results in memory only."""
+        if not self.dirty or self.path is None:
             return
         with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
