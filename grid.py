@@ -37,7 +37,7 @@ import mpi4pytorch
 import net_plotter
 from errors import UserError
 from evaluation import Evaluator, keep_freed_memory
-from fileio import check_output_path
+from fileio import check_output_path, check_reuse
 from scheduler import Interrupted, run_grid
 from surface import SurfaceWriter
 
@@ -148,6 +148,10 @@ def set_threads(requested: int, comm) -> int:
 
 def load_run(args: argparse.Namespace, comm) -> tuple[torch.device, Any, torch.nn.Module]:
     """What every run starts from: threads, device, the data and the model at (0, 0)."""
+    for flag in ("model_file", "model_file2", "model_file3"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise UserError(f"checkpoint not found: {path} (--{flag})")
     keep_freed_memory()
     set_threads(args.threads, comm)
     device = mpi4pytorch.device_for(comm, args.cuda)
@@ -197,17 +201,17 @@ def directions_for(args: argparse.Namespace, net: torch.nn.Module, dir_file: str
     ``new`` says the directions must still be written to ``dir_file``. Nothing is written here.
     """
     recipe = direction_recipe(args)
-    if os.path.exists(dir_file):
-        attrs = net_plotter.read_direction_attrs(dir_file)
-        made = attrs.get("recipe")
-        reusable = bool(args.dir_file) or (made is not None and json.loads(made) == recipe)
-        if reusable:  # the user's own file is used as it is, never modified
-            xdir, ydir = net_plotter.read_directions(dir_file, net, args.dir_type, args.y is not None)
-            return xdir, ydir, attrs, False
-        if not args.overwrite:
-            raise UserError(f"direction file {dir_file} exists but was made with other settings "
-                            "or another checkpoint; delete it, pass --overwrite, or choose "
-                            "another --idx/--seed/--dir_file")
+    if args.dir_file and os.path.exists(dir_file):
+        reuse = True  # the user's own file is used as it is, never modified
+    elif os.path.exists(dir_file):
+        made = net_plotter.read_direction_attrs(dir_file).get("recipe")
+        reuse = check_reuse(dir_file, json.loads(made) if made else None, recipe, "direction file", args.overwrite,
+                            hint="delete it, pass --overwrite, or choose another --idx/--seed/--dir_file")
+    else:
+        reuse = False
+    if reuse:
+        xdir, ydir = net_plotter.read_directions(dir_file, net, args.dir_type, args.y is not None)
+        return xdir, ydir, net_plotter.read_direction_attrs(dir_file), False
     gen = net_plotter.make_generator(args.seed, args.idx)
     if args.model_file2:
         xdir = _difference(args, net, args.model_file2, "--model_file2")
@@ -304,12 +308,12 @@ def prepare(args: argparse.Namespace, metrics: list[str], kind: str = "loss",
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
+    device, data, net = load_run(args, comm)
+    opened = mpi4pytorch.check_all(comm, lambda: open_files(args, net, data, metrics, kind, extra_settings))
     if args.model_file2 and args.dir_type == "weights" and rank == 0:
         print("warning: --dir_type weights moves only the parameters; BatchNorm statistics stay "
               "those of --model_file (use --dir_type states to interpolate them too)",
               file=sys.stderr)
-    device, data, net = load_run(args, comm)
-    opened = mpi4pytorch.check_all(comm, lambda: open_files(args, net, data, metrics, kind, extra_settings))
     dir_file, surf_file, writer, settings, xdir, ydir = opened if rank == 0 else (None,) * 6
     dir_file, surf_file, settings = mpi4pytorch.bcast(comm, (dir_file, surf_file, settings))
     if rank != 0:
