@@ -173,15 +173,16 @@ class SurfaceWriter:
         self.attrs = dict(attrs or {})
         self.shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
         self.resumed = False
+        self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
+        self.done = np.zeros(self.shape, dtype=bool)
         if path is not None and os.path.exists(path) and not overwrite:
             self._resume()
-        else:
-            self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
-            self.done = np.zeros(self.shape, dtype=bool)
         self.dirty = True
 
     def _resume(self):
         old = read_surface(self.path)
+        if not old.original and old.n_done == 0 and old.attrs.get("format") == FORMAT:
+            return  # a file of ours holding no result yet (a run that failed at once): start afresh
         if old.original:
             raise UserError(f"{self.path} was written by the original loss-landscape code and "
                             "cannot be resumed; pass --overwrite to recompute it or --surf_file "

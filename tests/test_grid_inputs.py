@@ -195,3 +195,14 @@ def test_random_init_is_said_on_stderr_and_in_the_settings(tmp_path, capsys):
     st = read_surface(surf).settings
     assert st["random_init"] is True and st["model_hash"].startswith("init")
     assert json.dumps(st)  # plain JSON
+
+
+def test_a_file_without_results_never_blocks_the_corrected_run(world, tmp_path):
+    """A surface file of ours with no computed point (a run that failed at its first point)
+    is replaced by the corrected run; one with results is refused (table above)."""
+    from surface import SurfaceWriter, read_surface
+    surf = str(tmp_path / "failed_run.h5")
+    SurfaceWriter(surf, np.linspace(-1, 1, 3), None, ["train_loss"], {"loss_name": "other"}).save()
+    code = errors.run_main(plot_surface.main, SMALL + ["--model_file", world["a"], "--x=-1:1:3",
+                                                      "--surf_file", surf, "--dir_file", world["dirf"]])
+    assert code is None and read_surface(surf).complete
