@@ -61,14 +61,17 @@ def _expected_input(name: str) -> tuple[tuple[int, ...], str] | None:
     return ((1, 8, 8), "digits") if name.startswith("digits_") else ((3, 32, 32), "CIFAR-10")
 
 
-def check_fits(net: nn.Module, data: Any, model: str | None = None) -> None:
+def check_fits(net: nn.Module, data: Any, model: str | None = None, loss_fn: Any = None,
+               loss_name: str = "") -> None:
     """One clear UserError unless ``net`` takes ``data``'s images and predicts its classes.
 
     Zoo models are checked against the images they are made for (CIFAR zoo: 3x32x32,
     digits_*: 1x8x8); then one forward pass of two samples, in eval mode without
     gradients, must give (2, num_classes) outputs. Whatever a custom model raises
     becomes one line naming it. For a custom data set, whose number of classes is
-    inferred from its labels, more outputs than classes are accepted.
+    inferred from its labels, more outputs than classes are accepted. With ``loss_fn``
+    (evaluation.get_loss_fn's (outputs, labels) -> summed loss), the loss is tried on
+    those outputs too: it must give one finite number, whatever it raises is one line.
     """
     name = model or getattr(net, _NAME_ATTR, "") or type(net).__name__
     x = data.train_x if len(data.train_x) else data.test_x
@@ -107,6 +110,24 @@ def check_fits(net: nn.Module, data: Any, model: str | None = None) -> None:
     if width < k or (known and width != k):
         raise UserError(f"--model {name} gives {width} outputs but --dataset {data.name} has "
                         f"{k} classes; use a model with {k} outputs or the data set it is made for")
+    if loss_fn is not None:
+        _check_loss(loss_fn, loss_name or "the loss", out, data)
+
+
+def _check_loss(loss_fn: Any, loss_name: str, out: torch.Tensor, data: Any) -> None:
+    y = (data.train_y if len(data.train_y) else data.test_y)[:len(out)].to(out.device)
+    try:
+        with torch.no_grad():
+            value = loss_fn(out, y)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as e:
+        raise UserError(f"--loss_name {loss_name} raised {_first_line(e)} on the model's "
+                        f"outputs {tuple(out.shape)} and labels {tuple(y.shape)}")
+    if not torch.is_tensor(value) or value.numel() != 1:
+        got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+        raise UserError(f"--loss_name {loss_name} must return a loss per sample (shape "
+                        f"({len(y)},)) or one number for the batch; it returned {got}")
 
 
 # -------------------------------------------------------------------- checkpoints
@@ -177,7 +198,7 @@ def load_state_dict(path: str, allow_unsafe: bool = False) -> dict:
     _check_zip(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         names = _pickle_globals(path)
         plain = _plain_globals()
         odd = sorted({n for n in names or [] if n not in plain})

@@ -126,3 +126,22 @@ def test_damaged_checkpoints_are_not_sent_to_unsafe_load(tmp_path):
             model_loader.load_state_dict(bad)
         msg = str(e.value)
         assert "is damaged or not a PyTorch checkpoint" in msg and "--unsafe_load" not in msg, msg
+
+
+def test_check_fits_tries_the_loss():
+    from types import SimpleNamespace
+
+    from evaluation import get_loss_fn
+    digits = SimpleNamespace(train_x=torch.randn(3, 1, 8, 8), train_y=torch.tensor([1, 2, 3]),
+                             test_x=torch.randn(2, 1, 8, 8), name="digits", num_classes=10)
+    net = model_loader.build_model("digits_mlp")
+    model_loader.check_fits(net, digits, loss_fn=get_loss_fn("crossentropy"))
+
+    def raises(out, y):
+        raise ValueError("loss broke")
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(net, digits, loss_fn=raises, loss_name="mine:raises")
+    assert "--loss_name mine:raises raised ValueError: loss broke" in str(e.value)
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(net, digits, loss_fn=lambda out, y: out, loss_name="mine:raw")
+    assert "it returned (2, 10)" in str(e.value)
