@@ -200,9 +200,11 @@ def _cifar10(datapath: str, raw: bool, download: bool) -> Data:
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing and download:
-        try:
-            import torchvision
-            torchvision.datasets.CIFAR10(root=datapath, train=True, download=True)
+        try:  # only fetch and extract (md5-checked); the batches are read below, safely
+            from torchvision.datasets import CIFAR10
+            from torchvision.datasets.utils import download_and_extract_archive
+            download_and_extract_archive(CIFAR10.url, datapath, filename=CIFAR10.filename,
+                                         md5=CIFAR10.tgz_md5)
         except Exception as e:  # network errors come in many types
             raise UserError(f"--download could not fetch CIFAR-10 into {datapath}: {_first_line(e)}")
         missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
