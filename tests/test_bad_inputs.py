@@ -249,6 +249,9 @@ CASES = [
     _case("data-labels-2d", PS + ["--dataset", "datamods:labels_2d"] + GRID, "one integer label per image"),
     _case("data-not-pairs", PS + ["--dataset", "datamods:not_pairs"] + GRID, "(images, labels)"),
     _case("data-colon", PS + ["--dataset", ":"] + GRID, "is not package.module:name"),
+    _case("data-syntax-error", PS + ["--dataset", "syntax_err:data"] + GRID, "syntax error in"),
+    _case("data-raises-at-import", PS + ["--dataset", "raises_at_import:data"] + GRID,
+          "cannot configure the cluster"),
     _case("cifar-crafted", PS + ["--model", "vgg9", "--datapath", "cifar_evil"] + GRID,
           "which a CIFAR-10 python batch never holds"),
     _case("cifar-text", PS + ["--model", "vgg9", "--datapath", "cifar_text"] + GRID, "not a CIFAR-10 python batch"),
@@ -267,6 +270,9 @@ CASES = [
     _case("loss-no-module", PS + ["--loss_name", "nosuchmod_q7:f"] + GRID, "no module named"),
     _case("loss-colon", PS + ["--loss_name", ":"] + GRID, "is not package.module:name"),
     _case("loss-missing-name", PS + ["--loss_name", "lossmods:nope"] + GRID, "has no 'nope'"),
+    _case("loss-syntax-error", PS + ["--loss_name", "syntax_err:loss"] + GRID, "syntax error in"),
+    _case("loss-raises-at-import", PS + ["--loss_name", "raises_at_import:loss"] + GRID,
+          "cannot configure the cluster"),
     # --- training
     _case("train-lr-negative", DIGITS_TRAIN + ["--lr", "-0.1"], "--lr must be"),
     _case("train-lr-nan", DIGITS_TRAIN + ["--lr", "nan"], "--lr must be"),
@@ -376,7 +382,7 @@ def test_the_table_covers_the_classes():
     ids = [c.id for c in CASES]
     assert len(ids) >= 60 and len(set(ids)) == len(ids)
     for prefix, least in (("ckpt", 10), ("model", 12), ("mismatch", 2), ("data", 6), ("cifar", 3),
-                          ("trainloader", 3), ("loss", 3), ("train", 15), ("proj", 12), ("traj", 3),
+                          ("trainloader", 3), ("loss", 5), ("train", 15), ("proj", 12), ("traj", 3),
                           ("demo", 3)):
         assert sum(i.split("-")[0] == prefix for i in ids) >= least, prefix
 
