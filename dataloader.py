@@ -61,7 +61,7 @@ def add_data_args(parser: Any) -> Any:
                    help="digits (scikit-learn's embedded images), cifar10, or "
                         "package.module:function; default: the one the model is made for "
                         "(the CIFAR zoo: cifar10; digits_* and package.module:factory "
-                        "models: digits)")
+                        "models: digits)%(default)s")  # '' (no '(default: )' suffix)
     g.add_argument("--datapath", default=DEFAULT_DATAPATH,
                    help="folder holding cifar-10-batches-py/ (default: cifar10/data)")
     g.add_argument("--raw_data", action="store_true", help="do not normalize the images")
