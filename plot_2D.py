@@ -125,8 +125,7 @@ def surface_clip(vmin=None, vmax=None, zlim=None, log=False):
 
 def surface_3d(plt, X, Y, Z, name, title, norm, clip, log):
     """The 3D surface: z clipped to ``clip``, log10(value) with ``log`` (ticks labelled
-    in values); at most 5 ticks per axis, labels small and padded so they never overlap."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    in values); at most 5 ticks per axis, fewer where their labels would overlap."""
     fig = plt.figure(figsize=(8, 6.5))
     ax = fig.add_subplot(projection="3d")
     Zs = Z if clip is None else np.clip(Z, -np.inf if clip[0] is None else clip[0],
@@ -137,14 +136,13 @@ def surface_3d(plt, X, Y, Z, name, title, norm, clip, log):
     surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=lo, vmax=hi,
                               rcount=min(X.shape[0], 150), ccount=min(X.shape[1], 150),
                               linewidth=0, antialiased=False)
-    value_label = FuncFormatter(lambda v, _: f"{10 ** v:.3g}" if log else f"{v:.3g}")
-    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
-        axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
-    ax.zaxis.set_major_formatter(value_label)
+    ax.xaxis.set_major_formatter(ValueFormatter())
+    ax.yaxis.set_major_formatter(ValueFormatter())
+    ax.zaxis.set_major_formatter(ValueFormatter(log))
     ax.tick_params(labelsize="small", pad=2)
-    ax.set_xlabel("x", labelpad=6)
-    ax.set_ylabel("y", labelpad=6)
-    ax.set_zlabel(f"{name} (log scale)" if log else name, labelpad=8)
+    ax.set_xlabel("x", labelpad=8)
+    ax.set_ylabel("y", labelpad=8)
+    ax.set_zlabel(f"{name} (log scale)" if log else name, labelpad=10)
     finite = Zs[np.isfinite(Zs)]
     if clip is not None and finite.size:
         z_lo = to(clip[0]) if clip[0] is not None else finite.min()
@@ -154,8 +152,73 @@ def surface_3d(plt, X, Y, Z, name, title, norm, clip, log):
     ax.set_title(title, fontsize="medium")
     cb = fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.1,
                       label=f"{name} (log scale)" if log else name)
-    cb.ax.yaxis.set_major_formatter(value_label)
+    cb.ax.yaxis.set_major_formatter(ValueFormatter(log))
+    decades = log and finite.size and np.ptp(finite) >= 2
+    thin_ticks(fig, (ax.xaxis, ax.yaxis, ax.zaxis), whole=(ax.zaxis,) if decades else ())
     return fig
+
+
+def thin_ticks(fig, axes, most=5, whole=()):
+    """Give each axis at most ``most`` ticks, and fewer (down to 2) while any two of
+    its tick labels overlap on the drawn figure; axes in ``whole`` get whole-number
+    ticks (decades on a log10 axis)."""
+    from matplotlib.ticker import MaxNLocator
+    todo = list(axes)
+
+    def locate(axis, nbins):
+        axis.set_major_locator(MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10],
+                                           integer=axis in whole))
+    for axis in todo:
+        locate(axis, most - 1)
+    get_renderer = getattr(fig.canvas, "get_renderer", None)
+    nbins = most - 1
+    while todo and get_renderer is not None and nbins > 1:
+        fig.draw_without_rendering()
+        renderer = get_renderer()
+        todo = [axis for axis in todo if _labels_overlap(axis, renderer)]
+        nbins -= 1
+        for axis in todo:
+            locate(axis, nbins)
+
+
+def shown_tick_labels(axis):
+    """The tick labels an axis draws (3D axes keep labels for ticks outside the view)."""
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * max(abs(lo), abs(hi), hi - lo)
+    return [t for t, loc in zip(axis.get_ticklabels(), axis.get_majorticklocs())
+            if lo - eps <= loc <= hi + eps and t.get_visible() and t.get_text()]
+
+
+def _labels_overlap(axis, renderer):
+    boxes = [t.get_window_extent(renderer) for t in shown_tick_labels(axis)]
+    return any(a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+class ValueFormatter:
+    """Tick labels in values (10**tick with ``log``), with the fewest significant
+    digits (3 or more) that keep the labels of one axis distinct; no offset text."""
+
+    def __new__(cls, log=False):
+        from matplotlib.ticker import Formatter
+
+        class _Formatter(Formatter):
+            def __call__(self, v, pos=None):
+                return self.format_ticks([v])[0]
+
+            def format_ticks(self, values):
+                vals = np.asarray([10.0 ** v if log else v for v in values], dtype=float)
+                if not vals.size:
+                    return []
+                scale = np.abs(vals).max() if np.isfinite(vals).all() else 1.0
+                vals = np.where(np.abs(vals) < 1e-9 * scale, 0.0, vals)
+                for digits in range(3, 13):
+                    labels = [f"{v:.{digits}g}" for v in vals]
+                    if len(set(labels)) == len(labels):
+                        break
+                return labels
+
+        return _Formatter()
 
 
 def _log10(v):

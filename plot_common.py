@@ -432,15 +432,19 @@ def _log10(v):
 
 
 def _log_ticks(lo, hi, Z):
-    """tickvals (log10 units) at 1, 2, 5 x 10^k between lo and hi, labelled in values."""
+    """tickvals (log10 units) between lo and hi, labelled in values: 1, 2, 5 x 10^k
+    over up to two decades, else powers of ten (every other one past 8 decades...)."""
     if lo is None or hi is None:
         finite = _log10(Z)
         finite = finite[np.isfinite(finite)]
         if not finite.size:
             return {}
         lo, hi = finite.min(), finite.max()
+    span = hi - lo
+    subs = (1, 2, 5) if span <= 2 else (1,)                # at most about 8 ticks
+    every = max(1, int(np.ceil(span / 8)))
     vals = [np.log10(m) + k for k in range(int(np.floor(lo)) - 1, int(np.ceil(hi)) + 2)
-            for m in (1, 2, 5)]
+            if k % every == 0 for m in subs]
     vals = [v for v in vals if lo - 1e-9 <= v <= hi + 1e-9]
     if len(vals) < 2:
         return {}
