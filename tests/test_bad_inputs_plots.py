@@ -72,6 +72,7 @@ def folder(tmp_path_factory):
     _copy_and_edit(d, "s2.h5", "no_x.h5", lambda f: f.__delitem__("xcoordinates"))
     _copy_and_edit(d, "s2.h5", "text_x.h5", lambda f: _replace(f, "xcoordinates", "abc"))
     _copy_and_edit(d, "s2.h5", "nan_x.h5", lambda f: _replace(f, "xcoordinates", np.full(7, np.nan)))
+    _copy_and_edit(d, "s2.h5", "text_version.h5", lambda f: f.attrs.__setitem__("format_version", "two"))
     with h5py.File(os.path.join(d, "proj_ragged.h5"), "w") as f:
         f["proj_xcoord"], f["proj_ycoord"] = np.zeros(4), np.zeros(3)
     with h5py.File(os.path.join(d, "proj.h5"), "w") as f:
@@ -150,6 +151,7 @@ CASES = [
     ("plot_2D", "--surf_file {d}/no_x.h5", "no 'xcoordinates'"),
     ("plot_1D", "--surf_file {d}/text_x.h5", "not a list of numbers"),
     ("h52vtp", "--surf_file {d}/nan_x.h5", "NaN or infinite coordinates"),
+    ("plot_2D", "--surf_file {d}/text_version.h5", "cannot read"),      # anything else
     # the wrong surface, or the wrong quantity
     ("plot_2D", "--surf_file {d}/s2.h5 --surf_name tset_loss", "available: train_acc, train_loss"),
     ("h52vtp", "--surf_file {d}/s2.h5 --surf_name max_eig", "unknown --surf_name"),
