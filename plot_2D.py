@@ -54,6 +54,7 @@ def plot_2d_contour(surf_file: str, surf_name: Optional[str] = None,
     plots = Plots()
     base = lambda what: output_base(surf_file, f"{name}_{what}", out_dir)
     scale = " (log scale)" if log else ""
+    label = name + scale                                       # colour bars
     title = f"{quantity_label(name)}{scale}\n{describe(surf)}"
     X, Y = np.meshgrid(surf.x, surf.y, indexing="ij")      # [i, j] = (x_i, y_j), as Z
     Zm = np.ma.masked_invalid(Z)
@@ -62,19 +63,19 @@ def plot_2d_contour(surf_file: str, surf_name: Optional[str] = None,
     fig, ax = plt.subplots()
     cs = ax.contour(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP)
     ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
-    decorate(fig, ax, cs, title, name)
+    decorate(fig, ax, cs, title, label)
     save_figure(fig, base("2dcontour"), formats, plots, "2dcontour", show)
 
     # filled contours
     fig, ax = plt.subplots()
     cs = ax.contourf(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP, extend="both")
-    decorate(fig, ax, cs, title, name)
+    decorate(fig, ax, cs, title, label)
     save_figure(fig, base("2dcontourf"), formats, plots, "2dcontourf", show)
 
     # heat map
     fig, ax = plt.subplots()
     mesh = heat_map(ax, surf.x, surf.y, Z, norm)
-    decorate(fig, ax, mesh, title, name)
+    decorate(fig, ax, mesh, title, label)
     save_figure(fig, base("2dheat"), formats, plots, "2dheat", show)
 
     # 3D surface
@@ -88,7 +89,7 @@ def plot_2d_contour(surf_file: str, surf_name: Optional[str] = None,
         ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
         draw_trajectory(ax, proj_file, dir_file)
         ax.set_title(title, fontsize="medium")
-        colorbar(fig, ax, cs, name)
+        colorbar(fig, ax, cs, label)
         save_figure(fig, output_base(proj_file, f"{name}_2dcontour_proj", out_dir), formats,
                     plots, "2dcontour_proj", show)
 
