@@ -151,7 +151,7 @@ CASES = [
     ("plot_2D", "--surf_file {d}/no_x.h5", "no 'xcoordinates'"),
     ("plot_1D", "--surf_file {d}/text_x.h5", "not a list of numbers"),
     ("h52vtp", "--surf_file {d}/nan_x.h5", "NaN or infinite coordinates"),
-    ("plot_2D", "--surf_file {d}/text_version.h5", "cannot read"),      # anything else
+    ("plot_2D", "--surf_file {d}/text_version.h5", "surface file"),     # anything else
     # the wrong surface, or the wrong quantity
     ("plot_2D", "--surf_file {d}/s2.h5 --surf_name tset_loss", "available: train_acc, train_loss"),
     ("h52vtp", "--surf_file {d}/s2.h5 --surf_name max_eig", "unknown --surf_name"),
