@@ -53,8 +53,10 @@ def plot_1d_loss_err(surf_files: Union[str, Sequence[str]], xmin: Optional[float
         raise UserError(f"--xmin ({x_lo:g}) must be below --xmax ({x_hi:g})")
     single = len(surfs) == 1
     colors = {"loss": "b", "acc": "r", "err": "r"} if single else None
-    titles = {describe(s) for s in surfs}
-    title = titles.pop() if len(titles) == 1 else ""
+    descriptions = [describe(s).split("\n") for s in surfs]
+    # an overlay's title keeps what all its files share (the legend tells them apart)
+    title = "\n".join(line for line in descriptions[0]
+                      if all(line in d for d in descriptions[1:]))
     if not single:
         title = f"{title}\n{len(surfs)} surfaces".strip()
     xlabel = x_label(surfs)

@@ -394,4 +394,6 @@ def test_1d_legends_outside_and_honest(tmp_path):
                                dir_file=f"model_10.pt_weights_idx={i}.h5"))
     heading = lambda p: p.figures["loss"].legends[0].get_title().get_text()
     assert heading(plot_1D.plot_1d_loss_err(runs[:2], formats=[])) == ""
-    assert heading(plot_1D.plot_1d_loss_err(runs, formats=[])) == "solid: train, dashed: test"
+    overlay = plot_1D.plot_1d_loss_err(runs, formats=[])
+    assert heading(overlay) == "solid: train, dashed: test"
+    assert overlay.figures["loss"].axes[0].get_title() == "digits_cnn model_10.pt\ndigits\n3 surfaces"
