@@ -396,4 +396,5 @@ def test_1d_legends_outside_and_honest(tmp_path):
     assert heading(plot_1D.plot_1d_loss_err(runs[:2], formats=[])) == ""
     overlay = plot_1D.plot_1d_loss_err(runs, formats=[])
     assert heading(overlay) == "solid: train, dashed: test"
-    assert overlay.figures["loss"].axes[0].get_title() == "digits_cnn model_10.pt\ndigits\n3 surfaces"
+    assert overlay.figures["loss"].axes[0].get_title() == \
+        "digits_cnn model_10.pt\nweights directions, filter-normalized\ndigits\n3 surfaces"
