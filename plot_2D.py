@@ -50,6 +50,7 @@ def plot_2d_contour(surf_file: str, surf_name: Optional[str] = None,
     ensure_folder(out_dir or os.path.dirname(os.path.abspath(surf_file)))
     if proj_file:
         read_projection(proj_file)                           # check it before writing anything
+        check_readable(dir_file, "direction file")
     plt = pyplot(show)
     plots = Plots()
     base = lambda what: output_base(surf_file, f"{name}_{what}", out_dir)
@@ -326,6 +327,13 @@ def draw_trajectory(ax, proj_file, dir_file=None):
     ax.set_ylabel(ylabel, fontsize="x-large")
 
 
+def check_readable(path: Optional[str], what: str) -> None:
+    """An optional HDF5 input (None or '': not given) must exist and open."""
+    if path:
+        with open_h5(path, what):
+            pass
+
+
 def read_projection(proj_file: str):
     """(proj_xcoord, proj_ycoord) of a projection file, checked: two 1-D arrays of the
     same length >= 1, finite numbers."""
@@ -357,6 +365,7 @@ def plot_trajectory(proj_file: str, dir_file: Optional[str] = None, show: bool =
     """The projected optimization path alone (no surface); UserError on bad input,
     before anything is written."""
     read_projection(proj_file)
+    check_readable(dir_file, "direction file")
     ensure_folder(out_dir or os.path.dirname(os.path.abspath(proj_file)))
     plt = pyplot(show)
     plots = Plots()

@@ -165,6 +165,8 @@ CASES = [
     ("plot_2D", "--proj_file {d}/s2.h5", "not a projection file"),
     ("plot_2D", "--proj_file {d}/proj_nan.h5", "NaN or infinite"),
     ("plot_2D", "--surf_file {d}/s2.h5 --proj_file {d}/proj_ragged.h5", "proj_xcoord has 4"),
+    ("plot_2D", "--proj_file {d}/proj.h5 --dir_file {d}/missing_dirs.h5", "not found"),
+    ("plot_2D", "--surf_file {d}/s2.h5 --proj_file {d}/proj.h5 --dir_file {d}/text.h5", "cannot read"),
     ("plot_2D", "", "nothing to plot"),
 ]
 
