@@ -239,3 +239,44 @@ def test_bad_input_as_a_user_runs_it(folder, script, argv, expected):
     assert expected in assert_one_line_error(p)
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert snapshot(folder) == before
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs filled up (needs root, as in CI); skipped where it cannot be mounted."""
+    import subprocess
+    d = tmp_path / "full"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root?)")
+    try:
+        yield str(d)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(folder):
+    fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT)
+    for chunk in (4096, 1):                                # take every remaining byte
+        try:
+            while os.write(fd, b"\0" * chunk):
+                pass
+        except OSError:
+            pass
+    os.close(fd)
+
+
+@pytest.mark.slow
+def test_full_disk_keeps_earlier_outputs(folder, full_disk, capsys):
+    """A real full disk (ENOSPC) under --out_dir: one line, earlier outputs whole."""
+    for name in ("s2.h5_train_loss_2dcontour.png", "s2.h5_train_loss_zmax_1.vtp"):
+        with open(os.path.join(full_disk, name), "w") as f:
+            f.write(f"earlier output {name}\n")
+    fill(full_disk)
+    before = snapshot(full_disk)
+    for script, argv in (("plot_2D", f"--surf_file {folder}/s2.h5 --format png"),
+                         ("h52vtp", f"--surf_file {folder}/s2.h5 --zmax 1")):
+        code, err = run_in_process(capsys, script, argv.split() + ["--out_dir", full_disk])
+        check_one_line(code, err, "No space left on device")
+        assert snapshot(full_disk) == before
