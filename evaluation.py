@@ -70,27 +70,20 @@ def get_loss_fn(name):
         def crossentropy(out, y):
             _check_outputs(out, y, name)
             return F.cross_entropy(out, y, reduction="sum")
-        crossentropy.needs_classes = True
+        crossentropy.needs_classes, crossentropy.loss_name = True, name
         return crossentropy
     if name == "mse":
         def mse(out, y):
             _check_outputs(out, y, name)
             onehot = F.one_hot(y, out.shape[1]).to(out.dtype)
             return (F.softmax(out, dim=1) - onehot).pow(2).mean(dim=1).sum()
-        mse.needs_classes = True
+        mse.needs_classes, mse.loss_name = True, name
         return mse
     if ":" in name:
         fn = import_object(name, "--loss_name")
 
         def custom(out, y):
-            try:
-                loss = fn(out, y)
-            except UserError:
-                raise
-            except Exception as e:
-                msg = str(e).strip().splitlines()
-                raise UserError(f"--loss_name {name} raised {type(e).__name__}"
-                                f"{': ' + msg[0][:200] if msg else ''}")
+            loss = fn(out, y)
             if not torch.is_tensor(loss):
                 raise UserError(f"--loss_name {name} returned {type(loss).__name__}; it must "
                                 f"return a tensor of per-sample losses (shape ({len(y)},)) or "
@@ -102,6 +95,7 @@ def get_loss_fn(name):
                                 f"batch of {len(y)}; it must return per-sample losses (shape "
                                 f"({len(y)},)) or their batch mean (a 0-d tensor)")
             return loss.sum()
+        custom.loss_name = name
         return custom
     raise UserError(f"unknown --loss_name '{name}'; use crossentropy, mse or "
                     "package.module:function")
@@ -204,7 +198,15 @@ class Evaluator:
                     raise UserError(f"the labels run from {lo} to {hi} but the model has "
                                     f"{out.shape[1]} outputs; use a model with more classes or "
                                     "another --dataset")
-            self.loss_fn(out.float(), yb)
+            try:
+                self.loss_fn(out.float(), yb)
+            except UserError:
+                raise
+            except Exception as e:  # here, on the first batch; later a failure aborts the run
+                msg = str(e).strip().splitlines()
+                name = getattr(self.loss_fn, "loss_name", getattr(self.loss_fn, "__name__", "loss"))
+                raise UserError(f"--loss_name {name} raised {type(e).__name__}"
+                                f"{': ' + msg[0][:200] if msg else ''}")
         return example
 
     def _choose(self, engine: str, example: torch.Tensor) -> None:
