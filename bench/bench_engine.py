@@ -113,7 +113,7 @@ def points_table(name, x, y, batch, ks, rounds, ckpt=None):
     ev = Evaluator(net, x, y, get_loss_fn("crossentropy"), batch, CPU, "fp32", engine="auto")
     n = max(ks)
     pts = [(-1 + 2 * i / (n - 1), 0.3) for i in range(n)]
-    fns = {k: (lambda k=k: [ev.evaluate_points(move, pts[i:i + k]) for i in range(0, n, k)])
+    fns = {k: (lambda k=k: [r for i in range(0, n, k) for r in ev.evaluate_points(move, pts[i:i + k])])
            for k in ks}
     for fn in fns.values():
         fn()
@@ -143,45 +143,48 @@ def main():
     a = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(a.threads)
-    lines = [f"machine: {os.cpu_count()} CPUs, {a.threads} threads, torch {torch.__version__}, "
-             f"load average at start {os.getloadavg()[0]:.1f}; median of {a.rounds} rounds", ""]
+    def show(*new):
+        lines.extend(new)
+        print("\n".join(new), flush=True)
+    lines = []
+    show(f"machine: {os.cpu_count()} CPUs, {a.threads} threads, torch {torch.__version__}, "
+             f"load average at start {os.getloadavg()[0]:.1f}; median of {a.rounds} rounds", "")
     with tempfile.TemporaryDirectory() as tmp:
         x, y = load_cifar(tmp, a.images)
     engines = ["eager", "fused"] + (["compiled"] if a.compiled else [])
     med, paths, setup, err = engines_table("resnet56", RELEASED, x, y, a.batch_size, a.points,
                                            a.rounds, engines)
-    lines += [f"ResNet-56 (released checkpoint), {len(x)} CIFAR-format images, batch {a.batch_size}; "
+    show(f"ResNet-56 (released checkpoint), {len(x)} CIFAR-format images, batch {a.batch_size}; "
               f"floor (bare eager forward pass): {med['floor']:.3f} s", "",
               "| engine | path | set-up (s) | s per point | ratio to floor | rel. loss error |",
-              "|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|")
     for e in engines:
-        lines.append(f"| {e} | {paths[e]} | {setup[e]:.1f} | {med[e]:.3f} | "
+        show(f"| {e} | {paths[e]} | {setup[e]:.1f} | {med[e]:.3f} | "
                      f"{med[e] / med['floor']:.3f} | {err.get(e, 0):.1e} |")
     zoo = [m for m in a.zoo.split(",") if m]
     if zoo:
-        lines += ["", f"Other zoo models (random weights), {a.zoo_images} CIFAR-format images:", "",
+        show("", f"Other zoo models (random weights), {a.zoo_images} CIFAR-format images:", "",
                   "| model | fused path | floor (s) | eager s/point | fused s/point | fused / eager |",
-                  "|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|")
         for m in zoo:
             n = a.zoo_images if m != "densenet121" else min(a.zoo_images, 128)
             zm, zp, _, _ = engines_table(m, None, x[:n], y[:n], a.batch_size, 2, a.rounds,
                                          ["eager", "fused"])
-            lines.append(f"| {m} ({n} images) | {zp['fused']} | {zm['floor']:.3f} | {zm['eager']:.3f} | "
+            show(f"| {m} ({n} images) | {zp['fused']} | {zm['floor']:.3f} | {zm['eager']:.3f} | "
                          f"{zm['fused']:.3f} | {zm['fused'] / zm['eager']:.3f} |")
     if not a.no_points:
         ks = [1, 4, 16]
-        lines += ["", "Several grid points per pass (points per second; engine auto):", "",
+        show("", "Several grid points per pass (points per second; engine auto):", "",
                   "| model | path | " + " | ".join(f"K={k}" for k in ks) +
                   " | probe picks | max rel. diff K=16 vs 1 |",
-                  "|---|---|" + "---|" * len(ks) + "---|---|"]
+                  "|---|---|" + "---|" * len(ks) + "---|---|")
         dx, dy = load_digits()
         for m, (px, py) in (("digits_cnn", (dx, dy)), ("digits_mlp", (dx, dy)),
                             ("resnet20", (x[:128], y[:128]))):
             pps, path, chosen, worst = points_table(m, px, py, a.batch_size, ks, a.rounds)
-            lines.append(f"| {m} ({len(px)} images) | {path} | " +
+            show(f"| {m} ({len(px)} images) | {path} | " +
                          " | ".join(f"{pps[k]:.2f}" for k in ks) + f" | {chosen} | {worst:.1e} |")
     text = "\n".join(lines)
-    print(text)
     if a.out:
         with open(a.out, "w") as f:
             f.write(text + "\n")
