@@ -235,6 +235,17 @@ class KeyedStore:
 
 
 # ----------------------------------------------------------------------- computing
+class _OnCPU:
+    """The model's parameters copied to the CPU, where the random directions are drawn
+    (the same numbers whatever the device; the generator is a CPU generator)."""
+
+    def __init__(self, net):
+        self.params = [(n, p.detach().cpu()) for n, p in net.named_parameters()]
+
+    def named_parameters(self):
+        return iter(self.params)
+
+
 class Worker:
     """One rank's model, data and operators; computes items of any checkpoint."""
 
@@ -263,7 +274,7 @@ class Worker:
     def direction(self, i):
         """Random direction i: filter-normalized, biasbn ignored (plot_surface's --idx i x direction)."""
         gen = net_plotter.make_generator(self.args.seed, i)
-        d = net_plotter.random_direction(self.net, "weights", "filter", "biasbn", gen)
+        d = net_plotter.random_direction(_OnCPU(self.net), "weights", "filter", "biasbn", gen)
         return [t.to(self.device) for t in d]
 
     def compute(self, key):
@@ -434,6 +445,24 @@ def write_outputs(args, store, rows):
         with written_atomically(path) as tmp, open(tmp, "w") as f:
             f.write(content + "\n")
     return text
+
+
+def read_table(path):
+    """(header, cells, note) of the table stored in a finished PREFIX.h5, and its rows."""
+    with open_h5(path, "sharpness file") as f:
+        if f.attrs.get("format") != FORMAT or "checkpoint_0" not in f:
+            raise UserError(f"{path} is not a finished sharpness file")
+        st = json.loads(f.attrs["settings"])
+        args = argparse.Namespace(radii=st["rho"], n_dirs=st["n_dirs"], ascent_steps=st["ascent_steps"],
+                                  ascent_lr=st["ascent_lr"], trace_samples=st["trace_samples"],
+                                  eig_tol=st["eig_tol"], seed=st["seed"])
+        rows = []
+        for c in range(len(st["checkpoints"])):
+            g = f[f"checkpoint_{c}"]
+            row = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
+            row.update({k: g[k][()] for k in g})
+            rows.append(row)
+    return (*table(args, rows), rows)
 
 
 # --------------------------------------------------------------------------- main
