@@ -38,20 +38,10 @@ from errors import UserError, run_main
 from evaluation import get_loss_fn
 from hess_vec_prod import DEFAULT_CACHE_MB, Hessian, NonFinite, hessian_params, top_eigenpairs
 
-try:  # the lead's library modules, when main has them
-    from flags import build_parser as _base_parser
-    from flags import parse_args as _parse_args
-except ImportError:  # pragma: no cover - until then, plot_surface holds them
-    from plot_surface import build_parser as _base_parser
-    from plot_surface import parse_args as _parse_args
-try:
-    from grid import load_run, model_stem
-except ImportError:  # pragma: no cover
-    from plot_surface import load_run, model_stem
-try:
-    from fileio import check_reuse
-except ImportError:  # pragma: no cover
-    check_reuse = None
+from fileio import check_output_path, check_reuse
+from flags import build_parser as _base_parser
+from flags import parse_args as _parse_args
+from grid import load_run, model_stem
 
 FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
@@ -144,27 +134,11 @@ def stored_settings(path):
         return None
 
 
-def may_reuse(path, stored, wanted, overwrite):
-    """True: the file holds these settings, reuse it. False: (re)write it. Refuses a
-    file made with other settings unless ``overwrite``."""
-    if check_reuse is not None:
-        return bool(check_reuse(path, stored, wanted, "direction file", overwrite))
-    if overwrite or not os.path.exists(path):
-        return False
-    if stored == wanted:
-        return True
-    from surface import settings_diff
-    diffs = settings_diff(stored or {}, wanted) if isinstance(stored, dict) else ["not made by this script"]
-    raise UserError(f"{path} exists but was made with other settings ({'; '.join(diffs[:4])}); "
-                    "pass --overwrite to replace it or choose another --dir_file")
-
-
 def main(argv=None):
     args = _parse_args(build_parser(), argv)
     check_args(args)
     out = args.dir_file or default_dir_file(args)
-    if os.path.isdir(out):
-        raise UserError(f"--dir_file {out} is a folder; give a file name")
+    check_output_path(out, "--dir_file")
     if args.model_file and not os.path.isfile(args.model_file):
         raise UserError(f"checkpoint not found: {args.model_file}")
     device, data, net = load_run(args, None)
@@ -175,7 +149,8 @@ def main(argv=None):
         raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
     settings = settings_of(args, data, n_params)
     if os.path.exists(out):
-        if may_reuse(out, stored_settings(out), settings, args.overwrite):
+        if check_reuse(out, stored_settings(out), settings, "direction file", args.overwrite,
+                       hint="pass --overwrite to replace it or choose another --dir_file"):
             vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
             print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
             return out

@@ -51,15 +51,11 @@ import mpi4pytorch
 import net_plotter
 from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
-from fileio import open_h5, written_atomically
+from fileio import check_output_path, check_reuse, open_h5, written_atomically
 from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hessian_params, hutchinson_trace, top_k
 from scheduler import Interrupted, run_grid
-from surface import settings_diff
 
-try:
-    from grid import load_run
-except ImportError:  # pragma: no cover - until main has the lead's grid module
-    from plot_surface import load_run
+from grid import load_run
 
 FORMAT = "loss-landscape-sharpness"
 FORMAT_VERSION = 1
@@ -141,6 +137,7 @@ def parse_args(argv=None):
         if os.path.isdir(args.out + ext):
             raise UserError(f"--out {args.out}: {args.out + ext} is a folder; give a file prefix "
                             f"(e.g. {os.path.join(args.out, 'sharpness')})")
+        check_output_path(args.out + ext, "--out")
     return args
 
 
@@ -188,12 +185,9 @@ class Store:
                 raise UserError(f"{self.path} is not a sharpness file; pass --overwrite to replace it "
                                 "or choose another --out")
             stored = json.loads(f.attrs["settings"])
-            diffs = settings_diff(stored, self.settings)
-            if diffs:
-                raise UserError(f"{self.path} was computed with different settings ("
-                                + "; ".join(diffs[:4]) + "); rerun with --overwrite to start fresh "
-                                "or choose another --out")
-            f["items"].visititems(lambda name, obj: self._load_item(name, obj))
+            if check_reuse(self.path, stored, self.settings, "sharpness file",
+                           hint="rerun with --overwrite to start fresh or choose another --out"):
+                f["items"].visititems(lambda name, obj: self._load_item(name, obj))
 
     def _load_item(self, name, obj):
         if isinstance(obj, h5py.Group) and "done" in obj.attrs:
@@ -490,7 +484,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
-    first_args = argparse.Namespace(**{**vars(args), "model_file": args.model_file[0]})
+    first_args = argparse.Namespace(**{**vars(args), "model_file": args.model_file[0], "model_file2": "",
+                                       "model_file3": ""})
     device, data, net = load_run(first_args, comm)
     settings = settings_of(args, data)
     store = mpi4pytorch.check_all(comm, lambda: Store(args.out + ".h5", settings, args.overwrite))
