@@ -190,7 +190,8 @@ def top_k(op, k, tol=DEFAULT_TOL, seed=0, maxiter=None):
     return _eig(op, "LA", tol, start_vector(op.shape[0], seed), maxiter, k=k)
 
 
-def top_eigenpairs(op, k, tol=DEFAULT_TOL, seed=0, maxiter=None):
+def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
+                   maxiter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest (algebraic) eigenvalues of ``op`` in decreasing order and their
     unit-norm eigenvectors (float64, shape (n, k)), from the same Lanczos start vector as
     ``top_k``. Each vector's sign is fixed (its largest-magnitude entry is positive), so
