@@ -22,6 +22,7 @@ attributes ``dir_type`` = "weights", ``eigenvalues``, ``norm``, ``xnorm``/``ynor
 tolerance, seed). A rerun with the same settings reuses the file; other settings are
 refused unless ``--overwrite``.
 """
+import argparse
 import json
 import os
 import sys
@@ -47,7 +48,7 @@ FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = _base_parser(__doc__.splitlines()[0])
     g = p.add_argument_group("Hessian directions")
     g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y; default)")
@@ -60,7 +61,7 @@ def build_parser():
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     if args.k not in (1, 2):
         raise UserError(f"--k must be 1 or 2 (got {args.k})")
     if args.norm not in ("none", "filter"):
@@ -79,11 +80,11 @@ def check_args(args):
         raise UserError("--model_file2/--model_file3 do not apply here: the directions are eigenvectors")
 
 
-def default_dir_file(args):
+def default_dir_file(args: argparse.Namespace) -> str:
     return model_stem(args) + f"_hessian_top{args.k}_norm={args.norm}.h5"
 
 
-def vectors_to_directions(net, vecs, norm):
+def vectors_to_directions(net: torch.nn.Module, vecs: np.ndarray, norm: str) -> list[list[torch.Tensor]]:
     """Eigenvectors (n, k) over ``hessian_params(net)`` -> k directions over every
     parameter of ``net`` (zero where the Hessian is not taken), optionally filter-normalized."""
     hess = {name: p for name, p in hessian_params(net)}
@@ -104,7 +105,8 @@ def vectors_to_directions(net, vecs, norm):
     return out
 
 
-def eigen_directions(net, op, k, norm, tol, seed, maxiter=None):
+def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: float, seed: int,
+                     maxiter: int | None = None) -> tuple[np.ndarray, list[list[torch.Tensor]]]:
     """(eigenvalues, [directions]): the top-``k`` eigenpairs of ``op`` (the Hessian of
     ``net``) as directions over every parameter of ``net``."""
     try:
@@ -117,7 +119,7 @@ def eigen_directions(net, op, k, norm, tol, seed, maxiter=None):
     return vals, vectors_to_directions(net, vecs, norm)
 
 
-def settings_of(args, data, n_params):
+def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
     return {"kind": FORMAT_KIND, "model": args.model,
             "model_file": os.path.basename(args.model_file),
             "model_hash": model_loader.file_hash(args.model_file) if args.model_file else f"init(seed={args.seed})",
@@ -126,7 +128,7 @@ def settings_of(args, data, n_params):
             "seed": args.seed, "parameters": n_params}
 
 
-def stored_settings(path):
+def stored_settings(path: str) -> dict | None:
     attrs = net_plotter.read_direction_attrs(path)
     try:
         return json.loads(attrs.get("settings", "null"))
@@ -134,7 +136,7 @@ def stored_settings(path):
         return None
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> str:
     args = _parse_args(build_parser(), argv)
     check_args(args)
     out = args.dir_file or default_dir_file(args)

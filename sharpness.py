@@ -63,7 +63,7 @@ HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
 
 
 # ----------------------------------------------------------------------------- flags
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mpi", "-m", action="store_true", help="use MPI (items are shared among the ranks)")
     p.add_argument("--cuda", "-c", action="store_true", help="compute on the GPU (rank r: local GPU r mod count)")
@@ -97,7 +97,7 @@ def build_parser():
     return p
 
 
-def parse_rho(text):
+def parse_rho(text: str) -> list[float]:
     try:
         radii = [float(v) for v in str(text).split(",")]
     except ValueError:
@@ -109,7 +109,7 @@ def parse_rho(text):
     return radii
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.radii = parse_rho(args.rho)
     if not args.model_file:
@@ -142,7 +142,7 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- items
-def make_items(args):
+def make_items(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Phase 1 (independent) and phase 2 (ascents, which start from the random results)."""
     n = len(args.model_file)
     first = [f"{c}/{q}" for c in range(n) for q in ("base", "lmax", "trace")]
@@ -151,7 +151,7 @@ def make_items(args):
     return first, second
 
 
-def settings_of(args, data):
+def settings_of(args: argparse.Namespace, data) -> dict:
     return {"kind": "sharpness", "model": args.model,
             "checkpoints": [{"model_file": _short(f), "model_hash": model_loader.file_hash(f)}
                             for f in args.model_file],
@@ -347,7 +347,7 @@ class Worker:
 
 
 # ----------------------------------------------------------------------- summary
-def summarize(args, results):
+def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
     """Per checkpoint: every number of the table (from the item results)."""
     rows = []
     for c, path in enumerate(args.model_file):
@@ -379,7 +379,7 @@ def write_summary(f, rows):
                 g[k] = np.asarray(v)
 
 
-def table(args, rows):
+def table(args: argparse.Namespace, rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
     """(header, cells, note) of the sharpness table."""
     header = ["checkpoint", "train loss", "train acc (%)", "λmax", "trace ± s.e."]
     for rho in args.radii:
@@ -406,13 +406,13 @@ def table(args, rows):
     return header, cells, note
 
 
-def text_table(header, cells, note):
+def text_table(header: list[str], cells: list[list[str]], note: str) -> str:
     widths = [max(len(r[i]) for r in [header] + cells) for i in range(len(header))]
     fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells] + ["", note])
 
 
-def html_table(header, cells, note):
+def html_table(header: list[str], cells: list[list[str]], note: str) -> str:
     row = lambda values, tag: "<tr>" + "".join(f"<{tag}>{html.escape(v)}</{tag}>" for v in values) + "</tr>"
     return ("<table class='sharpness'>" + row(header, "th") + "".join(row(c, "td") for c in cells)
             + f"</table><p>{html.escape(note)}</p>")
@@ -441,7 +441,7 @@ def write_outputs(args, store, rows):
     return text
 
 
-def read_table(path):
+def read_table(path: str) -> tuple[list[str], list[list[str]], str, list[dict]]:
     """(header, cells, note) of the table stored in a finished PREFIX.h5, and its rows."""
     with open_h5(path, "sharpness file") as f:
         if f.attrs.get("format") != FORMAT or "checkpoint_0" not in f:
@@ -479,7 +479,7 @@ def run_phase(args, comm, rank, store, worker, keys, desc):
         sys.exit(128 + e.signum)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
