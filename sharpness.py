@@ -60,6 +60,7 @@ from grid import load_run
 FORMAT = "loss-landscape-sharpness"
 FORMAT_VERSION = 1
 HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
+TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
 
 
 # ----------------------------------------------------------------------------- flags
@@ -138,6 +139,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UserError(f"--out {args.out}: {args.out + ext} is a folder; give a file prefix "
                             f"(e.g. {os.path.join(args.out, 'sharpness')})")
         check_output_path(args.out + ext, "--out")
+    for ext, mark in ((".html", HTML_MARK), (".txt", TXT_MARK)):
+        path = args.out + ext
+        if os.path.isfile(path) and not args.overwrite:
+            with open(path, errors="replace") as f:
+                if mark not in f.read(300):
+                    raise UserError(f"{path} exists and was not written by sharpness.py; pass --overwrite "
+                                    "to replace it or choose another --out")
     return args
 
 
@@ -187,7 +195,8 @@ class Store:
             stored = json.loads(f.attrs["settings"])
             if check_reuse(self.path, stored, self.settings, "sharpness file",
                            hint="rerun with --overwrite to start fresh or choose another --out"):
-                f["items"].visititems(lambda name, obj: self._load_item(name, obj))
+                if "items" in f:
+                    f["items"].visititems(lambda name, obj: self._load_item(name, obj))
 
     def _load_item(self, name, obj):
         if isinstance(obj, h5py.Group) and "done" in obj.attrs:
@@ -428,14 +437,10 @@ def write_outputs(args, store, rows):
                       f"<p>Every number and its settings: <code>{html.escape(os.path.basename(store.path))}"
                       "</code></p>", "</body></html>"])
     html_file = args.out + ".html"
-    if os.path.exists(html_file) and not args.overwrite and \
-            HTML_MARK not in open(html_file, errors="replace").read(300):
-        raise UserError(f"{html_file} exists and was not written by sharpness.py; pass --overwrite or choose "
-                        "another --out")
     store.summary = rows
     store.dirty = True
     store.save()
-    for path, content in ((html_file, page), (args.out + ".txt", text)):
+    for path, content in ((html_file, page), (args.out + ".txt", TXT_MARK + "\n" + text)):
         with written_atomically(path) as tmp, open(tmp, "w") as f:
             f.write(content + "\n")
     return text

@@ -132,7 +132,7 @@ def test_curvature_of_the_1d_surface_along_the_top_eigenvector_is_lambda_max(tmp
     assert d1 == pytest.approx(lam[0], rel=0.03) and d2 == pytest.approx(lam[0], rel=0.03)
     # the same command reuses the file; other settings are refused and the file is kept
     # (in this process: the script's main, as run_main runs it)
-    argv = common[:-2] + ["--dir_file", dir_file]
+    argv = common + ["--dir_file", dir_file]
     assert hessian_directions.main(argv) == dir_file
     assert "reusing" in capsys.readouterr().out
     before = open(dir_file, "rb").read()
@@ -140,13 +140,13 @@ def test_curvature_of_the_1d_surface_along_the_top_eigenvector_is_lambda_max(tmp
     assert "--overwrite" in msg and "norm" in msg and open(dir_file, "rb").read() == before
     # --k 1: only an x direction; plot_surface --y with it is a clear error
     one = str(tmp_path / "one.h5")
-    hessian_directions.main(common[:-2] + ["--dir_file", one, "--k", "1"])
+    hessian_directions.main(common + ["--dir_file", one, "--k", "1"])
     with h5py.File(one, "r") as f:
         assert set(f) == {"xdirection"} and len(f.attrs["eigenvalues"]) == 1
         assert f.attrs["eigenvalues"][0] == pytest.approx(lam[0], rel=1e-4)
     import plot_surface
     capsys.readouterr()
-    msg = one_line_error(plot_surface.main, common[:-2] + ["--dir_file", one, "--x=-0.02:0.02:3",
+    msg = one_line_error(plot_surface.main, common + ["--dir_file", one, "--x=-0.02:0.02:3",
                                                           "--y=-0.02:0.02:3", "--surf_file",
                                                           str(tmp_path / "s2.h5")], capsys)
     assert "only an x direction" in msg

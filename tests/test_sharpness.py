@@ -100,7 +100,8 @@ def test_quadratic_known_answers(tmp_path, quadratic, capsys):
         assert worst[r] == pytest.approx(steps[r].max()) and steps[r][0] == pytest.approx(inc[:, r].max())
     assert "λmax" in text and f"{worst[1]:.4g}" in text
     page = open(out + ".html").read()
-    assert "<table" in page and f"{mean[0]:.4g}" in page and open(out + ".txt").read().strip() in text
+    assert "<table" in page and f"{mean[0]:.4g}" in page
+    assert open(out + ".txt").read().split("\n", 1)[1].strip() in text
 
 
 def mpiexec(args, n=2, timeout=300):
@@ -185,8 +186,21 @@ def mlp_file(tmp_path_factory):
     (["--model_file", "/nonexistent/a.t7"], "not found"),
     (["--out", "FOLDER"], "folder"),
     (["--labels", "a", "b"], "--labels"),
+    (["--out", "USERFILE"], "not written by sharpness.py"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, capsys, mlp_file, extra, needle):
-    extra = [str(tmp_path) if a == "FOLDER" else a for a in extra]
+    (tmp_path / "mine.html").write_text("<html>my own page</html>")
+    extra = [str(tmp_path) if a == "FOLDER" else str(tmp_path / "mine") if a == "USERFILE" else a for a in extra]
     argv = ["--model", "digits_mlp", "--model_file", mlp_file] + extra
     assert needle in one_line_error(argv, capsys)
+    assert (tmp_path / "mine.html").read_text() == "<html>my own page</html>" and len(os.listdir(tmp_path)) == 1
+
+
+def test_a_file_saved_before_any_item_resumes(tmp_path):
+    path, settings = str(tmp_path / "s.h5"), {"kind": "sharpness", "rho": [0.1]}
+    sharpness.Store(path, settings, overwrite=False).save()          # interrupted at once
+    assert sharpness.Store(path, settings, overwrite=False).results == {}
+    store = sharpness.Store(path, settings, overwrite=False)
+    store.record(["0/base"], {"train_loss": 0.5, "train_acc": 90.0})
+    store.save()
+    assert sharpness.Store(path, settings, overwrite=False).results["0/base"]["train_loss"] == 0.5
