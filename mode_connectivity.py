@@ -36,7 +36,9 @@ midpoint, plus the whole curve: ``load_curve``), all in the original checkpoint 
 {'state_dict': ...}; ``mode_connectivity.h5`` (a 1D surface file over t: line_* and
 curve_* losses and accuracies, barrier heights and settings as attributes; plot_1D.py
 reads it); with ``--plot`` ``mode_connectivity.pdf/.png`` (both paths, loss and
-accuracy vs t); ``train_state.pt`` (the bend and the optimizer after every epoch).
+accuracy vs t); ``curve_proj.h5`` (the curve's (x, y) in the plane through θ_A, θ_B
+and the bend: ``plot_2D.py --proj_file`` draws it on that plane's contours);
+``train_state.pt`` (the bend and the optimizer after every epoch).
 
 Resume: a rerun of the same command continues training from the last finished epoch
 and computes only the evaluation points not yet saved; with other settings it is
@@ -66,8 +68,8 @@ from fileio import written_atomically
 from surface import SurfaceWriter, read_surface, settings_diff
 
 CURVES = ("bezier", "polychain")
-TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
-                                               "mode_connectivity.h5")
+TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
+                                                     "mode_connectivity.h5", "curve_proj.h5")
 # flags of plot_surface.py that mean nothing here: refused when given, hidden from --help
 UNUSED_FLAGS = ("x", "y", "dir_file", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "same_dir",
                 "idx", "surf_file", "proj_file", "model_file3", "ngpu", "loss_max", "vmin", "vmax",
@@ -442,6 +444,7 @@ def save_checkpoints(args, net, curve, data, device, bn_update):
     cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}
     info = {"curve": args.curve, "model": args.model, "model_file": os.path.abspath(args.model_file),
             "model_file2": os.path.abspath(args.model_file2)}
+    write_curve_projection(os.path.join(args.out_dir, PROJ), curve, np.linspace(0, 1, max(args.points, 51)))
     for name, obj in ((BEND, {"state_dict": cpu(curve.bend_state()), **info}),
                       (MIDPOINT, {"state_dict": cpu(mid), "t": 0.5, **info}),
                       (CURVE, {"state_dict": cpu(mid), **info,
@@ -449,6 +452,17 @@ def save_checkpoints(args, net, curve, data, device, bn_update):
                                          "bend": cpu(curve.bend), "end": cpu(curve.end)}})):
         with written_atomically(os.path.join(args.out_dir, name)) as tmp:
             torch.save(obj, tmp)
+
+
+def write_curve_projection(path: str, curve: Curve, ts) -> None:
+    """The curve in the plane of plot_surface.py --model_file A --model_file2 B
+    --model_file3 bend.t7: θ(t) = θ_A + c_B(t) (θ_B − θ_A) + c_b(t) (θ_b − θ_A), so
+    (x, y) = (c_B(t), c_b(t)); a projection file for plot_2D.py --proj_file."""
+    import h5py
+    xy = np.array([curve.coefficients(t)[2:0:-1] for t in ts], dtype=np.float64)
+    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+        f["proj_xcoord"], f["proj_ycoord"], f["t"] = xy[:, 0], xy[:, 1], np.asarray(ts, dtype=np.float64)
+        f.attrs["method"] = f"{curve.kind} curve in the plane (θ_B − θ_A, θ_bend − θ_A)"
 
 
 def on_rank0(comm, fn):

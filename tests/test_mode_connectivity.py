@@ -256,22 +256,29 @@ def test_digits_line_has_a_barrier_the_trained_curve_does_not(pair, tmp_path):
     torch.testing.assert_close(mid[w], (a[w] + 2 * bend[w] + b[w]) / 4)
     assert torch.equal(model_loader.load_state_dict(os.path.join(out, mc.CURVE))[w], mid[w])
 
-    # the plane through the curve's three points, by plot_surface.py (3x3 grid)
+    # the plane through the curve's three points, by plot_surface.py (--dir_type states: BN
+    # statistics interpolated too); the Bezier curve passes through (x, y) = (t², 2t(1−t))
     surf, dirf = str(tmp_path / "plane.h5"), str(tmp_path / "plane_dir.h5")
     run_script(["plot_surface.py", "--model", "digits_cnn", "--model_file", pair[0], "--model_file2", pair[1],
-                "--model_file3", os.path.join(out, mc.BEND), "--dir_type", "states", "--x=0:1:3", "--y=0:1:3",
+                "--model_file3", os.path.join(out, mc.BEND), "--dir_type", "states", "--x=0:1:5", "--y=0:1:3",
                 "--dir_file", dirf, "--surf_file", surf, "--no_progress", "--threads", "1"], check=True)
     s = read_surface(surf)
-    assert s.complete and np.isfinite(s.values["train_loss"]).all()
-    net = model_loader.load("digits_cnn", pair[1])
-    from evaluation import Evaluator, get_loss_fn
-    import dataloader
+    assert s.complete
     import argparse
+    import dataloader
+    from evaluation import Evaluator, get_loss_fn
     data = dataloader.load_data(argparse.Namespace(dataset="digits", raw_data=False, trainloader="", testloader="",
                                                    max_samples=0, data_split=1, split_idx=0))
-    want, _ = Evaluator(net, data.train_x, data.train_y, get_loss_fn("crossentropy"), 512,
-                        torch.device("cpu"))()
-    assert s.values["train_loss"][2, 0] == pytest.approx(want, rel=1e-6)  # (x, y) = (1, 0) is θ_B
+    net = model_loader.build_model("digits_cnn")
+    ev = Evaluator(net, data.train_x, data.train_y, get_loss_fn("crossentropy"), 512, torch.device("cpu"))
+    for (i, j), state in {(4, 0): b, (1, 1): curve_obj.state_at(0.5)}.items():  # θ_B and θ(0.5)
+        net.load_state_dict(state)
+        assert s.values["train_loss"][i, j] == pytest.approx(ev()[0], rel=1e-4), (i, j)
+    # the curve drawn on the plane's contours
+    import plot_2D
+    plots = plot_2D.plot_2d_contour(surf, "train_loss", None, None, None, proj_file=os.path.join(out, mc.PROJ),
+                                    out_dir=str(tmp_path / "fig"), formats=["png"])
+    assert plots.files
 
 
 def _wait(proc, cond, what, timeout=120):
