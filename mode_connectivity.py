@@ -64,8 +64,10 @@ import model_loader
 import mpi4pytorch
 from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
-from fileio import written_atomically
-from surface import SurfaceWriter, read_surface, settings_diff
+import flags
+import grid
+from fileio import check_output_path, check_reuse, written_atomically
+from surface import SurfaceWriter, read_surface
 
 CURVES = ("bezier", "polychain")
 TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
@@ -73,7 +75,7 @@ TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7"
 # flags of plot_surface.py that mean nothing here: refused when given, hidden from --help
 UNUSED_FLAGS = ("x", "y", "dir_file", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "same_dir",
                 "idx", "surf_file", "proj_file", "model_file3", "ngpu", "loss_max", "vmin", "vmax",
-                "vlevel")
+                "vlevel", "engine", "points_per_pass")
 
 
 # ============================================================================ library
@@ -276,17 +278,9 @@ def load_curve(path: str, model: str) -> Curve:
 
 
 # ============================================================================== flags
-def _base_parser(description):
-    try:
-        import flags  # the lead's module, when main has it
-        return flags.build_parser(description), flags.parse_args
-    except ImportError:
-        import plot_surface
-        return plot_surface.build_parser(description), plot_surface.parse_args
-
-
-def build_parser():
-    p, _ = _base_parser(__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """plot_surface.py's model/data/loss/output flags and this script's own."""
+    p = flags.build_parser(__doc__.split("\n\n")[0])
     for a in p._actions:
         if a.dest in UNUSED_FLAGS:
             a.help = argparse.SUPPRESS
@@ -305,10 +299,9 @@ def build_parser():
     return p
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    _, parse = _base_parser(None)
-    args = parse(parser, argv)
+    args = flags.parse_args(parser, argv)
     defaults = {a.dest: a.default for a in parser._actions}
     given = [f"--{k}" for k in UNUSED_FLAGS if getattr(args, k, None) != defaults.get(k)]
     if given:
@@ -332,17 +325,14 @@ def parse_args(argv=None):
         args.out_dir = os.path.join(os.path.dirname(args.model_file) or ".", f"mode_connectivity_{args.curve}")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"--out_dir {args.out_dir} exists and is not a folder")
+    check_output_path(os.path.join(args.out_dir, RESULTS), "--out_dir")
     return args
 
 
 # ============================================================================== story
 def load_endpoints(args, comm):
     """Device, data, the model (at θ_A) and the two end states; checks they differ."""
-    import plot_surface
-    for f in (args.model_file, args.model_file2):
-        if not os.path.isfile(f):
-            raise UserError(f"checkpoint not found: {f}")
-    device, data, net = plot_surface.load_run(args, comm)
+    device, data, net = grid.load_run(args, comm)
     state_a = {k: v.clone() for k, v in net.state_dict().items()}
     state_b = model_loader.load(args.model, args.model_file2, args.unsafe_load).state_dict()
     params = _aliases(net)
@@ -361,18 +351,6 @@ def train_settings(args, data):
             "weight_decay": args.weight_decay, "batch_size": args.batch_size, "seed": args.seed}
 
 
-def check_reuse(path, stored, wanted, what, overwrite):
-    """True if ``path`` (made with ``stored`` settings) may be reused for ``wanted``;
-    False if it is absent or --overwrite; a UserError if its settings differ."""
-    if not os.path.exists(path) or overwrite:
-        return False
-    diffs = settings_diff(stored or {}, wanted)
-    if diffs:
-        raise UserError(f"{path} holds {what} made with other settings (" + "; ".join(diffs[:4])
-                        + "); rerun with --overwrite to start fresh or choose another --out_dir")
-    return True
-
-
 def _load_train_state(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -388,7 +366,7 @@ def train(args, net, curve, data, device, settings):
     if os.path.exists(path) and not args.overwrite:
         saved = _load_train_state(path)
         check_reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
-                    "a curve training", False)
+                    "the curve training", hint="rerun with --overwrite to start fresh or choose another --out_dir")
         with torch.no_grad():
             for k, v in saved["bend"].items():
                 curve.bend[k].copy_(v)
@@ -486,7 +464,6 @@ def on_rank0(comm, fn):
 
 def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
     """Loss and accuracy at ``--points`` values of t on both paths, points shared by ranks."""
-    import plot_surface
     splits = ["train"] + (["test"] if args.test else [])
     metrics = [f"{path}_{s}_{m}" for path in ("line", "curve") for s in splits for m in ("loss", "acc")]
     ts = np.linspace(0.0, 1.0, args.points)
@@ -517,9 +494,11 @@ def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
                 out[f"{path}_{s}_loss"], out[f"{path}_{s}_acc"] = ev()
         return out
 
-    ctx = argparse.Namespace(rank=rank, comm=comm, writer=writer, todo=todo, surf_file=surf_file,
-                             setup_seconds=time.perf_counter() - t0)
-    plot_surface.compute_grid(args, ctx, compute, desc="mode connectivity")
+    run = grid.Run(comm=comm, rank=rank, device=device, data=data, net=net, dir_file="", xdir=[], ydir=None,
+                   xcoords=ts, ycoords=None, surf_file=surf_file, writer=writer, todo=todo, perturb=None,
+                   settings=settings, setup_seconds=time.perf_counter() - t0,
+                   notes=["BN re-estimated at each point" if bn_update else "no BN re-estimation"])
+    grid.compute_grid(args, run, compute, desc="mode connectivity")
     return writer, ts, splits
 
 

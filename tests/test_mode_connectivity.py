@@ -178,7 +178,7 @@ def test_update_bn_is_the_exact_average_and_lr_schedule():
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     return {"a": save_digits(d / "a.t7", 1), "b": save_digits(d / "b.t7", 2),
-            "mlp": save_digits(d / "mlp.t7", 3, "digits_mlp"), "dir": str(d),
+            "mlp": save_digits(d / "mlp.t7", 3, "digits_mlp"), "dir": str(d), "copy": save_digits(d / "c.t7", 1),
             "file": str(d / "a.t7")}
 
 
@@ -192,7 +192,8 @@ BAD = [  # (flags besides --model digits_cnn, what the one line says); {a} etc. 
     ("--model_file {a} --model_file2 {b} --curve spline", "unknown --curve"),
     ("--model_file {a} --model_file2 {b} --x=-1:1:5", "--x not used"),
     ("--model_file {a} --model_file2 {dir}/missing.t7", "checkpoint not found"),
-    pytest.param("--model_file {a} --model_file2 {a}", "hold the same weights", marks=pytest.mark.slow),
+    ("--model_file {a} --model_file2 {a}", "are the same file"),
+    pytest.param("--model_file {a} --model_file2 {copy}", "hold the same weights", marks=pytest.mark.slow),
     pytest.param("--model_file {a} --model_file2 {mlp}", "does not fit this model", marks=pytest.mark.slow),
 ]
 
@@ -342,7 +343,7 @@ def test_kill9_in_training_and_evaluation_then_resume_equals_uninterrupted_and_m
         run_main(mc.main, cmd[2:] + ["--lr", "0.2"])
     assert e.value.code == 2
     line = capsys.readouterr().err.strip()
-    assert line.startswith("error: ") and "other settings" in line and "lr: file has 0.05, this run has 0.2" in line
+    assert line.startswith("error: ") and "different settings" in line and "lr: file has 0.05, this run has 0.2" in line
     assert {f: md5(os.path.join(part, f)) for f in os.listdir(part)} == before
 
     # two MPI ranks share the evaluation points: the same numbers
