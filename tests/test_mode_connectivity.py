@@ -173,6 +173,15 @@ def test_update_bn_is_the_exact_average_and_lr_schedule():
     assert mc.lr_factor(8, 10) == pytest.approx(1 - 0.2 / 0.4 * 0.99)
 
 
+def test_bn_update_flags():
+    base = ["--model_file", "a.t7", "--model_file2", "b.t7"]
+    assert mc.parse_args(base).bn_update is None  # decided by the model: on when it has BN
+    assert mc.parse_args(base + ["--bn_update"]).bn_update is True
+    assert mc.parse_args(base + ["--no_bn_update"]).bn_update is False
+    args = mc.parse_args(base + ["--curve", "polychain"])
+    assert args.out_dir == os.path.join(".", "mode_connectivity_polychain") and args.points == 21
+
+
 # ------------------------------------------------------------------ bad inputs
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -307,7 +316,7 @@ def _eval_done(path):
 
 @pytest.mark.slow
 def test_kill9_in_training_and_evaluation_then_resume_equals_uninterrupted_and_mpi(pair, tmp_path, capsys):
-    small = ["--max_samples", "300", "--epochs", "20", "--points", "41", "--save_every", "0", "--curve",
+    small = ["--max_samples", "300", "--epochs", "20", "--points", "41", "--save_every", "0.01", "--curve",
              "polychain"]
     ref, part = str(tmp_path / "ref"), str(tmp_path / "part")
     run_main(mc.main, mc_cmd(*pair, ref, *small)[1:])  # uninterrupted, in this process
