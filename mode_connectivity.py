@@ -293,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight decay on the point θ(t) of each step")
     g.add_argument("--points", type=int, default=21, help="values of t evaluated on each path")
     g.add_argument("--bn_update", action="store_const", const=True, default=None,
-                   help="re-estimate BatchNorm statistics at each point (default: on if the model has BN)")
+                   help="re-estimate BatchNorm statistics at each point; None: on when the model has BN")
     g.add_argument("--no_bn_update", dest="bn_update", action="store_const", const=False,
                    help="evaluate with the end points' BatchNorm statistics interpolated linearly")
-    g.add_argument("--out_dir", default="", help="output folder (default: mode_connectivity_<curve> "
-                                                 "next to --model_file)")
+    g.add_argument("--out_dir", default="", help="output folder; '': mode_connectivity_<curve> next to "
+                                                 "--model_file")
     return p
 
 
