@@ -414,7 +414,7 @@ def save_train_state(path, curve, optimizer, epoch, settings):
         torch.save(state, tmp)
 
 
-def save_checkpoints(args, net, curve, data, device, bn_update):
+def save_checkpoints(args, net, curve, data, device, bn_update, settings):
     """Rank 0: bend.t7, midpoint.t7 and curve.t7, in the original checkpoint format."""
     mid = curve.state_at(0.5)
     if bn_update:
@@ -423,7 +423,7 @@ def save_checkpoints(args, net, curve, data, device, bn_update):
         mid = net.state_dict()
     cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}
     info = {"curve": args.curve, "model": args.model, "model_file": os.path.abspath(args.model_file),
-            "model_file2": os.path.abspath(args.model_file2)}
+            "model_file2": os.path.abspath(args.model_file2), "settings": settings}
     write_curve_projection(os.path.join(args.out_dir, PROJ), curve, np.linspace(0, 1, max(args.points, 51)))
     for name, obj in ((BEND, {"state_dict": cpu(curve.bend_state()), **info}),
                       (MIDPOINT, {"state_dict": cpu(mid), "t": 0.5, **info}),
@@ -482,7 +482,7 @@ def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
     loss_fn = get_loss_fn(args.loss_name)
     evaluators = {s: Evaluator(net, *data.split(s), loss_fn, args.batch_size, device, args.precision)
                   for s in splits}
-    train_x = data.train_x.to(device)
+    train_x = evaluators["train"].x  # the copy on the device the evaluator holds
 
     def compute(k):
         t = float(ts[k])
@@ -575,7 +575,7 @@ def main(argv=None):
     def train_on_rank0():
         os.makedirs(args.out_dir, exist_ok=True)
         train(args, net, curve, data, device, settings)
-        save_checkpoints(args, net, curve, data, device, bn_update)
+        save_checkpoints(args, net, curve, data, device, bn_update, settings)
 
     on_rank0(comm, train_on_rank0)
     if rank != 0:  # the bend trained on rank 0
