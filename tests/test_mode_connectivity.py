@@ -315,7 +315,7 @@ def _eval_done(path):
 
 
 @pytest.mark.slow
-def test_kill9_in_training_and_evaluation_then_resume_equals_uninterrupted_and_mpi(pair, tmp_path, capsys):
+def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupted_and_mpi(pair, tmp_path, capsys):
     small = ["--max_samples", "300", "--epochs", "20", "--points", "41", "--save_every", "0.01", "--curve",
              "polychain"]
     ref, part = str(tmp_path / "ref"), str(tmp_path / "part")
@@ -329,8 +329,13 @@ def test_kill9_in_training_and_evaluation_then_resume_equals_uninterrupted_and_m
             _wait(proc, lambda: _train_epoch_saved(state) >= 2, "a saved epoch")
         else:
             _wait(proc, lambda: _eval_done(results) >= 1, "a saved point")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        # SIGTERM in training: it stops after the step at hand, keeps the last finished epoch
+        # and says so; kill -9 in evaluation: the atomically saved file holds the done points
+        proc.send_signal(signal.SIGTERM if phase == "training" else signal.SIGKILL)
+        _, err = proc.communicate()
+        if phase == "training":
+            assert proc.returncode == 128 + signal.SIGTERM, err
+            assert "interrupted: the curve training is saved" in err and "Traceback" not in err, err
     epoch, n_done = _train_epoch_saved(state), _eval_done(results)
     assert 2 <= epoch <= 20 and 1 <= n_done < 41, (epoch, n_done)
     p = run_script(cmd[1:], check=True, env={"OMP_NUM_THREADS": "1"})
