@@ -393,6 +393,9 @@ def train(args, net, curve, data, device, settings):
                                stop=lambda: caught["signum"] is not None)
             if loss is None:
                 break
+            if not math.isfinite(loss):
+                raise UserError(f"the curve training diverged (loss {loss} in epoch {epoch}); lower --lr and "
+                                "rerun with --overwrite")
             save_train_state(path, curve, optimizer, epoch, settings)
             print(f"curve epoch {epoch}/{args.epochs}: train loss on the curve {loss:.4f} "
                   f"({time.perf_counter() - t0:.2f} s)", flush=True)

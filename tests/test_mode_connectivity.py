@@ -204,6 +204,8 @@ BAD = [  # (flags besides --model digits_cnn, what the one line says); {a} etc. 
     ("--model_file {a} --model_file2 {a}", "are the same file"),
     pytest.param("--model_file {a} --model_file2 {copy}", "hold the same weights", marks=pytest.mark.slow),
     pytest.param("--model_file {a} --model_file2 {mlp}", "does not fit this model", marks=pytest.mark.slow),
+    pytest.param("--model_file {a} --model_file2 {b} --lr 1e30 --epochs 1 --max_samples 64 --batch_size 16", "diverged",
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -216,7 +218,10 @@ def test_bad_inputs_are_one_line_errors(files, flags, needle, capsys, tmp_path):
     assert e.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
-    assert not os.path.exists(tmp_path / "out")  # nothing written
+    if needle != "diverged":
+        assert not os.path.exists(tmp_path / "out")  # nothing written
+    else:  # no epoch finished: no training state that a rerun could take for a result
+        assert not os.path.exists(tmp_path / "out" / mc.TRAIN_STATE)
 
 
 # ------------------------------------------------------------------ slow: real runs
