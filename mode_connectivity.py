@@ -34,8 +34,8 @@ Outputs in ``--out_dir`` (default: mode_connectivity_<curve> next to --model_fil
 statistics re-estimated with --bn_update) and ``curve.t7`` (state_dict = the
 midpoint, plus the whole curve: ``load_curve``), all in the original checkpoint format
 {'state_dict': ...}; ``mode_connectivity.h5`` (a 1D surface file over t: line_* and
-curve_* losses and accuracies, barrier heights and settings as attributes; plot_1D.py
-reads it); with ``--plot`` ``mode_connectivity.pdf/.png`` (both paths, loss and
+curve_* losses and accuracies, barrier heights and settings as attributes;
+``read_results``); with ``--plot`` ``mode_connectivity.pdf/.png`` (both paths, loss and
 accuracy vs t); ``curve_proj.h5`` (the curve's (x, y) in the plane through θ_A, θ_B
 and the bend: ``plot_2D.py --proj_file`` draws it on that plane's contours);
 ``train_state.pt`` (the bend and the optimizer after every epoch).
