@@ -45,21 +45,28 @@ from surface import settings_diff
 METRICS = ["max_eig", "min_eig"]
 
 
-def add_hessian_args(p, single_point=True):
+def add_hessian_args(p, single_point=True, eig=True):
     """The Hessian flags shared by plot_hessian_eigen.py, hessian_spectrum.py and
-    layer_curvature.py; returns the argument group."""
+    layer_curvature.py (``eig``: the ARPACK flags); returns the argument group."""
     g = p.add_argument_group("Hessian")
-    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
-                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius (default 1e-3)")
-    g.add_argument("--eig_maxiter", type=int, default=None,
-                   help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
     g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
                    help="memory for the gradient graphs kept between products at a point (0: none)")
+    if not eig:
+        g.set_defaults(eig_tol=DEFAULT_TOL, eig_maxiter=None)
+    else:
+        _add_eig_args(g)
     if single_point:
         g.add_argument("--at", default="", help="x or x,y along --dir_file (default: the model)")
         g.add_argument("--progress_every", type=float, default=5.0,
                        help="seconds between progress lines on stderr (--no_progress: none)")
     return g
+
+
+def _add_eig_args(g):
+    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
+                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius (default 1e-3)")
+    g.add_argument("--eig_maxiter", type=int, default=None,
+                   help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
 
 
 def build_parser():
@@ -184,9 +191,12 @@ class ResultStore:
         if stored is not None and check_reuse(path, stored[0], self.settings, kind, overwrite):
             _, values, done = stored
             m = max(n, len(done)) if grow else n
-            if len(done) != m:
-                raise UserError(f"{path} holds {len(done)} items, this run has {n}; "
-                                "rerun with --overwrite or choose another output file")
+            bad = [k for k in self.fields if k not in values
+                   or values[k].shape != (len(done), *self.fields[k][0])]
+            if (len(done) != m and not grow) or bad:
+                raise UserError(f"{path} does not hold the items of this run ({len(done)} stored, "
+                                f"{n} wanted{', fields ' + ', '.join(bad) if bad else ''}); rerun with "
+                                "--overwrite or choose another output file")
             self.values = {k: self._blank(m, k) for k in self.fields}
             for k in self.fields:
                 self.values[k][:len(done)] = values[k]
@@ -210,12 +220,7 @@ class ResultStore:
                                 "to replace it or choose another output file")
             settings = json.loads(f.attrs["settings"])
             done = f["done"][()].astype(bool)
-            values = {}
-            for k, (shape, _) in self.fields.items():
-                if k not in f or f[k].shape != (len(done), *shape):
-                    raise UserError(f"{self.path} does not hold this run's '{k}' items; rerun with "
-                                    "--overwrite or choose another output file")
-                values[k] = f[k][()]
+            values = {k: f[k][()] for k in self.fields if k in f}
         return settings, values, done
 
     @property
