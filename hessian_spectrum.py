@@ -35,8 +35,10 @@ import numpy as np
 
 import mpi4pytorch
 import plot_hessian_eigen as phe
-import plot_surface
+import flags
+import grid
 from errors import UserError, run_main
+from fileio import check_output_path
 from hess_vec_prod import NonFinite, Progress, slq_start, spectral_density
 from plot_common import FORMATS
 from scheduler import Interrupted, run_grid
@@ -45,7 +47,7 @@ KIND = "loss-landscape-hessian-spectrum"
 
 
 def build_parser():
-    p = plot_surface.build_parser(__doc__.splitlines()[0])
+    p = flags.build_parser(__doc__.splitlines()[0])
     g = phe.add_hessian_args(p, eig=False)
     g.add_argument("--n_v", type=int, default=4, help="random starts (default 4)")
     g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start (default 80)")
@@ -74,11 +76,11 @@ def check_args(args):
 
 
 def spectrum_file(args):
-    return args.spectrum_file or plot_surface.model_stem(args) + "_spectrum.h5"
+    return args.spectrum_file or grid.model_stem(args) + "_spectrum.h5"
 
 
 def open_store(args, out, n, settings):
-    store = phe.ResultStore(out, KIND, args.n_v, {
+    store = phe.ResultStore(out, KIND, "spectrum file", args.n_v, {
         "ritz_values": ((args.lanczos_steps,), np.nan), "ritz_weights": ((args.lanczos_steps,), 0.0),
         "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True)
     store.save()
@@ -86,9 +88,10 @@ def open_store(args, out, n, settings):
 
 
 def main(argv=None):
-    args = plot_surface.parse_args(build_parser(), argv)
+    args = flags.parse_args(build_parser(), argv)
     check_args(args)
     out = spectrum_file(args)
+    check_output_path(out, "--spectrum_file")
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)

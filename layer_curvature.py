@@ -34,8 +34,10 @@ import numpy as np
 
 import mpi4pytorch
 import plot_hessian_eigen as phe
-import plot_surface
+import flags
+import grid
 from errors import UserError, run_main
+from fileio import check_output_path
 from hess_vec_prod import Progress, exact_trace, hutchinson_trace, layer_blocks, top_k
 from plot_common import FORMATS
 from scheduler import Interrupted, run_grid
@@ -45,7 +47,7 @@ FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products",
 
 
 def build_parser():
-    p = plot_surface.build_parser(__doc__.splitlines()[0])
+    p = flags.build_parser(__doc__.splitlines()[0])
     g = phe.add_hessian_args(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
@@ -84,7 +86,7 @@ def blocks_of(args, net):
 
 
 def open_store(args, out, settings, names):
-    store = phe.ResultStore(out, KIND, len(names), {f: ((), np.nan) for f in FIELDS}, settings,
+    store = phe.ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
                             overwrite=args.overwrite)
     store.attrs["layers"] = json.dumps(names)
     store.save()
@@ -92,9 +94,10 @@ def open_store(args, out, settings, names):
 
 
 def main(argv=None):
-    args = plot_surface.parse_args(build_parser(), argv)
+    args = flags.parse_args(build_parser(), argv)
     check_args(args)
-    out = args.curvature_file or plot_surface.model_stem(args) + "_layers.h5"
+    out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
+    check_output_path(out, "--curvature_file")
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)

@@ -34,13 +34,13 @@ import dataloader
 import model_loader
 import mpi4pytorch
 import net_plotter
-import plot_surface
+import flags
+import grid
 from errors import UserError, run_main
-from fileio import open_h5, written_atomically
+from fileio import check_output_path, check_reuse, open_h5, written_atomically
 from evaluation import get_loss_fn
 from hess_vec_prod import (DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, Progress, hutchinson_trace,
                            min_max_eigs, top_k)
-from surface import settings_diff
 
 METRICS = ["max_eig", "min_eig"]
 
@@ -70,7 +70,7 @@ def _add_eig_args(g):
 
 
 def build_parser():
-    p = plot_surface.build_parser(__doc__.splitlines()[0])
+    p = flags.build_parser(__doc__.splitlines()[0])
     g = add_hessian_args(p)
     g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
     g.add_argument("--trace", action="store_true", help="single point: Hutchinson estimate of the trace")
@@ -141,7 +141,7 @@ def hessian_of(args, net, data, device, params=None):
 def load_point(args, comm=None):
     """The shared set-up of the single-point scripts: (device, data, net, point), the
     model on the device and moved to ``--at`` (checked by ``check_hessian_args``)."""
-    device, data, net = plot_surface.load_run(args, comm)
+    device, data, net = grid.load_run(args, comm)
     net = net.to(device)
     point = move_to_at(args, net)
     return device, data, net, point
@@ -156,19 +156,6 @@ def point_settings(args, data, point):
             "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
 
 
-def check_reuse(path, stored, wanted, what, overwrite):
-    """May the existing ``path`` (settings ``stored``) be resumed by a run with settings
-    ``wanted``? False: start afresh (absent, or --overwrite); True: resume; a UserError
-    saying what differs otherwise."""
-    if overwrite or not os.path.exists(path):
-        return False
-    diffs = settings_diff(stored, wanted)
-    if diffs:
-        raise UserError(f"{path} is a {what} computed with different settings (" + "; ".join(diffs)
-                        + "); rerun with --overwrite to start afresh or choose another output file")
-    return True
-
-
 class ResultStore:
     """Rank 0's copy of a resumable single-point result file (spectrum, layer table):
     ``n`` items (random starts, layers), each with the same fields, a ``done`` mask and
@@ -180,15 +167,15 @@ class ResultStore:
     as they are (the derived results: density, table columns, ...).
     """
 
-    def __init__(self, path, kind, n, fields, settings, overwrite=False, grow=False):
-        self.path, self.kind, self.fields = path, kind, dict(fields)
+    def __init__(self, path, kind, what, n, fields, settings, overwrite=False, grow=False):
+        self.path, self.kind, self.what, self.fields = path, kind, what, dict(fields)
         self.settings = json.loads(json.dumps(settings))
         self.extra, self.attrs = {}, {}
         self.resumed = False
         stored = None
         if os.path.exists(path) and not overwrite:
             stored = self._read()
-        if stored is not None and check_reuse(path, stored[0], self.settings, kind, overwrite):
+        if stored is not None and check_reuse(path, stored[0], self.settings, what, overwrite):
             _, values, done = stored
             m = max(n, len(done)) if grow else n
             bad = [k for k in self.fields if k not in values
@@ -214,10 +201,10 @@ class ResultStore:
         return np.full((m, *shape), fill, dtype=np.float64)
 
     def _read(self):
-        with open_h5(self.path, self.kind) as f:
+        with open_h5(self.path, self.what) as f:
             if f.attrs.get("format") != self.kind or "settings" not in f.attrs or "done" not in f:
-                raise UserError(f"{self.path} exists but is not a {self.kind} file; pass --overwrite "
-                                "to replace it or choose another output file")
+                raise UserError(f"{self.path} exists but is not a {self.what} ({self.kind}); pass "
+                                "--overwrite to replace it or choose another output file")
             settings = json.loads(f.attrs["settings"])
             done = f["done"][()].astype(bool)
             values = {k: f[k][()] for k in self.fields if k in f}
@@ -256,12 +243,12 @@ class ResultStore:
 
 
 # --------------------------------------------------------------------------- grid
-def grid(args):
+def grid_mode(args):
     ctx = prepare_grid(args)
     op = hessian_of(args, ctx.net, ctx.data, ctx.device)
 
     def compute(k):
-        point = plot_surface.move_to(ctx, k)
+        point = grid.move_to(ctx, k)
         t, count = time.perf_counter(), op.count
         lmax, lmin = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter)
         if args.no_progress:
@@ -269,7 +256,7 @@ def grid(args):
                   f"({op.count - count} products, {time.perf_counter() - t:.1f} s)", flush=True)
         return {"max_eig": lmax, "min_eig": lmin}
 
-    plot_surface.compute_grid(args, ctx, compute, desc="hessian")
+    grid.compute_grid(args, ctx, compute, desc="hessian")
     if ctx.rank == 0:
         print(f"done: {ctx.surf_file}", flush=True)
         if args.plot:
@@ -277,12 +264,12 @@ def grid(args):
 
 
 def prepare_grid(args):
-    """plot_surface.prepare with our metrics; the surface file gets a ``_hessian`` name."""
+    """grid.prepare with our metrics; the surface file gets a ``_hessian`` name."""
     if not args.surf_file:
-        dir_file = plot_surface.name_direction_file(args)
-        args.surf_file = plot_surface.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
-    return plot_surface.prepare(args, METRICS, kind="hessian",
-                                extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
+        dir_file = grid.name_direction_file(args)
+        args.surf_file = grid.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
+    return grid.prepare(args, METRICS, kind="hessian",
+                        extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
 
 
 def plot(args, surf_file):
@@ -299,7 +286,8 @@ def plot(args, surf_file):
 def single_point(args):
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
-    out = args.spectrum_file or plot_surface.model_stem(args) + "_hessian.h5"
+    out = args.spectrum_file or grid.model_stem(args) + "_hessian.h5"
+    check_output_path(out, "--spectrum_file")
     if os.path.exists(out) and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
     device, data, net, point = load_point(args)
@@ -362,12 +350,12 @@ def report(result, point, op, seconds, out):
 
 
 def main(argv=None):
-    args = plot_surface.parse_args(build_parser(), argv)
+    args = flags.parse_args(build_parser(), argv)
     check_args(args)
     if args.top_k or args.trace:
         single_point(args)
     else:
-        grid(args)
+        grid_mode(args)
 
 
 if __name__ == "__main__":

@@ -270,6 +270,8 @@ BAD = [  # (script, flags, a word the message must contain)
     ("hessian_spectrum.py", ["--at", "0.5"], "--dir_file"),
     ("hessian_spectrum.py", ["--spectrum_file", "{existing}", "--lanczos_steps", "7"], "different settings"),
     ("hessian_spectrum.py", ["--spectrum_file", "{text}"], "not a"),
+    ("hessian_spectrum.py", ["--spectrum_file", "{tmp}/folder"], "is a folder"),
+    ("layer_curvature.py", ["--curvature_file", "{text}/x.h5"], "is a file"),
     ("layer_curvature.py", ["--eig_maxiter", "0"], "--eig_maxiter"),
     ("layer_curvature.py", ["--trace_samples", "1"], "--trace_samples"),
     ("layer_curvature.py", ["--exact_trace_max", "-1"], "--exact_trace_max"),
@@ -282,13 +284,16 @@ BAD = [  # (script, flags, a word the message must contain)
 def bad_input_files(tmp_path_factory):
     """A folder with a direction file, a finished spectrum file and a text file."""
     import plot_surface
+    from cifar10.models import MODELS
     tmp = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, str(tmp / "mlp.t7"))
     dirs = str(tmp / "dirs.h5")
-    plot_surface.main(["--model", "digits_mlp", "--max_samples", "20", "--x=0:1:2", "--threads", "1",
-                       "--dir_file", dirs, "--surf_file", str(tmp / "surf.h5"), "--no_progress"])
+    model = ["--model", "digits_mlp", "--model_file", str(tmp / "mlp.t7"), "--max_samples", "20", "--threads", "1"]
+    plot_surface.main(model + ["--x=0:1:2", "--dir_file", dirs, "--surf_file", str(tmp / "surf.h5"), "--no_progress"])
     existing = str(tmp / "spectrum.h5")
-    hessian_spectrum_main(["--model", "digits_mlp", "--max_samples", "20", "--threads", "1", "--n_v", "1",
-                           "--lanczos_steps", "3", "--spectrum_file", existing, "--no_progress"])
+    hessian_spectrum_main(model + ["--n_v", "1", "--lanczos_steps", "3", "--spectrum_file", existing, "--no_progress"])
+    os.mkdir(tmp / "folder")
     (tmp / "notes.txt").write_text("not HDF5\n")
     return tmp
 
@@ -299,7 +304,8 @@ def hessian_spectrum_main(argv):
 
 
 def snapshot(folder):
-    return {p: open(os.path.join(folder, p), "rb").read() for p in sorted(os.listdir(folder))}
+    return {p: open(os.path.join(folder, p), "rb").read() if os.path.isfile(os.path.join(folder, p)) else "dir"
+            for p in sorted(os.listdir(folder))}
 
 
 @pytest.mark.parametrize("script,flags,word", BAD, ids=[f"{s[:-3]}:{' '.join(f)}" for s, f, _ in BAD])
@@ -314,7 +320,8 @@ def test_bad_hessian_input_is_one_line_before_any_work(script, flags, word, bad_
     outputs = [] if any(o in flags for o in ("--spectrum_file", "--curvature_file")) else \
         ["--spectrum_file" if script != "layer_curvature.py" else "--curvature_file",
          os.path.join(tmp, "out.h5")]
-    argv = ["--model", "digits_mlp", "--max_samples", "20", "--threads", "1", "--no_progress"] + flags + outputs
+    argv = ["--model", "digits_mlp", "--model_file", os.path.join(tmp, "mlp.t7"), "--max_samples", "20",
+            "--threads", "1", "--no_progress"] + flags + outputs
     before = snapshot(tmp)
     main = importlib.import_module(script[:-3]).main
     with pytest.raises(SystemExit) as e:
