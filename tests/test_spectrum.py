@@ -202,7 +202,7 @@ def test_resume_after_kill(tiny, tmp_path):
     out = str(tmp_path / "killed.h5")
     n_v = 6
     slow = ["--lanczos_steps", "30", "--batch_size", "8"]  # about 0.5 s per start
-    cmd = [sys.executable] + spectrum_cmd(tiny, out, "--n_v", str(n_v), *slow, "--save_every", "0",
+    cmd = [sys.executable] + spectrum_cmd(tiny, out, "--n_v", str(n_v), *slow, "--save_every", "0.01",
                                           "--no_progress")
     proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", **tiny.env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
