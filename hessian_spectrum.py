@@ -19,7 +19,7 @@ first, within a few tens of steps).
 The file (``--spectrum_file``, default ``<model_file>_spectrum.h5``) holds per start
 ``ritz_values`` and ``ritz_weights`` ((starts, steps), NaN/0 padded), ``products``,
 ``done``, and ``grid``, ``density``, ``lambda_max``, ``lambda_min``, ``sigma`` (absolute),
-``negative_mass`` (the weight of the negative Ritz values), with the settings in the
+``negative_mass`` (the weight of the Ritz values below −σ: clearly negative eigenvalues), with the settings in the
 ``settings`` attribute. It is resumable: each finished start is saved; a rerun computes
 only the missing starts (a larger ``--n_v`` adds starts, a new ``--sigma``/``--n_grid``
 only redraws the density); a rerun with different settings (model, data, loss, point,
@@ -151,7 +151,7 @@ def density_of(values, weights, sigma_rel, n_grid):
     spread = th.max() - th.min()
     sigma = sigma_rel * (spread if spread > 0 else max(abs(th).max(), 1e-12))
     grid, density = spectral_density(values, weights, sigma, n_grid)
-    neg = sum(float(w[np.isfinite(v) & (v < 0)].sum()) for v, w in zip(values, weights)) / len(values)
+    neg = sum(float(w[np.isfinite(v) & (v < -sigma)].sum()) for v, w in zip(values, weights)) / len(values)
     return {"grid": grid, "density": density, "lambda_max": float(th.max()),
             "lambda_min": float(th.min()), "sigma": sigma, "negative_mass": neg}
 
