@@ -49,14 +49,14 @@ KIND = "loss-landscape-hessian-spectrum"
 def build_parser():
     p = flags.build_parser(__doc__.splitlines()[0])
     g = phe.add_hessian_args(p, eig=False)
-    g.add_argument("--n_v", type=int, default=4, help="random starts (default 4)")
-    g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start (default 80)")
+    g.add_argument("--n_v", type=int, default=4, help="random starts")
+    g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start")
     g.add_argument("--sigma", type=float, default=0.01,
-                   help="Gaussian broadening, as a fraction of the spread of the Ritz values (default 0.01)")
-    g.add_argument("--n_grid", type=int, default=1000, help="points of the density grid (default 1000)")
-    g.add_argument("--spectrum_file", default="", help="output file (default <model_file>_spectrum.h5)")
+                   help="Gaussian broadening, as a fraction of the spread of the Ritz values")
+    g.add_argument("--n_grid", type=int, default=1000, help="points of the density grid")
+    g.add_argument("--spectrum_file", default="", help="output file (empty: <model_file>_spectrum.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
-                   help="--plot: figure format(s) (default pdf png)")
+                   help="--plot: figure format(s)")
     return p
 
 

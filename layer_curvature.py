@@ -51,12 +51,12 @@ def build_parser():
     g = phe.add_hessian_args(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
-    g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors per block (default 100)")
+    g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors per block")
     g.add_argument("--exact_trace_max", type=int, default=100,
-                   help="exact trace for blocks of at most N parameters (default 100; 0: never)")
-    g.add_argument("--curvature_file", default="", help="output file (default <model_file>_layers.h5)")
+                   help="exact trace for blocks of at most N parameters (0: never)")
+    g.add_argument("--curvature_file", default="", help="output file (empty: <model_file>_layers.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
-                   help="--plot: figure format(s) (default pdf png)")
+                   help="--plot: figure format(s)")
     return p
 
 

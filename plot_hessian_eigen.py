@@ -64,7 +64,7 @@ def add_hessian_args(p, single_point=True, eig=True):
 
 def _add_eig_args(g):
     g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
-                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius (default 1e-3)")
+                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius")
     g.add_argument("--eig_maxiter", type=int, default=None,
                    help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
 
@@ -75,7 +75,7 @@ def build_parser():
     g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
     g.add_argument("--trace", action="store_true", help="single point: Hutchinson estimate of the trace")
     g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors for --trace")
-    g.add_argument("--spectrum_file", default="", help="single point: output file (default <model_file>_hessian.h5)")
+    g.add_argument("--spectrum_file", default="", help="single point: output file (empty: <model_file>_hessian.h5)")
     return p
 
 
