@@ -10,7 +10,6 @@ quoting in a shell: every character other than letters, digits, '.', '_' and '-'
 ``.h5_-1.0_1.0_51_.h5``), and a leading '-' or '.' is dropped.
 """
 import argparse
-import json
 import math
 import os
 import re
@@ -21,8 +20,8 @@ from typing import Iterable, Optional
 import numpy as np
 
 from errors import UserError
-from fileio import open_h5, written_atomically
-from surface import NON_METRICS, Surface, read_surface
+from fileio import written_atomically
+from surface import Surface, read_surface
 
 FORMATS = ("pdf", "png", "svg")
 DPI = 300
@@ -41,15 +40,8 @@ def load_surface(path: str, ndim: int) -> Surface:
     """Read a surface for plotting: check it is ``ndim``-D and has something computed;
     warn (one line) when points are missing -- they are NaN and left blank in plots.
     A damaged or malformed file is a UserError that says what is wrong, never a
-    traceback (``check_surface_file`` looks before ``read_surface`` reads)."""
-    check_surface_file(path)
-    try:
-        surf = read_surface(path)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- whatever else a damaged file raises
-        raise UserError(f"cannot read {path} as a surface file ({type(e).__name__}: {e}); "
-                        "is it complete? recompute it with plot_surface.py")
+    traceback (``surface.read_surface`` checks the file's structure)."""
+    surf = read_surface(path)
     if surf.ndim != ndim:
         other = "plot_2D.py or h52vtp.py" if surf.ndim == 2 else "plot_1D.py"
         raise UserError(f"{path} is a {surf.ndim}D surface (shape {surf.shape}), not {ndim}D; "
@@ -60,56 +52,6 @@ def load_surface(path: str, ndim: int) -> Surface:
         print(f"warning: {path}: {surf.n_total - surf.n_done} of {surf.n_total} points not "
               f"computed yet; using the {surf.n_done} that are", file=sys.stderr, flush=True)
     return surf
-
-
-def check_surface_file(path: str) -> None:
-    """Look at a surface file's structure before reading it: coordinates, the ``done``
-    mask, the metric shapes and the ``settings`` JSON. Raises UserError naming the
-    first problem (a missing, empty, text or truncated file included)."""
-    import h5py
-    damaged = "; the file is damaged or was not written by plot_surface.py: recompute it"
-    with open_h5(path, "surface file") as f:
-        def coords(name):
-            if name not in f:
-                return None
-            d = f[name]
-            if not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiu" or d.ndim > 1 \
-                    or d.size == 0:
-                raise UserError(f"{path}: '{name}' is not a list of numbers "
-                                f"(shape {getattr(d, 'shape', '?')}){damaged}")
-            v = np.asarray(d[()], dtype=np.float64).reshape(-1)
-            if not np.isfinite(v).all():
-                raise UserError(f"{path}: '{name}' holds NaN or infinite coordinates{damaged}")
-            return v
-        x = coords("xcoordinates")
-        if x is None:
-            raise UserError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
-        y = coords("ycoordinates")
-        shape = (len(x),) if y is None else (len(x), len(y))
-        ours = "format_version" in f.attrs
-        if "settings" in f.attrs:
-            raw = f.attrs["settings"]
-            raw = raw.decode() if isinstance(raw, bytes) else raw
-            try:
-                settings = json.loads(raw) if isinstance(raw, str) else None
-            except ValueError as e:
-                raise UserError(f"{path}: its 'settings' attribute is not valid JSON ({e})"
-                                f"{damaged}")
-            if not isinstance(settings, dict):
-                raise UserError(f"{path}: its 'settings' attribute is not a JSON object{damaged}")
-        if ours:
-            if "done" not in f or not isinstance(f["done"], h5py.Dataset):
-                raise UserError(f"{path} has no 'done' mask, so it cannot tell computed points "
-                                f"from missing ones{damaged}")
-            if tuple(f["done"].shape) != shape:
-                raise UserError(f"{path}: 'done' has shape {tuple(f['done'].shape)} but the grid "
-                                f"is {shape}{damaged}")
-        for name, d in f.items():
-            if name in NON_METRICS or not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiub":
-                continue
-            if (tuple(d.shape) != shape) if ours else (d.size != math.prod(shape)):
-                raise UserError(f"{path}: '{name}' has shape {tuple(d.shape)} but the grid is "
-                                f"{shape}{damaged}")
 
 
 def check_finite(**flags: Optional[float]) -> None:
