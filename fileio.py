@@ -46,12 +46,19 @@ def written_atomically(path: str) -> Iterator[str]:
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}; check that its folder exists, is "
+        raise UserError(f"cannot write {path}: {os_reason(e)}; check that its folder exists, is "
                         "writable and has free space (the previous file, if any, is unchanged)")
     finally:
         with contextlib.suppress(OSError):
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def os_reason(e: OSError) -> str:
+    """The reason of an OSError in a few words (h5py's carry the errno inside a long text)."""
+    import re
+    code = e.errno or next((int(m) for m in re.findall(r"errno = (\d+)", str(e))), 0)
+    return os.strerror(code) if code else (str(e).splitlines() or ["unknown error"])[0][:160]
 
 
 def settings_diff(stored: dict, wanted: dict) -> list[str]:

@@ -126,7 +126,7 @@ def cases(w):
          "different settings"),
         (ps, SMALL + s + ["--x=-1:1:5", "--surf_file", w["surf"], "--dir_file", w["dirf"]], "different settings"),
         (ps, SMALL + s + ["--x=-1:1:3", "--surf_file", w["bad_settings"], "--dir_file", w["dirf"]],
-         "not a readable surface file"),
+         "not valid JSON"),
         (ps, SMALL + s + ["--x=-1:1:3", "--surf_file", w["no_done"], "--dir_file", w["dirf"]], "no 'done'"),
         # the Hessian script shares the flags and the set-up
         (he, SMALL + s + new + ["--x=nan:1:3"], "finite"),
@@ -206,3 +206,40 @@ def test_a_file_without_results_never_blocks_the_corrected_run(world, tmp_path):
     code = errors.run_main(plot_surface.main, SMALL + ["--model_file", world["a"], "--x=-1:1:3",
                                                       "--surf_file", surf, "--dir_file", world["dirf"]])
     assert code is None and read_surface(surf).complete
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root, as in CI); skipped where it cannot be mounted."""
+    import subprocess
+    d = tmp_path / "full"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root?)")
+    yield str(d)
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_disk_full_is_one_line_and_keeps_the_old_file(world, full_disk, capsys):
+    surf = os.path.join(full_disk, "s.h5")
+    assert errors.run_main(plot_surface.main, SMALL + ["--model_file", world["a"], "--x=-1:1:3",
+                                                      "--surf_file", surf, "--dir_file", world["dirf"]]) is None
+    before = open(surf, "rb").read()
+    fd = os.open(os.path.join(full_disk, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:  # take every remaining byte
+        while os.write(fd, b"\0" * 1024):
+            pass
+    except OSError:
+        pass
+    os.close(fd)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        errors.run_main(plot_surface.main, SMALL + ["--model_file", world["a"], "--x=-1:1:3", "--surf_file", surf,
+                                                   "--dir_file", world["dirf"], "--loss_name", "mse", "--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert [l for l in err.splitlines() if l.startswith("error:")] == [err.strip().splitlines()[-1]]
+    assert "cannot write" in err and "space" in err
+    assert open(surf, "rb").read() == before
+    assert sorted(os.listdir(full_disk)) == ["filler", "s.h5"]  # no temporary file left behind
