@@ -25,7 +25,7 @@ QUADRATIC = textwrap.dedent('''
     import numpy as np
     import torch
 
-    D, M, N = 6, 3, 40
+    D, M, N = 6, 40, 40                              # M outputs >= the N "classes" (labels = sample index)
     rng = np.random.default_rng(0)
     X = torch.tensor(rng.standard_normal((N, D)) * np.array([3.0, 1.0, 1.0, 0.8, 0.6, 0.5]),
                      dtype=torch.float32)
