@@ -51,10 +51,10 @@ DEFAULT_EIG_TOL = 1e-6
 def build_parser() -> argparse.ArgumentParser:
     p = _base_parser(__doc__.splitlines()[0])
     g = p.add_argument_group("Hessian directions")
-    g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y; default)")
-    g.add_argument("--norm", default="none", help="none (unit vectors; default) or filter (paper's scaling)")
+    g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y)")
+    g.add_argument("--norm", default="none", help="none (unit vectors) or filter (the paper's filter-wise scaling)")
     g.add_argument("--eig_tol", type=float, default=DEFAULT_EIG_TOL,
-                   help=f"Lanczos (ARPACK) tolerance (default {DEFAULT_EIG_TOL:g})")
+                   help="Lanczos (ARPACK) tolerance")
     g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
     g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
                    help="memory for the gradient graphs kept between products (0: none)")
