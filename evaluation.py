@@ -179,7 +179,7 @@ class Evaluator:
         example = self._check_model()
         if engine != "eager":
             self._choose(engine, example)
-        self._xin = self._fused.prepare_input(self.x) if self._fused else self.x
+        self._xin = self._fused.prepare_input(self.x) if self._fused else self.x  # same values
         self.setup_seconds = time.perf_counter() - t0
 
     # --------------------------------------------------------------- set-up
@@ -284,12 +284,14 @@ class Evaluator:
 
     # ------------------------------------------------------------ one point
     def _model_for(self, n_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.net.training:  # someone put the net back in training mode: run it as it is
+            return self.net
         if self._compiled is not None and n_rows == min(self.batch_size, len(self.x)):
             return self._compiled
         return self._fused if self._fused is not None else self.net
 
     def __call__(self) -> tuple[float, float]:
-        if self._fused is not None:
+        if self._fused is not None and not self.net.training:
             self._fused.refresh()
         n = len(self.y)
         with torch.inference_mode(), precision_mode(self.precision, self.device):
