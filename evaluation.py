@@ -25,10 +25,8 @@ import torch.nn.functional as F
 
 from dataloader import import_object
 from errors import UserError
+from flags import ENGINES, PRECISIONS  # noqa: F401 -- one definition, shared with the flags
 from inference import FusedModel, named_state
-
-PRECISIONS = ("fp32", "tf32", "bf16")
-ENGINES = ("auto", "eager", "fused", "compiled")
 
 
 def keep_freed_memory():

@@ -62,6 +62,7 @@ class Run:
     settings: dict
     setup_seconds: float = 0.0
     notes: list = field(default_factory=list)   # extra words for the timing line
+    chunk: int = 1                               # grid points per call of compute (several per pass)
 
     def point(self, k: int) -> tuple[float, float | None]:
         """(x, y) of flat grid index k (y None for 1D)."""
@@ -331,10 +332,17 @@ def move_to(run: Run, k: int) -> tuple[float, float | None]:
 
 
 def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int, precision: str = "fp32",
-                 engine: str = "auto") -> Callable[[int], dict]:
-    """``compute(k)``: loss and accuracy of every split at grid point k."""
-    evaluators = {s: Evaluator(run.net, *run.data.split(s), loss_fn, batch_size, run.device, precision)
+                 engine: str = "auto", points_per_pass: int | str = 1) -> Callable:
+    """``compute``: loss and accuracy of every split at grid point k (or at a list of
+    points, ``points_per_pass`` of them in one pass with stacked weights; ``run.chunk``
+    says how many the scheduler hands out at a time). The evaluation path that runs
+    (eager, BatchNorm folded, ...) and K go into the timing line."""
+    evaluators = {s: Evaluator(run.net, *run.data.split(s), loss_fn, batch_size, run.device, precision, engine=engine)
                   for s in splits}
+    first = evaluators[splits[0]]
+    k = first.probe_points_per_pass(run.perturb) if points_per_pass == "auto" else int(points_per_pass)
+    run.chunk = max(1, k)
+    run.notes.append(f"engine: {first.path}" + (f"; {run.chunk} points per pass" if run.chunk > 1 else ""))
 
     def compute(k):
         move_to(run, k)
@@ -342,7 +350,15 @@ def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int
         for s, evaluate in evaluators.items():
             out[f"{s}_loss"], out[f"{s}_acc"] = evaluate()
         return out
-    return compute
+
+    def compute_many(ks):
+        points = [run.point(k) for k in ks]
+        out = {}
+        for s, evaluate in evaluators.items():
+            values = evaluate.evaluate_points(run.perturb, points)
+            out[f"{s}_loss"], out[f"{s}_acc"] = [v[0] for v in values], [v[1] for v in values]
+        return out
+    return compute_many if run.chunk > 1 else compute
 
 
 def compute_grid(args: argparse.Namespace, run: Run, compute: Callable, desc: str = "surface") -> None:
@@ -360,7 +376,8 @@ def execute(run: Run, compute: Callable, save_every: float = 10.0, progress: boo
               file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
-        run_grid(run.comm, run.todo, compute, run.writer, save_every=save_every, progress=progress, desc=desc)
+        run_grid(run.comm, run.todo, compute, run.writer, save_every=save_every, progress=progress, desc=desc,
+                 chunk=run.chunk)
     except Interrupted as e:
         if run.rank == 0:
             print(f"interrupted by {e}: {run.writer.n_done} of {run.writer.done.size} points saved "

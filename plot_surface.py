@@ -22,7 +22,8 @@ def main(argv=None):
     from evaluation import get_loss_fn
     splits = ["train"] + (["test"] if args.test else [])
     run = grid.prepare(args, grid.metrics_for(splits))  # checks every input, then opens the files
-    compute = grid.loss_compute(run, get_loss_fn(args.loss_name), splits, args.batch_size, args.precision, args.engine)
+    compute = grid.loss_compute(run, get_loss_fn(args.loss_name), splits, args.batch_size, args.precision,
+                                args.engine, args.points_per_pass)
     grid.compute_grid(args, run, compute)
     if run.rank == 0:
         print(f"done: {run.surf_file}", flush=True)
