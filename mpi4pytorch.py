@@ -7,6 +7,10 @@ compute the whole surface and race on one file) and gives a clear error when
 exception in a rank aborts the whole job, so a failing rank never leaves the others
 hanging.
 
+A ``UserError`` raised on one rank only ends the whole job too (``errors.run_main``
+prints it as ``error: (rank N) ...`` and calls ``MPI_Abort``); one raised by
+``check_all`` on every rank at once prints once and exits 2.
+
 ``local_rank`` is the rank among the processes of the same node: from SLURM, MPICH,
 Open MPI or, failing those, a shared-memory split of the communicator; ``--cuda``
 uses GPU ``local_rank % device_count`` so that several ranks per node spread over the
@@ -18,7 +22,7 @@ import threading
 import traceback
 
 import errors
-from errors import UserError
+from errors import SharedUserError, UserError
 
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
              "SLURM_STEP_NUM_TASKS")
@@ -56,6 +60,7 @@ def setup(use_mpi):
                         "'srun --mpi=none'); use your MPI's mpiexec or srun --mpi=pmi2/pmix")
     if comm.Get_rank() != 0:
         errors.QUIET = True
+    errors.set_comm(comm)
     _abort_on_uncaught(comm)
     return comm
 
@@ -104,11 +109,20 @@ def device_for(comm, cuda):
     return torch.device("cuda", lr % torch.cuda.device_count())
 
 
-def default_threads(comm):
-    """CPU threads per rank: the node's cores shared among its ranks."""
+def default_threads(comm) -> int:
+    """CPU threads per rank when ``--threads`` is not given.
+
+    ``OMP_NUM_THREADS`` when it is set to a positive integer (the environment, e.g. a
+    batch system or a loaded shared machine, knows best); otherwise the cores this
+    process may run on (its CPU affinity) divided among the ranks on this node, at
+    least 1. Collective under MPI (every rank calls it at the same point).
+    """
     _, n = local_rank_and_size(comm)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (os.cpu_count() or cores) // n) if n > 1 else max(1, cores)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, n))
 
 
 def barrier(comm):
@@ -121,14 +135,20 @@ def bcast(comm, obj):
 
 
 def check_all(comm, fn):
-    """Run ``fn`` on rank 0 only; a UserError there is raised on every rank."""
+    """Run ``fn`` on rank 0 only; a UserError there is raised on every rank.
+
+    Under MPI it is raised as ``errors.SharedUserError``: printed once, every rank
+    exits 2 together. Any other exception in ``fn`` aborts the job (see ``setup``).
+    """
     result, err = None, None
     if rank(comm) == 0:
         try:
             result = fn()
         except UserError as e:
+            if comm is None:
+                raise
             err = str(e)
     err = bcast(comm, err)
     if err is not None:
-        raise UserError(err)
+        raise SharedUserError(err)
     return result
