@@ -5,20 +5,25 @@ checkpoint that does not fit) and wraps its ``main`` in ``run_main``, which prin
 ``error: <message>`` on one line and exits with status 2 -- never a traceback.
 
 Under MPI (once ``mpi4pytorch.setup`` has registered the communicator with
-``set_comm``) there are two kinds of errors:
+``set_comm``) an error may be raised on every rank or on some ranks only (a checkpoint
+or data file missing on one node) while the others wait for them in a collective call:
 
 - ``SharedUserError``: raised on every rank at the same moment (``mpi4pytorch.check_all``
   runs a check on rank 0 and raises its error everywhere). Rank 0 prints it, every rank
   exits 2 together.
-- any other ``UserError``: it may be raised on one rank only (a checkpoint or data file
-  missing on one node), while the others wait for it in a collective call. That rank
-  prints ``error: (rank N) <message>`` and ends the whole job with ``MPI_Abort(2)``, so
-  the job never hangs.
+- any other ``UserError``: the failing rank waits up to ``AGREE_SECONDS`` for the other
+  ranks to fail too (a non-blocking barrier on a communicator of its own, so it cannot
+  be confused with the computation's messages). If they all do, rank 0 prints the
+  message once (or each rank's, as ``error: (rank N) ...``, when they differ) and every
+  rank exits 2. Otherwise the failing rank prints ``error: (rank N) <message>`` and
+  ends the whole job with ``MPI_Abort(2)``: the job never hangs.
 """
 import sys
+import time
 
 QUIET = False  # set on MPI ranks other than 0, so that a shared error prints once
-_COMM = None   # the MPI communicator of an --mpi run with more than one rank (set_comm)
+_COMM = None   # a duplicate of the --mpi communicator, when it has more than one rank
+AGREE_SECONDS = 3.0
 
 
 class UserError(Exception):
@@ -30,9 +35,35 @@ class SharedUserError(UserError):
 
 
 def set_comm(comm) -> None:
-    """Register the MPI communicator: a UserError on one rank then aborts the whole job."""
+    """Register the MPI communicator (collective: every rank calls it, at start-up)."""
     global _COMM
-    _COMM = comm if comm is not None and comm.Get_size() > 1 else None
+    _COMM = comm.Dup() if comm is not None and comm.Get_size() > 1 else None
+
+
+def _all_ranks_failed(comm, seconds: float) -> bool:
+    """True if every rank reaches this point within ``seconds`` (never blocks longer)."""
+    req = comm.Ibarrier()
+    deadline = time.monotonic() + seconds
+    while not req.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _mpi_error(comm, message: str) -> None:
+    rank = comm.Get_rank()
+    if _all_ranks_failed(comm, AGREE_SECONDS):
+        messages = comm.gather(message, root=0)
+        if rank == 0:
+            if len(set(messages)) == 1:
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            else:
+                for r, m in enumerate(messages):
+                    print(f"error: (rank {r}) {m}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(f"error: (rank {rank}) {message}", file=sys.stderr, flush=True)
+    comm.Abort(2)
 
 
 def run_main(main, argv=None):
@@ -41,8 +72,7 @@ def run_main(main, argv=None):
         return main(argv)
     except UserError as e:
         if _COMM is not None and not isinstance(e, SharedUserError):
-            print(f"error: (rank {_COMM.Get_rank()}) {e}", file=sys.stderr, flush=True)
-            _COMM.Abort(2)
+            _mpi_error(_COMM, str(e))
         if not QUIET:
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -247,11 +247,12 @@ class _Collector:
 
     def _loop(self) -> None:
         try:
-            while not (self.finishing.is_set() and self.all_back) and self.state.error is None:
+            while (not (self.finishing.is_set() and self.all_back) and self.state.error is None
+                   and not self.state.closed):
                 if not self.step():
                     time.sleep(0.02 if self.comm is not None else 0.1)
-        except (OSError, UserError) as e:  # a failed save: stop the run at once
-            self.state.stop(error=_save_error(self.writer, e))
+        except Exception as e:  # a failed save (or a bug): stop the run at once, on the main thread
+            self.state.stop(error=_save_error(self.writer, e) if isinstance(e, (OSError, UserError)) else e)
 
     def stop_workers(self) -> None:
         """Ask every worker still busy to stop its current point (once)."""
@@ -419,8 +420,9 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
             if state.error is not None:
                 raise state.error
             if state.signum is not None and not collector.all_back:
-                print(f"saved {writer.n_done} points; ranks still busy after {drain_timeout:g} s "
-                      "are stopped", file=sys.stderr, flush=True)
+                print(f"interrupted by {signal.Signals(state.signum).name}: {writer.n_done} points "
+                      f"saved in {writer.path}; ranks still busy after {drain_timeout:g} s are "
+                      "stopped; rerun the same command to resume", file=sys.stderr, flush=True)
                 comm.Abort(128 + state.signum)
         ok = True
     except _Stop:
@@ -429,11 +431,13 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
         state.close()
         if watcher is not None:
             watcher.end.set()
-        if rank == 0 and not ok and writer is not None and state.error is None:
-            try:  # another exception: keep what is done (best effort)
-                writer.save()
-            except Exception:
-                pass
+        if collector is not None and not ok:
+            collector.finishing.set()
+            if state.error is None:
+                try:  # another exception: keep what is done (best effort)
+                    collector.save()
+                except Exception:
+                    pass
         if interruptible:
             for s, h in old.items():
                 # An interrupted MPI rank is about to exit with 128 + signal: a second

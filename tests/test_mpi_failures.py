@@ -46,6 +46,9 @@ JOB = textwrap.dedent("""
             raise errors.UserError("checkpoint not found: /node2/model.t7")
         return data()
 
+    def data_user_error_everywhere():
+        raise errors.UserError("data file not found: /shared/data.npz")
+
     def data_oserror_on_rank1():
         if RANK == "1":
             raise FileNotFoundError(2, "No such file or directory", "/node2/data.npz")
@@ -153,8 +156,9 @@ def grid_script(tmp_path):
 @pytest.mark.parametrize("fn,needle", [
     ("data_user_error_on_rank1", "error: (rank 1) checkpoint not found: /node2/model.t7"),
     ("data_oserror_on_rank1", "No such file or directory: '/node2/data.npz'"),
+    ("data_user_error_everywhere", "error: data file not found: /shared/data.npz"),
 ])
-def test_error_on_one_rank_ends_the_job_with_its_message(job_dir, fn, needle):
+def test_errors_on_one_or_every_rank_end_the_job_with_the_message(job_dir, fn, needle):
     cmd = _surface_cmd("s.h5", "--x=-1:1:3", "--no_progress")
     cmd[cmd.index("job:data")] = f"job:{fn}"
     t0 = time.time()
@@ -162,10 +166,13 @@ def test_error_on_one_rank_ends_the_job_with_its_message(job_dir, fn, needle):
     assert time.time() - t0 < 30, "the job did not end promptly"
     assert p.returncode != 0
     assert needle in p.stderr, p.stderr
-    if "UserError" not in fn:
-        return
+    if "oserror" in fn:
+        return  # another exception: its traceback, then MPI_Abort
     assert "Traceback" not in p.stderr, p.stderr
     assert p.stderr.count("error:") == 1, p.stderr
+    if "everywhere" in fn:  # every rank failed alike: printed once, exit 2, no abort
+        assert_one_line_error(p)
+        assert p.returncode == 2 and "Abort" not in p.stderr, p.stderr
 
 
 # --------------------------------------------- 2. SIGTERM to one rank, then resume
@@ -210,6 +217,16 @@ def test_sigterm_to_rank1_only_saves_resumes_and_equals_uninterrupted(job_dir):
     assert b.complete
     np.testing.assert_allclose(a.values["train_loss"], b.values["train_loss"], rtol=0, atol=1e-9)
     np.testing.assert_array_equal(a.values["train_acc"], b.values["train_acc"])
+
+    # an error that every rank raises together (a settings mismatch, checked on rank 0):
+    # printed once, exit 2, no abort, the file untouched
+    before = (job_dir / "s.h5").read_bytes()
+    p = subprocess.run(cmd + ["--loss_name", "mse", "--no_progress"], cwd=job_dir, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    line = assert_one_line_error(p)
+    assert p.returncode == 2 and "different settings" in line and "(rank" not in line, p.stderr
+    assert p.stderr.count("error:") == 1 and "Abort" not in p.stderr, p.stderr
+    assert (job_dir / "s.h5").read_bytes() == before
 
 
 def _start_grid(grid_script, folder, n, chunk, sleep, **env):
@@ -305,12 +322,31 @@ def test_failed_save_stops_the_run_with_one_line_and_keeps_the_last_file(job_dir
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert time.time() - t0 < 10, "the run went on computing without saving"
+    assert time.time() - t0 < 15, "the run went on computing without saving"
     p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     line = assert_one_line_error(p)
     assert "s.h5" in line and "stopped" in line, line
     s = read_surface(str(surf))  # the last good save, intact
     assert kept <= s.n_done < 200 and "done:" not in stdout
+
+
+@pytest.mark.slow
+@mpi
+def test_failed_save_on_rank0_ends_the_mpi_job(grid_script, tmp_path):
+    proc = _start_grid(grid_script, tmp_path, 400, 1, 0.03)
+    try:
+        _wait_for(lambda: _n_done(tmp_path / "g.h5") >= 4, what="4 points saved")
+        (tmp_path / f".g.h5.{_pid(tmp_path, 0)}.tmp").mkdir()
+        kept = _n_done(tmp_path / "g.h5")
+        t0 = time.time()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.time() - t0 < 10
+    assert proc.returncode == 2, err
+    assert "error: (rank 0) " in err and "g.h5" in err and "Traceback" not in err, err
+    s = read_surface(str(tmp_path / "g.h5"))
+    assert kept <= s.n_done < 400 and "grid done" not in out
 
 
 # ------------------------------------------------------------------- 4. threads
