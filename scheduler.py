@@ -250,7 +250,10 @@ class _Collector:
             while (not (self.finishing.is_set() and self.all_back) and self.state.error is None
                    and not self.state.closed):
                 if not self.step():
-                    time.sleep(0.02 if self.comm is not None else 0.1)
+                    if self.finishing.is_set():
+                        time.sleep(0.02)
+                    else:  # returns at once when finish() begins
+                        self.finishing.wait(0.02 if self.comm is not None else 0.1)
         except Exception as e:  # a failed save (or a bug): stop the run at once, on the main thread
             self.state.stop(error=_save_error(self.writer, e) if isinstance(e, (OSError, UserError)) else e)
 
@@ -326,7 +329,10 @@ def _final_word(comm) -> bool:
     the window. Rank 0 either sends it or ends the job (MPI_Abort), so this returns."""
     while not comm.iprobe(source=0, tag=FINAL):
         time.sleep(0.01)
-    return bool(comm.recv(source=0, tag=FINAL))
+    free = bool(comm.recv(source=0, tag=FINAL))
+    while comm.iprobe(source=0, tag=STOP):  # sent before FINAL, crossed our DONE: not for
+        comm.recv(source=0, tag=STOP)       # a later run_grid in this process
+    return free
 
 
 def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, Any]],
@@ -425,8 +431,6 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
                       "stopped; rerun the same command to resume", file=sys.stderr, flush=True)
                 comm.Abort(128 + state.signum)
         ok = True
-    except _Stop:
-        ok = True  # a signal at a bad moment while stopping: the first one is being handled
     finally:
         state.close()
         if watcher is not None:

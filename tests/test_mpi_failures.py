@@ -367,3 +367,85 @@ def test_check_all_raises_a_shared_error_in_one_process():
         raise errors.UserError("nope")
     with pytest.raises(errors.UserError, match="nope"):
         mpi4pytorch.check_all(None, bad)
+
+
+# ------------------------------------------- run_grid in this process (fast tier)
+class _FlakyWriter:
+    """A real SurfaceWriter whose saves start failing like a full disk after ``ok`` saves."""
+
+    def __init__(self, path, n, ok):
+        from surface import SurfaceWriter
+        self.w = SurfaceWriter(path, np.arange(n, dtype=float), None, ["v"], {"n": n})
+        self.ok, self.path = ok, path
+
+    def __getattr__(self, name):
+        return getattr(self.w, name)
+
+    def save(self):
+        if self.ok <= 0:
+            raise OSError(28, "No space left on device")
+        self.ok -= 1
+        self.w.save()
+
+
+def test_run_grid_chunks_in_one_process_equal_single_points(tmp_path):
+    import scheduler
+    from surface import SurfaceWriter
+    got = {}
+    for chunk in (1, 4):
+        path = str(tmp_path / f"c{chunk}.h5")
+        w = SurfaceWriter(path, np.arange(10, dtype=float), None, ["v"], {"n": 10})
+        calls = []
+
+        def compute(k, calls=calls):
+            calls.append(k)
+            ks = k if isinstance(k, list) else [k]
+            return {"v": [x * 3.0 for x in ks]} if isinstance(k, list) else {"v": k * 3.0}
+        scheduler.run_grid(None, w.todo(), compute, w, progress=False, chunk=chunk)
+        got[chunk] = read_surface(path)
+        if chunk == 4:
+            assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        else:
+            assert calls == list(range(10))
+    assert got[4].complete
+    np.testing.assert_array_equal(got[1].values["v"], got[4].values["v"])
+
+
+def test_run_grid_stops_at_once_when_saving_fails(tmp_path):
+    import errors
+    import scheduler
+    path = str(tmp_path / "s.h5")
+    w = _FlakyWriter(path, 1000, ok=2)
+    w.save()  # the last good file: 0 points
+    calls = []
+
+    def compute(k):
+        calls.append(k)
+        time.sleep(0.01)
+        return {"v": float(k)}
+    t0 = time.time()
+    with pytest.raises(errors.UserError, match="No space left on device.*stopped computing"):
+        scheduler.run_grid(None, np.arange(1000), compute, w, save_every=0.0, progress=False)
+    assert time.time() - t0 < 5 and len(calls) < 500  # did not go on computing
+    s = read_surface(path)  # the last good save, intact and readable
+    assert s.n_done <= len(calls)
+
+
+def test_run_grid_sigterm_in_one_process_saves_and_raises(tmp_path):
+    import scheduler
+    from surface import SurfaceWriter
+    path = str(tmp_path / "s.h5")
+    w = SurfaceWriter(path, np.arange(50, dtype=float), None, ["v"], {"n": 50})
+
+    def compute(k):
+        if k == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives inside compute
+            time.sleep(5)
+        return {"v": float(k)}
+    old = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(scheduler.Interrupted) as e:
+        scheduler.run_grid(None, np.arange(50), compute, w, progress=False)
+    assert e.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is old  # restored in a single process
+    s = read_surface(path)
+    assert s.n_done == 7 and s.done[:7].all() and not s.done[7:].any()
