@@ -79,6 +79,8 @@ GRID = textwrap.dedent("""
             writer.save()
             todo = writer.todo()
         todo = mpi4pytorch.bcast(comm, todo)
+        if os.environ.get("FAIL_ON_RANK1") == "1" and rank == 1:
+            raise errors.UserError("checkpoint not found: /node2/model.t7")
         calls = []
         long_on_1 = os.environ.get("LONG_ON_RANK1") == "1" and rank == 1
 
@@ -89,6 +91,7 @@ GRID = textwrap.dedent("""
             v = {{"v": [x * x + 0.5 for x in ks], "w": [-x for x in ks]}}
             return v if isinstance(k, list) else {{m: a[0] for m, a in v.items()}}
 
+        t0 = time.perf_counter()
         try:
             scheduler.run_grid(comm, todo, compute, writer, save_every=0.05, progress=False,
                                chunk=chunk)
@@ -98,7 +101,7 @@ GRID = textwrap.dedent("""
             with open(f"calls.{{rank}}", "w") as f:
                 json.dump(calls, f)
         if rank == 0:
-            print("grid done", flush=True)
+            print(f"grid done in {{time.perf_counter() - t0:.3f}} s", flush=True)
 
     errors.run_main(main, sys.argv[1:])
 """)
