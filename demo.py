@@ -205,10 +205,11 @@ class Demo:
 
     def surface(self, argv):
         """Run plot_surface.py (resuming or reusing its file); returns the surface file."""
-        import plot_surface
+        import flags
+        import grid
         argv = ["--model", "digits_cnn", "--threads", "1"] + argv
-        ps_args = plot_surface.parse_args(plot_surface.build_parser(), argv)
-        path = plot_surface.name_surface_file(ps_args, plot_surface.name_direction_file(ps_args))
+        ps_args = flags.parse_args(flags.build_parser(), argv)
+        path = grid.name_surface_file(ps_args, grid.name_direction_file(ps_args))
         self.run(self.mpi + [sys.executable, "plot_surface.py"] + (["--mpi"] if self.mpi else [])
                  + argv)
         return path

@@ -32,10 +32,10 @@ import torch
 
 from errors import UserError
 from fileio import open_h5, written_atomically
+from flags import NORMS
 
 FORMAT = "loss-landscape-directions"
 FORMAT_VERSION = 2
-NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "")
 
 
 def get_entries(net, dir_type):
@@ -71,7 +71,7 @@ def normalize_direction(d, w, norm):
 def random_direction(net, dir_type="weights", norm="filter", ignore="biasbn", generator=None):
     """A normalized Gaussian direction for every entry of ``net``."""
     out = []
-    for name, w in get_entries(net, dir_type):
+    for _name, w in get_entries(net, dir_type):
         if not w.is_floating_point():
             out.append(torch.zeros_like(w))
             continue
@@ -139,7 +139,15 @@ def read_directions(path, net, dir_type, need_y):
 
 def _read_group(g, entries, path, dir_type):
     n = len(g.keys())
-    arrays = [np.asarray(g[str(i)][()]) for i in range(n)]
+    missing = [str(i) for i in range(n) if str(i) not in g]
+    if missing:
+        raise UserError(f"{path}: group {g.name} holds {n} entries but not entry '{missing[0]}' (entries "
+                        "must be named 0, 1, ... in model order); the file is damaged or not a direction "
+                        "file; make it again")
+    try:
+        arrays = [np.asarray(g[str(i)][()]) for i in range(n)]
+    except (OSError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the directions of {g.name} ({e}); make the file again")
     if "names" in g.attrs:
         stored = dict(zip(json.loads(g.attrs["names"]), arrays))
         missing = [name for name, w in entries if name not in stored and w.is_floating_point()]
@@ -171,13 +179,18 @@ def _read_group(g, entries, path, dir_type):
     return out
 
 
-def directions_hash(*directions):
-    """Content hash of directions: identifies them in a surface file's settings."""
+def tensors_hash(*groups):
+    """Content hash of lists of tensors (first 16 hex digits of a SHA-256)."""
     h = hashlib.sha256()
-    for direction in directions:
-        for t in direction or []:
+    for tensors in groups:
+        for t in tensors or []:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def directions_hash(*directions):
+    """Content hash of directions: identifies them in a surface file's settings."""
+    return tensors_hash(*directions)
 
 
 class Perturbation:

@@ -33,7 +33,8 @@ import dataloader
 import model_loader
 import mpi4pytorch
 import net_plotter
-import plot_surface
+import flags
+import grid
 from errors import UserError, run_main
 from fileio import written_atomically
 from evaluation import get_loss_fn
@@ -43,7 +44,7 @@ METRICS = ["max_eig", "min_eig"]
 
 
 def build_parser():
-    p = plot_surface.build_parser(__doc__.splitlines()[0])
+    p = flags.build_parser(__doc__.splitlines()[0])
     g = p.add_argument_group("Hessian")
     g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
                    help="Lanczos (ARPACK) tolerance, relative to the spectral radius (default 1e-3)")
@@ -81,12 +82,12 @@ def hessian_of(args, net, data, device):
 
 
 # --------------------------------------------------------------------------- grid
-def grid(args):
+def grid_mode(args):
     ctx = prepare_grid(args)
     op = hessian_of(args, ctx.net, ctx.data, ctx.device)
 
     def compute(k):
-        point = plot_surface.move_to(ctx, k)
+        point = grid.move_to(ctx, k)
         t, count = time.perf_counter(), op.count
         lmax, lmin = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter)
         if args.no_progress:
@@ -94,7 +95,7 @@ def grid(args):
                   f"({op.count - count} products, {time.perf_counter() - t:.1f} s)", flush=True)
         return {"max_eig": lmax, "min_eig": lmin}
 
-    plot_surface.compute_grid(args, ctx, compute, desc="hessian")
+    grid.compute_grid(args, ctx, compute, desc="hessian")
     if ctx.rank == 0:
         print(f"done: {ctx.surf_file}", flush=True)
         if args.plot:
@@ -102,11 +103,11 @@ def grid(args):
 
 
 def prepare_grid(args):
-    """plot_surface.prepare with our metrics; the surface file gets a ``_hessian`` name."""
+    """grid.prepare with our metrics; the surface file gets a ``_hessian`` name."""
     if not args.surf_file:
-        dir_file = plot_surface.name_direction_file(args)
-        args.surf_file = plot_surface.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
-    return plot_surface.prepare(args, METRICS, kind="hessian",
+        dir_file = grid.name_direction_file(args)
+        args.surf_file = grid.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
+    return grid.prepare(args, METRICS, kind="hessian",
                                 extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
 
 
@@ -124,10 +125,10 @@ def plot(args, surf_file):
 def single_point(args):
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
-    out = args.spectrum_file or plot_surface.model_stem(args) + "_hessian.h5"
+    out = args.spectrum_file or grid.model_stem(args) + "_hessian.h5"
     if os.path.exists(out) and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
-    device, data, net = plot_surface.load_run(args, None)
+    device, data, net = grid.load_run(args, None)
     net = net.to(device)
     point = move_to_at(args, net)
     op = hessian_of(args, net, data, device)
@@ -190,12 +191,12 @@ def report(result, point, op, seconds, out):
 
 
 def main(argv=None):
-    args = plot_surface.parse_args(build_parser(), argv)
+    args = flags.parse_args(build_parser(), argv)
     check_args(args)
     if args.top_k or args.trace:
         single_point(args)
     else:
-        grid(args)
+        grid_mode(args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from errors import UserError
-from fileio import open_h5, written_atomically
+from fileio import check_reuse, open_h5, written_atomically
 
 FORMAT = "loss-landscape-surface"
 FORMAT_VERSION = 2
@@ -97,7 +97,20 @@ class Surface:
 
 
 def read_surface(path):
-    """Read a surface file written by this toolkit or by the original code."""
+    """Read a surface file written by this toolkit or by the original code.
+
+    A file that is not a whole surface file (malformed settings, no or misshapen ``done``,
+    datasets of the wrong size) is a one-line UserError.
+    """
+    try:
+        return _read_surface(path)
+    except (KeyError, ValueError, TypeError, OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a readable surface file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:150] if str(e) else 'malformed'}); recompute it "
+                        "with plot_surface.py --overwrite")
+
+
+def _read_surface(path):
     with open_h5(path, "surface file") as f:
         if "xcoordinates" not in f:
             raise UserError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
@@ -106,6 +119,8 @@ def read_surface(path):
             attrs.setdefault("dir_file", _attr(f["dir_file"][()]))
         if "settings" in attrs and isinstance(attrs["settings"], str):
             attrs["settings"] = json.loads(attrs["settings"])
+            if not isinstance(attrs["settings"], dict):
+                raise ValueError("its 'settings' attribute is not a JSON object")
         x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
         y = np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1) if "ycoordinates" in f else None
         shape = (len(x),) if y is None else (len(x), len(y))
@@ -125,6 +140,8 @@ def read_surface(path):
             if attrs.get("format_version", 0) > FORMAT_VERSION:
                 raise UserError(f"{path} has format_version {attrs['format_version']}, newer than "
                                 f"this toolkit reads ({FORMAT_VERSION}); update the toolkit")
+            if "done" not in f:
+                raise KeyError("no 'done' dataset: which points were computed is unknown")
             done = np.asarray(f["done"][()]).astype(bool).reshape(shape)
             values = {k: v.reshape(shape) for k, v in raw.items()}
     return Surface(path, x, y, values, done, attrs, original)
@@ -136,21 +153,6 @@ def _attr(v):
     if isinstance(v, np.generic):
         return v.item()
     return v
-
-
-def settings_diff(stored, wanted):
-    """Human-readable list of the settings that differ between two settings dicts."""
-    diffs = []
-    for k in sorted(set(stored) | set(wanted)):
-        a, b = stored.get(k, "(absent)"), wanted.get(k, "(absent)")
-        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            diffs.append(f"{k}: file has {_short(a)}, this run has {_short(b)}")
-    return diffs
-
-
-def _short(v):
-    s = json.dumps(v) if not isinstance(v, str) else v
-    return s if len(s) <= 80 else s[:77] + "..."
 
 
 class SurfaceWriter:
@@ -171,24 +173,22 @@ class SurfaceWriter:
         self.attrs = dict(attrs or {})
         self.shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
         self.resumed = False
-        if os.path.exists(path) and not overwrite:
+        self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
+        self.done = np.zeros(self.shape, dtype=bool)
+        if path is not None and os.path.exists(path) and not overwrite:
             self._resume()
-        else:
-            self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
-            self.done = np.zeros(self.shape, dtype=bool)
         self.dirty = True
 
     def _resume(self):
         old = read_surface(self.path)
+        if not old.original and old.n_done == 0 and old.attrs.get("format") == FORMAT:
+            return  # a file of ours holding no result yet (a run that failed at once): start afresh
         if old.original:
             raise UserError(f"{self.path} was written by the original loss-landscape code and "
                             "cannot be resumed; pass --overwrite to recompute it or --surf_file "
                             "to write elsewhere")
-        diffs = settings_diff(old.settings, self.settings)
-        if diffs:
-            raise UserError(f"{self.path} was computed with different settings ("
-                            + "; ".join(diffs) + "); rerun with --overwrite to start fresh or "
-                            "choose another --surf_file")
+        check_reuse(self.path, old.settings if "settings" in old.attrs else None, self.settings,
+                    "surface file", hint="rerun with --overwrite to start fresh or choose another --surf_file")
         if old.shape != self.shape or set(self.metrics) - set(old.values):
             raise UserError(f"{self.path} does not hold the grid/metrics of this run; "
                             "rerun with --overwrite or choose another --surf_file")
@@ -213,7 +213,9 @@ class SurfaceWriter:
         self.dirty = True
 
     def save(self):
-        if not self.dirty:
+        """Write the file (atomically) if anything changed; a writer without a path keeps
+        its results in memory only."""
+        if not self.dirty or self.path is None:
             return
         with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT

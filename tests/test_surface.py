@@ -249,10 +249,12 @@ def test_interpolation_weights_mode_warns_and_names_file(ckpts, tmp_path):
 
 
 def test_model_file3_name_has_no_extra_folders(ckpts, tmp_path):
-    args = __import__("plot_surface").parse_args(__import__("plot_surface").build_parser(), [
+    import flags
+    import grid
+    args = flags.parse_args(flags.build_parser(), [
         "--model_file", "a/b/model_1.t7", "--model_file2", "a/c/model_1.t7",
         "--model_file3", "a/d/model_1.t7", "--x=0:1:2", "--y=0:1:2"])
-    name = __import__("plot_surface").name_direction_file(args)
+    name = grid.name_direction_file(args)
     assert name.startswith("a/b_model_1.t7_c_model_1.t7_weights_d_model_1.t7"), name
     assert name.count("/") == 1
 
@@ -399,7 +401,7 @@ def test_bad_inputs_one_line_errors_and_files_untouched(ckpts, tmp_path):
 
 
 def test_range_parsing():
-    import plot_surface as ps
+    import flags as ps
     args = ps.parse_args(ps.build_parser(), ["--x", "-1:1:51", "--y=0:1:11"])
     assert (args.xmin, args.xmax, args.xnum) == (-1.0, 1.0, 51)
     assert (args.ymin, args.ymax, args.ynum) == (0.0, 1.0, 11)
@@ -453,7 +455,7 @@ ORIGINAL_COMMANDS = [
 
 @pytest.mark.parametrize("line", ORIGINAL_COMMANDS)
 def test_original_documented_command_lines_parse(line):
-    import plot_surface as ps
+    import flags as ps
     args = ps.parse_args(ps.build_parser(), line.split())
     assert args.mpi and args.cuda and args.plot and args.model_file.endswith("model_300.t7")
 

@@ -1,0 +1,198 @@
+"""The command-line flags of the grid scripts, parsed and checked before anything heavy.
+
+plot_surface.py, plot_hessian_eigen.py and the curvature scripts share these flags. This
+module imports only the standard library (and the data flags of dataloader.py, which is
+just as light), so ``--help`` and every flag error come back at once, before torch loads.
+
+``parse_args`` checks every flag that can be checked without reading a file: grid
+ranges (finite bounds, an integer count >= 2, a grid whose arrays fit in memory),
+non-negative seeds, known normalizations, and so on. Problems that need the files
+(a missing checkpoint, a model that does not fit the data) are checked by grid.prepare,
+still before anything is written.
+"""
+import argparse
+import math
+import os
+import sys
+
+import dataloader
+from errors import UserError
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "")
+IGNORES = ("biasbn", "")
+DIR_TYPES = ("weights", "states")
+ENGINES = ("auto", "eager", "fused", "compiled")
+# One grid's arrays (one float64 per quantity and point, plus the done mask) must stay well
+# inside memory: 2**27 points is 1 GiB per quantity.
+MAX_POINTS = 1 << 27
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default; keeps the description's line breaks."""
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """Every flag of plot_surface.py (the original's names and meanings, and ours)."""
+    p = argparse.ArgumentParser(description=description or "Loss and accuracy of a network moved "
+                                "along one direction (1D) or two (2D grid).",
+                                formatter_class=_Formatter)
+    p.add_argument("--mpi", "-m", action="store_true", help="use MPI (one rank per GPU or core group)")
+    p.add_argument("--cuda", "-c", action="store_true",
+                   help="evaluate on the GPU (rank r: its node-local GPU r mod count)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per rank; 0: $OMP_NUM_THREADS when set, else the node's cores "
+                        "divided among its ranks")
+    p.add_argument("--ngpu", type=int, default=1, help="GPUs per rank (DataParallel), with --cuda and without --mpi")
+    p.add_argument("--batch_size", type=int, default=128, help="evaluation batch size")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32 (exact), tf32 or bf16")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="auto: the fastest exact path (BatchNorm folded into the layer before it where "
+                        "the pattern is recognised, else eager); eager; fused; compiled")
+    p.add_argument("--points_per_pass", default="auto",
+                   help="grid points evaluated in one pass (stacked weights); auto: chosen by a short probe")
+    dataloader.add_data_args(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="digits_cnn", help="zoo name (vgg9, resnet56, ..., digits_cnn) or "
+                   "package.module:factory")
+    g.add_argument("--model_folder", default="", help="folder of the checkpoint files (prefix for --model_file*)")
+    g.add_argument("--model_file", default="", help="checkpoint of the model at (0, 0); without it the "
+                   "network is randomly initialised (--seed), which is said in the output")
+    g.add_argument("--model_file2", default="", help="second checkpoint: x direction = θ2 − θ1")
+    g.add_argument("--model_file3", default="", help="third checkpoint: y direction = θ3 − θ1")
+    g.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of trusted checkpoint files")
+    g.add_argument("--loss_name", "-l", default="crossentropy", help="crossentropy, mse or package.module:function")
+    g = p.add_argument_group("directions")
+    g.add_argument("--dir_file", default="", help="direction file to use (made if absent; never modified)")
+    g.add_argument("--dir_type", default="weights", help="weights (parameters) or states (state_dict incl. "
+                   "BN statistics)")
+    g.add_argument("--x", default="-1:1:51", help="xmin:xmax:xnum")
+    g.add_argument("--y", default=None, help="ymin:ymax:ynum (2D)")
+    g.add_argument("--xnorm", default="filter", help="filter | layer | weight | dfilter | dlayer | '' (none)")
+    g.add_argument("--ynorm", default="filter", help="filter | layer | weight | dfilter | dlayer | '' (none)")
+    g.add_argument("--xignore", default="biasbn", help="'biasbn' zeroes the direction of bias and BN "
+                   "entries; --xignore '' moves them too")
+    g.add_argument("--yignore", default="biasbn", help="'biasbn' zeroes the direction of bias and BN "
+                   "entries; --yignore '' moves them too")
+    g.add_argument("--same_dir", action="store_true", help="use the x direction for y too")
+    g.add_argument("--idx", type=int, default=0, help="index of the random directions (changes them)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the directions (and of a randomly "
+                   "initialised model)")
+    g = p.add_argument_group("output")
+    g.add_argument("--surf_file", default="", help="surface file (default: named after the direction file)")
+    g.add_argument("--overwrite", action="store_true", help="recompute an existing surface file from "
+                   "scratch (a --dir_file you give is never touched)")
+    g.add_argument("--test", action="store_true", help="also compute test_loss and test_acc")
+    g.add_argument("--save_every", type=float, default=10.0, help="seconds between saves of the surface file")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("plotting (with --plot)")
+    g.add_argument("--proj_file", default="", help="projected trajectory to draw on the contours")
+    g.add_argument("--loss_max", type=float, default=5, help="maximum loss shown in 1D plots")
+    g.add_argument("--vmin", type=float, default=0.1, help="minimum contour level")
+    g.add_argument("--vmax", type=float, default=10, help="maximum contour level")
+    g.add_argument("--vlevel", type=float, default=0.5, help="contour spacing")
+    g.add_argument("--show", action="store_true", help="show the plots")
+    g.add_argument("--log", action="store_true", help="logarithmic loss axis")
+    g.add_argument("--plot", action="store_true", help="plot the surface when done")
+    return p
+
+
+def parse_range(text: str, flag: str) -> tuple[float, float, int]:
+    """'min:max:num' -> (min, max, num): finite bounds, num an integer >= 2."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise UserError(f"{flag} must be min:max:num, e.g. {flag}=-1:1:51 (got '{text}')")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UserError(f"{flag}: the bounds must be finite numbers (got '{text}')")
+    try:
+        n = float(parts[2])
+    except ValueError:
+        n = math.nan
+    if not math.isfinite(n) or n != int(n) or n < 2:
+        raise UserError(f"{flag}: the number of points must be an integer >= 2 (got '{parts[2]}')")
+    return lo, hi, int(n)
+
+
+def _join_negative_ranges(argv):
+    """Let '--x -1:1:51' mean '--x=-1:1:51' (argparse takes '-1:1:51' for a flag)."""
+    out, it = [], iter(argv)
+    for a in it:
+        if a in ("--x", "--y"):
+            nxt = next(it, None)
+            out.append(a if nxt is None else f"{a}={nxt}")
+        else:
+            out.append(a)
+    return out
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags; every problem is a one-line UserError."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_join_negative_ranges(argv))
+    args.xmin, args.xmax, args.xnum = parse_range(args.x, "--x")
+    args.ymin = args.ymax = args.ynum = None
+    if args.y is not None:
+        args.ymin, args.ymax, args.ynum = parse_range(args.y, "--y")
+    points = args.xnum * (args.ynum or 1)
+    if points > MAX_POINTS:
+        raise UserError(f"the grid has {points:,} points, more than {MAX_POINTS:,} (its arrays alone would "
+                        f"need {points * 8 / 2**30:.1f} GiB per quantity); use fewer points")
+    for f in ("model_file", "model_file2", "model_file3"):
+        v = getattr(args, f)
+        if v and args.model_folder and not os.path.isabs(v):
+            setattr(args, f, os.path.join(args.model_folder, v))
+    if args.model_file3 and args.y is None:
+        raise UserError("--model_file3 sets the y direction: give --y too")
+    if (args.model_file2 or args.model_file3) and not args.model_file:
+        raise UserError("--model_file2/--model_file3 need --model_file (the model at (0, 0))")
+    for a, b in (("model_file", "model_file2"), ("model_file", "model_file3"), ("model_file2", "model_file3")):
+        va, vb = getattr(args, a), getattr(args, b)
+        if va and vb and os.path.abspath(va) == os.path.abspath(vb):
+            raise UserError(f"--{a} and --{b} are the same file, so the direction between them is zero; "
+                            "give two different checkpoints")
+    if args.dir_type not in DIR_TYPES:
+        raise UserError(f"unknown --dir_type '{args.dir_type}'; use weights or states")
+    for flag in ("xnorm", "ynorm"):
+        if getattr(args, flag) not in NORMS:
+            raise UserError(f"unknown --{flag} '{getattr(args, flag)}'; use filter, layer, weight, dfilter, "
+                            "dlayer or '' (none)")
+    for flag in ("xignore", "yignore"):
+        if getattr(args, flag) not in IGNORES:
+            raise UserError(f"unknown --{flag} '{getattr(args, flag)}'; use biasbn, or '' to move biases "
+                            "and BN parameters too")
+    for flag in ("seed", "idx", "threads"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0 (got {getattr(args, flag)})")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1 (got {args.batch_size})")
+    if args.ngpu < 1:
+        raise UserError(f"--ngpu must be >= 1 (got {args.ngpu})")
+    if args.ngpu > 1 and not args.cuda:
+        raise UserError("--ngpu needs --cuda (it spreads each batch over GPUs)")
+    if args.ngpu > 1 and args.mpi:
+        raise UserError("--ngpu is for a single process; with --mpi, start one rank per GPU instead")
+    if not (math.isfinite(args.save_every) and args.save_every > 0):
+        raise UserError(f"--save_every must be a positive number of seconds (got {args.save_every})")
+    for flag in ("loss_max", "vmin", "vmax", "vlevel"):
+        if not math.isfinite(getattr(args, flag)):
+            raise UserError(f"--{flag} must be a finite number (got {getattr(args, flag)})")
+    if args.vlevel <= 0 or args.vmin >= args.vmax:
+        raise UserError("--vlevel must be > 0 and --vmin below --vmax")
+    args.points_per_pass = _points_per_pass(args.points_per_pass)
+    return args
+
+
+def _points_per_pass(text):
+    if str(text) == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise UserError(f"--points_per_pass must be 'auto' or an integer >= 1 (got '{text}')")
+    return k
