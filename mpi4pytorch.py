@@ -62,7 +62,24 @@ def setup(use_mpi):
         errors.QUIET = True
     errors.set_comm(comm)
     _abort_on_uncaught(comm)
+    _whole_lines()
     return comm
+
+
+def _whole_lines():
+    """Make every printed line reach the launcher in one write.
+
+    mpiexec forwards each rank's stdout and stderr separately; with unbuffered streams
+    (``python -u``, PYTHONUNBUFFERED) ``print`` writes the text and its newline in two
+    calls, so a line of the other stream can land between them ("...set-up 0.2 sdone:").
+    Line buffering in the text layer joins them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            stream.reconfigure(line_buffering=True, write_through=False)
+        except (AttributeError, ValueError, OSError):
+            pass  # not a standard text stream (a notebook, a test's capture): leave it
 
 
 def _abort_on_uncaught(comm):

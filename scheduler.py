@@ -324,15 +324,16 @@ class _Watcher:
             self.thread.join(1.0)
 
 
-def _final_word(comm) -> bool:
-    """Workers, after DONE: wait (politely, not spinning) for rank 0's word on freeing
-    the window. Rank 0 either sends it or ends the job (MPI_Abort), so this returns."""
+def _final_word(comm) -> tuple[bool, int | None]:
+    """Workers, after DONE: wait (politely, not spinning) for rank 0's last word: free
+    the window together or not, and the signal that interrupted the run, if any. Rank 0
+    either sends it or ends the job (MPI_Abort), so this returns."""
     while not comm.iprobe(source=0, tag=FINAL):
         time.sleep(0.01)
-    free = bool(comm.recv(source=0, tag=FINAL))
+    free, signum = comm.recv(source=0, tag=FINAL)
     while comm.iprobe(source=0, tag=STOP):  # sent before FINAL, crossed our DONE: not for
         comm.recv(source=0, tag=STOP)       # a later run_grid in this process
-    return free
+    return bool(free), signum
 
 
 def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, Any]],
@@ -406,7 +407,10 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
         if rank != 0:
             watcher.close()
             comm.send(state.signum, dest=0, tag=DONE)
-            if _final_word(comm):
+            free, signum = _final_word(comm)
+            if signum is not None and state.signum is None:
+                state.signum = signum  # stopped by the empty counter: interrupted all the same
+            if free:
                 counter.free()
         else:
             collector.finish(drain_timeout)
@@ -420,7 +424,7 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
                 # Free the window together only if every worker is back and waiting for
                 # this word; a worker still busy will be stopped by MPI_Abort below.
                 for r in sorted(collector.done):
-                    comm.send(collector.all_back, dest=r, tag=FINAL)
+                    comm.send((collector.all_back, state.signum), dest=r, tag=FINAL)
                 if collector.all_back:
                     counter.free()
             if state.error is not None:

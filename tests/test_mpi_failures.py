@@ -205,10 +205,12 @@ def test_sigterm_to_rank1_only_saves_resumes_and_equals_uninterrupted(job_dir):
                        stderr=subprocess.STDOUT, text=True, timeout=120)
     assert p.returncode == 0, p.stdout
     assert f"{part.n_done} already done" in p.stdout
-    assert "\ndone: " in p.stdout, repr(p.stdout)  # on its own line, not on the bar's
+    lines = p.stdout.splitlines()
+    assert [ln for ln in lines if "done:" in ln] == ["done: s.h5"], repr(p.stdout)  # its own line
     assert "\r" not in p.stdout, repr(p.stdout)    # no terminal bar in a pipe
     left = 40 - part.n_done
-    assert any(ln.startswith(f"surface: {left}/{left} points") for ln in p.stdout.splitlines()), p.stdout
+    assert any(ln.startswith(f"surface: {left}/{left} points") for ln in lines), p.stdout
+    assert any(ln.startswith(f"timing: {left} points") for ln in lines), p.stdout
     assert "UCX" not in p.stdout and "WARN" not in p.stdout, p.stdout
 
     p = subprocess.run(_surface_cmd("full.h5", "--x=-1:1:40", "--loss_name", "job:slow_loss",
