@@ -30,6 +30,10 @@ An exception on one rank reaches ``errors.run_main`` or the uncaught-exception h
 
 A failed save (disk full, folder gone) stops the run at once -- also in the middle of a
 point -- and raises a ``UserError``; the file as last saved is left intact.
+
+Progress: a tqdm bar when stderr is a terminal; otherwise (a log, a pipe, any rank under
+``mpiexec``) a whole line every ``PROGRESS_LINE_EVERY`` seconds and a last one at the
+end, so that output merged with ``2>&1`` stays readable line by line.
 """
 from __future__ import annotations
 
@@ -354,7 +358,8 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
     rank = 0 if comm is None else comm.Get_rank()
     todo = np.asarray(todo, dtype=np.int64).reshape(-1)
     total, chunk = len(todo), max(1, int(chunk))
-    interruptible = threading.current_thread() is threading.main_thread()
+    interruptible = (threading.current_thread() is threading.main_thread()
+                     and hasattr(signal, "pthread_kill"))
     state = _State(interruptible)
 
     def on_signal(signum, frame):
