@@ -129,17 +129,31 @@ def device_for(comm, cuda):
 def default_threads(comm) -> int:
     """CPU threads per rank when ``--threads`` is not given.
 
-    ``OMP_NUM_THREADS`` when it is set to a positive integer (the environment, e.g. a
-    batch system or a loaded shared machine, knows best); otherwise the cores this
-    process may run on (its CPU affinity) divided among the ranks on this node, at
-    least 1. Collective under MPI (every rank calls it at the same point).
+    ``OMP_NUM_THREADS`` when it is set to a positive integer (the environment -- a batch
+    system, a loaded shared machine -- knows best); otherwise the cores that this node's
+    ranks may run on (the union of their CPU affinities) divided among those ranks, at
+    least 1: ranks bound to their own cores get their own count, ranks that share the
+    node's cores share them. Collective under MPI (every rank calls it at the same point).
     """
-    _, n = local_rank_and_size(comm)
+    mine = _affinity()
+    cores, n = len(mine), 1
+    if comm is not None:
+        from mpi4py import MPI
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        masks = node.allgather(mine)
+        n = node.Get_size()
+        node.Free()
+        cores = len(set().union(*masks))
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, n))
+    return max(1, cores // n)
+
+
+def _affinity() -> set:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
 
 
 def barrier(comm):
