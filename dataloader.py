@@ -17,22 +17,28 @@
 subset); ``--data_split N --split_idx I`` then keeps the I-th of N contiguous, disjoint
 parts, which together cover the data.
 """
+from __future__ import annotations
+
+import hashlib
 import importlib
 import importlib.util
 import os
 import pickle
+import re
 import sys
 from dataclasses import dataclass
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from errors import UserError
+
+if TYPE_CHECKING:  # torch and numpy are imported where used: --help stays instant
+    import torch
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 DIGITS_N_TRAIN = 1437
 DEFAULT_DATAPATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10", "data")
+DATASETS = ("digits", "cifar10")
 
 
 @dataclass
@@ -44,15 +50,18 @@ class Data:
     name: str
     num_classes: int
 
-    def split(self, which):
+    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of 'train' or 'test'."""
         return (self.train_x, self.train_y) if which == "train" else (self.test_x, self.test_y)
 
 
-def add_data_args(parser):
+def add_data_args(parser: Any) -> Any:
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="digits",
-                   help="digits (embedded default), cifar10, or package.module:function")
+    g.add_argument("--dataset", default="",
+                   help="digits (scikit-learn's embedded images), cifar10, or "
+                        "package.module:function; default: the one the model is made for "
+                        "(the CIFAR zoo: cifar10; digits_* and package.module:factory "
+                        "models: digits)%(default)s")  # '' (no '(default: )' suffix)
     g.add_argument("--datapath", default=DEFAULT_DATAPATH,
                    help="folder holding cifar-10-batches-py/ (default: cifar10/data)")
     g.add_argument("--raw_data", action="store_true", help="do not normalize the images")
@@ -69,14 +78,29 @@ def add_data_args(parser):
     return parser
 
 
-def load_data(args):
+def resolve_dataset(dataset: str, model: str) -> str:
+    """The data set to use: ``dataset`` if given, else the one ``model`` is made for.
+
+    The CIFAR zoo (every model of cifar10/models except digits_*) means cifar10, as in
+    the original code; digits_* and custom ``package.module:factory`` models mean digits.
+    """
+    if dataset:
+        return dataset
+    model = model or ""
+    if ":" in model or model.startswith("digits_") or not model:
+        return "digits"
+    from cifar10.models import MODELS
+    return "cifar10" if model in MODELS else "digits"  # an unknown name fails at --model
+
+
+def load_data(args: Any) -> Data:
     """Load the data set named by the arguments, subset and split as asked."""
     if args.data_split < 1 or not 0 <= args.split_idx < args.data_split:
         raise UserError(f"--split_idx must be in 0..{args.data_split - 1} for "
                         f"--data_split {args.data_split}")
     if args.max_samples < 0:
         raise UserError("--max_samples must be >= 0")
-    name = args.dataset
+    name = resolve_dataset(args.dataset, getattr(args, "model", ""))
     if name == "digits":
         data = _digits(args.raw_data)
     elif name == "cifar10":
@@ -87,16 +111,17 @@ def load_data(args):
         raise UserError(f"unknown --dataset '{name}'; use digits, cifar10 or "
                         "package.module:function")
     if args.trainloader:
-        data.train_x, data.train_y = _tensor_file(args.trainloader)
+        data.train_x, data.train_y = _tensor_file(args.trainloader, "--trainloader")
     if args.testloader:
-        data.test_x, data.test_y = _tensor_file(args.testloader)
+        data.test_x, data.test_y = _tensor_file(args.testloader, "--testloader")
     data.train_x, data.train_y = select(data.train_x, data.train_y, args)
     data.test_x, data.test_y = select(data.test_x, data.test_y, args)
     return data
 
 
-def select(x, y, args):
+def select(x: torch.Tensor, y: torch.Tensor, args: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply --max_samples, then --data_split/--split_idx (contiguous, disjoint parts)."""
+    import numpy as np
     if args.max_samples:
         x, y = x[:args.max_samples], y[:args.max_samples]
     if args.data_split > 1:
@@ -106,17 +131,44 @@ def select(x, y, args):
     return x, y
 
 
-def data_settings(args, data):
-    """What identifies the evaluation data in a surface file's settings."""
-    return {"dataset": args.dataset, "raw_data": bool(args.raw_data),
-            "data_split": args.data_split, "split_idx": args.split_idx,
-            "max_samples": args.max_samples, "n_train": len(data.train_y),
-            "n_test": len(data.test_y),
-            "trainloader": os.path.basename(args.trainloader) if args.trainloader else "",
-            "testloader": os.path.basename(args.testloader) if args.testloader else ""}
+def tensor_hash(*tensors: torch.Tensor) -> str:
+    """SHA-256 (first 16 hex digits) of the tensors' dtypes, shapes and bytes.
+
+    The bytes are hashed in 64 MiB chunks on two threads (hashlib releases the GIL) and
+    the chunk digests hashed again: CIFAR-10's 50,000 float images (614 MB) take ~0.2 s.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    chunk = 1 << 26
+    views, head = [], hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        head.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        raw = memoryview(t.view(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+        views += [raw[i:i + chunk] for i in range(0, len(raw), chunk)] or [raw]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = list(pool.map(lambda v: hashlib.sha256(v).digest(), views))
+    for d in digests:
+        head.update(d)
+    return head.hexdigest()[:16]
 
 
-def _digits(raw):
+def data_settings(args: Any, data: Data) -> dict:
+    """What identifies the evaluation data in a surface file's settings: their content.
+
+    A hash of the train and test images and labels, their sizes and the data set's name,
+    with the split: not file names, --datapath or --max_samples, so the same data under
+    another path (or --max_samples equal to the whole set) resumes, and other data with
+    the same file name is refused.
+    """
+    return {"dataset": data.name, "n_train": len(data.train_y), "n_test": len(data.test_y),
+            "data_hash": tensor_hash(data.train_x, data.train_y, data.test_x, data.test_y)}
+
+
+def _digits(raw: bool) -> Data:
+    import numpy as np
+    import torch
     # The CSV inside scikit-learn that load_digits() reads; reading it directly saves
     # the 1.5 s import of sklearn.datasets at every start.
     spec = importlib.util.find_spec("sklearn")
@@ -141,16 +193,20 @@ def _digits(raw):
     return Data(x[tr], y[tr], x[te], y[te], "digits", 10)
 
 
-def _cifar10(datapath, raw, download):
+def _cifar10(datapath: str, raw: bool, download: bool) -> Data:
+    import numpy as np
+    import torch
     folder = os.path.join(datapath, "cifar-10-batches-py")
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing and download:
-        try:
-            import torchvision
-            torchvision.datasets.CIFAR10(root=datapath, train=True, download=True)
+        try:  # only fetch and extract (md5-checked); the batches are read below, safely
+            from torchvision.datasets import CIFAR10
+            from torchvision.datasets.utils import download_and_extract_archive
+            download_and_extract_archive(CIFAR10.url, datapath, filename=CIFAR10.filename,
+                                         md5=CIFAR10.tgz_md5)
         except Exception as e:  # network errors come in many types
-            raise UserError(f"--download could not fetch CIFAR-10 into {datapath}: {e}")
+            raise UserError(f"--download could not fetch CIFAR-10 into {datapath}: {_first_line(e)}")
         missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise UserError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}; extract "
@@ -172,66 +228,211 @@ def _cifar10(datapath, raw, download):
                 torch.from_numpy(test_y), "cifar10", 10)
 
 
-def _cifar_batch(path):
+# ------------------------------------------------------------- safe unpickling
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What a protocol-2 pickle of ``bytes`` calls (``_codecs.encode(s, 'latin1')``)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only to make bytes from latin1")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict:
+    import numpy as np
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
+        allowed[(mod, "scalar")] = multiarray.scalar
+    return allowed
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Admits only what a CIFAR-10 batch holds: dicts, lists, bytes, str, numbers and
+    numpy arrays; any other global is refused before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        fn = _allowed_globals().get((module, name))
+        if fn is None:
+            raise _Forbidden(f"{module}.{name}")
+        return fn
+
+
+class _Forbidden(pickle.UnpicklingError):
+    pass
+
+
+def load_plain_pickle(path: str, what: str, fix: str) -> Any:
+    """Unpickle ``path`` (Python 2 ``str`` as bytes) admitting only plain data and numpy
+    arrays; anything else -- a global that could run code, a damaged file -- is a UserError
+    saying ``path`` is not ``what`` and what to do (``fix``)."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            return _PlainDataUnpickler(f, encoding="bytes").load()
+    except _Forbidden as e:
+        raise UserError(f"{path} is not {what} (it references {e}, which {what} never "
+                        f"holds); it was not loaded; {fix}")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, OverflowError, MemoryError, UnicodeError) as e:
+        raise UserError(f"{path} is not {what} or is damaged ({_first_line(e)}); {fix}")
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({_first_line(e)})")
+
+
+def _cifar_batch(path: str) -> tuple:
+    import numpy as np
+    fix = "re-extract cifar-10-python.tar.gz into --datapath"
+    d = load_plain_pickle(path, "a CIFAR-10 python batch", fix)
+    try:
         data = np.asarray(d[b"data"], dtype=np.uint8)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is not a CIFAR-10 python batch ({e}); re-extract "
-                        "cifar-10-python.tar.gz")
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise UserError(f"{path} is not a CIFAR-10 python batch (data shape {data.shape})")
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
+        raise UserError(f"{path} is not a CIFAR-10 python batch (no uint8 b'data' and int "
+                        f"b'labels': {_first_line(e)}); {fix}")
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(labels) != len(data):
+        raise UserError(f"{path} is not a CIFAR-10 python batch (data shape {data.shape}, "
+                        f"{labels.size} labels; expected (N, 3072) and N labels); {fix}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise UserError(f"{path} has labels outside 0..9; {fix}")
     return data, labels
 
 
-def import_object(spec, what):
-    """Import ``package.module:name`` (the module may sit in the working directory)."""
+# ------------------------------------------------------------ user's objects
+_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _user_module_path() -> None:
+    """Let modules in the working directory be found, after the toolkit's own modules
+    and the installed packages (never in front: a torch.py or plot_1D.py there must not
+    replace them)."""
+    cwd = os.getcwd()
+    here = {os.path.abspath(p or os.curdir) for p in sys.path}
+    if cwd not in here:
+        sys.path.append(cwd)
+
+
+def import_object(spec: str, what: str) -> Any:
+    """Import ``package.module:name`` (the module may sit in the working directory).
+
+    The working directory is searched after the toolkit and the installed packages, so
+    it cannot shadow them. Every failure -- a malformed spec, a missing module, a syntax
+    error, an exception at import, a missing name -- is one UserError line.
+    """
+    if not isinstance(spec, str) or not _SPEC.match(spec):
+        raise UserError(f"{what} '{spec}' is not package.module:name (e.g. mymodels:net for "
+                        "a function net in mymodels.py in the working directory)")
     mod_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _user_module_path()
     try:
         mod = importlib.import_module(mod_name)
-        return getattr(mod, attr)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"cannot import {what} '{spec}' ({e}); give it as "
-                        "package.module:name importable from the working directory")
+    except ModuleNotFoundError as e:
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            raise UserError(f"{what} {spec}: no module named '{e.name}' in the working directory "
+                            f"({os.getcwd()}) or on the Python path")
+        raise UserError(f"{what} {spec}: importing {mod_name} failed ({_first_line(e)})")
+    except SyntaxError as e:
+        where = f"{e.filename}:{e.lineno}" if e.filename else mod_name
+        raise UserError(f"{what} {spec}: syntax error in {where} ({e.msg})")
+    except (Exception, SystemExit) as e:
+        raise UserError(f"{what} {spec}: importing {mod_name} raised {_first_line(e)}")
+    obj: Any = mod
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UserError(f"{what} {spec}: {mod_name} ({getattr(mod, '__file__', '?')}) has "
+                            f"no '{attr}'")
+        except Exception as e:
+            raise UserError(f"{what} {spec}: reading {attr} raised {_first_line(e)}")
+    return obj
 
 
-def _custom(spec):
-    out = import_object(spec, "--dataset")()
+def call_user(fn: Callable, spec: str, what: str, *args: Any) -> Any:
+    """Call the user's ``fn``; anything it raises is one UserError line naming it."""
+    if not callable(fn):
+        raise UserError(f"{what} {spec} is a {type(fn).__name__}, not a function")
+    try:
+        return fn(*args)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as e:
+        raise UserError(f"{what} {spec} raised {_first_line(e)}")
+
+
+def _custom(spec: str) -> Data:
+    import torch
+    out = call_user(import_object(spec, "--dataset"), spec, "--dataset")
     try:
         train, test = out
     except (TypeError, ValueError):
-        raise UserError(f"--dataset {spec} must return (train, test)")
-    tx, ty = _as_tensors(train, spec)
-    vx, vy = _as_tensors(test, spec)
-    num_classes = int(max(ty.max(), vy.max()).item()) + 1 if len(ty) else 0
+        raise UserError(f"--dataset {spec} must return (train, test), got {type(out).__name__}")
+    tx, ty = _as_tensors(train, spec, "train")
+    vx, vy = _as_tensors(test, spec, "test")
+    if tx.shape[1:] != vx.shape[1:]:
+        raise UserError(f"--dataset {spec}: train images {tuple(tx.shape[1:])} and test images "
+                        f"{tuple(vx.shape[1:])} differ in shape")
+    labels = torch.cat([ty, vy])
+    if len(labels) and labels.min() < 0:
+        raise UserError(f"--dataset {spec}: labels must be class indices >= 0")
+    num_classes = int(labels.max().item()) + 1 if len(labels) else 0
     return Data(tx, ty, vx, vy, spec, num_classes)
 
 
-def _as_tensors(part, spec):
-    if isinstance(part, torch.utils.data.Dataset) and not isinstance(part, tuple):
-        items = [part[i] for i in range(len(part))]
-        x = torch.stack([torch.as_tensor(a) for a, _ in items])
-        y = torch.as_tensor([int(b) for _, b in items])
-    else:
-        try:
+def _as_tensors(part: Any, spec: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+    bad = (f"--dataset {spec}: the {which} split must be (images, labels) or a torch Dataset "
+           "of (image, label) items, with one integer label per image")
+    try:
+        if isinstance(part, torch.utils.data.Dataset) and not isinstance(part, tuple):
+            items = [part[i] for i in range(len(part))]
+            x = torch.stack([torch.as_tensor(a) for a, _ in items])
+            y = torch.as_tensor([int(b) for _, b in items])
+        else:
             x, y = part
-        except (TypeError, ValueError):
-            raise UserError(f"--dataset {spec}: each split must be (images, labels) or a "
-                            "torch Dataset")
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+            x, y = torch.as_tensor(x), torch.as_tensor(y)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{bad} ({_first_line(e)})")
+    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y) or y.is_floating_point() and \
+            not torch.equal(y, y.round()) or y.is_complex() or x.is_complex():
+        raise UserError(f"{bad} (got images {tuple(x.shape)}, labels {tuple(y.shape)})")
+    if not len(y):
+        raise UserError(f"--dataset {spec}: the {which} split is empty")
     return x.float().contiguous(), y.long()
 
 
-def _tensor_file(path):
+def _tensor_file(path: str, flag: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
     if not os.path.isfile(path):
-        raise UserError(f"data file not found: {path}")
-    d = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(d, dict) and "x" in d and "y" in d:
-        return torch.as_tensor(d["x"]).float(), torch.as_tensor(d["y"]).long()
-    if isinstance(d, (tuple, list)) and len(d) == 2:
-        return torch.as_tensor(d[0]).float(), torch.as_tensor(d[1]).long()
-    raise UserError(f"{path} must hold {{'x': images, 'y': labels}} saved with torch.save")
+        raise UserError(f"{flag} file not found: {path}")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{flag} {path} is damaged or not a torch.save file of tensors (it was "
+                        "not loaded: it is not a pickle of tensors and plain data); save "
+                        "{'x': images, 'y': labels} with torch.save")
+    except Exception as e:
+        raise UserError(f"{flag} {path} is damaged or not a torch.save file ({_first_line(e)}); "
+                        "save {'x': images, 'y': labels} with torch.save")
+    try:
+        if isinstance(d, dict) and "x" in d and "y" in d:
+            x, y = torch.as_tensor(d["x"]), torch.as_tensor(d["y"])
+        elif isinstance(d, (tuple, list)) and len(d) == 2:
+            x, y = torch.as_tensor(d[0]), torch.as_tensor(d[1])
+        else:
+            x = y = None
+    except Exception:
+        x = y = None
+    if x is None or x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+        raise UserError(f"{flag} {path} must hold {{'x': images (N, ...), 'y': N labels}} "
+                        "saved with torch.save")
+    return x.float().contiguous(), y.long()

@@ -77,6 +77,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.np < 1:
         raise UserError(f"--np must be >= 1, got {args.np}")
+    for flag, folder in (("--out", args.out), ("--doc_images", args.doc_images)):
+        p = os.path.abspath(folder) if folder else ""
+        while p and not os.path.exists(p) and os.path.dirname(p) != p:
+            p = os.path.dirname(p)
+        if p and not os.path.isdir(p):  # checked now, not after minutes of work
+            raise UserError(f"{flag} {folder}: {p} is a file, not a folder; choose another {flag}")
     size = SIZES["quick" if args.quick else "full"]
     out = os.path.abspath(args.out)
     index = os.path.join(out, "index.html")

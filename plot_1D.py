@@ -11,30 +11,37 @@ Figures (each ``<surface file>_<what>.<format>``, see plot_common for the naming
 get ``_log``. Hessian files (max_eig/min_eig) add ``1d_eig`` and ``1d_eig_abs_ratio``.
 Several files are overlaid in one set of figures named ``<common prefix>overlay<N>_...``.
 """
-import argparse
 import glob
 import json
 import os
 import re
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from errors import UserError, run_main
-from plot_common import (Plots, add_output_args, describe, finish, html_curves,
-                         load_surface, optional_float, output_base, pyplot, save_figure,
-                         write_html)
+from plot_common import (ArgumentParser, Plots, add_output_args, check_finite, describe,
+                         ensure_folder, finish, html_curves, load_surface, optional_float,
+                         output_base, pyplot, save_figure, write_html)
 
 CHECKPOINT = re.compile(r"\.(t7|pth?|ckpt)(?![A-Za-z0-9])")
 LABEL_KEYS = ("model", "model_file", "model_file2", "dataset", "dir_type", "xnorm", "xignore")
 
 
-def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False, show=False,
-                     labels=None, out_dir=None, formats=("pdf",), html=False):
-    """Plot one surface file or overlay several; returns the figures and files (Plots)."""
+def plot_1d_loss_err(surf_files: Union[str, Sequence[str]], xmin: Optional[float] = None,
+                     xmax: Optional[float] = None, loss_max: Optional[float] = None,
+                     log: bool = False, show: bool = False,
+                     labels: Optional[Sequence[str]] = None, out_dir: Optional[str] = None,
+                     formats: Iterable[str] = ("pdf",), html: bool = False) -> Plots:
+    """Plot one surface file or overlay several; returns the figures and files (Plots).
+    ``xmin``/``xmax``/``loss_max``/``log`` apply to the static figures and the
+    interactive page alike. Bad input raises UserError before anything is written."""
+    check_finite(xmin=xmin, xmax=xmax, loss_max=loss_max)
     paths = [surf_files] if isinstance(surf_files, str) else list(surf_files)
+    if not paths:
+        raise UserError("no surface file given; use --surf_file FILE [FILE ...] or --prefix")
     surfs = [load_surface(p, ndim=1) for p in paths]
     labels = curve_labels(surfs, labels)
-    plt = pyplot(show)
     plots = Plots()
     name = output_name(paths)
     base = lambda what: output_base(name, what, out_dir)
@@ -43,11 +50,13 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
     x_lo = min(s.x.min() for s in surfs) if xmin is None else xmin
     x_hi = max(s.x.max() for s in surfs) if xmax is None else xmax
     if not x_lo < x_hi:
-        raise UserError(f"--xmin ({x_lo}) must be below --xmax ({x_hi})")
+        raise UserError(f"--xmin ({x_lo:g}) must be below --xmax ({x_hi:g})")
     single = len(surfs) == 1
     colors = {"loss": "b", "acc": "r", "err": "r"} if single else None
-    titles = {describe(s) for s in surfs}
-    title = titles.pop() if len(titles) == 1 else ""
+    descriptions = [describe(s).split("\n") for s in surfs]
+    # an overlay's title keeps what all its files share (the legend tells them apart)
+    title = "\n".join(line for line in descriptions[0]
+                      if all(line in d for d in descriptions[1:]))
     if not single:
         title = f"{title}\n{len(surfs)} surfaces".strip()
     xlabel = x_label(surfs)
@@ -70,8 +79,9 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
             for split in ("train", "test"):
                 name_ = f"{split}_err" if kind == "err" else f"{split}_{kind}"
                 if name_ in s.names():
-                    ax.plot(s.x, s.get(name_), label=curve_label(k, split, kind),
-                            **style(k, split, kind))
+                    line, = ax.plot(s.x, s.get(name_), label=curve_label(k, split, kind),
+                                    **style(k, split, kind))
+                    line.split = split
 
     def finish_axes(ax, ylabel, fig_title):
         ax.set_xlim(x_lo, x_hi)
@@ -86,42 +96,57 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
                             xytext=(3, 0), textcoords="offset points", fontsize="x-small",
                             color="0.3", rotation=90, va="top", ha="left")
 
-    def loss_limits(ax):
-        losses = np.concatenate([s.values[f"{sp}_loss"][(s.x >= x_lo) & (s.x <= x_hi)]
-                                 for s in surfs for sp in ("train", "test")
-                                 if f"{sp}_loss" in s.values])
+    def loss_range():
+        """(bottom, top) of the loss axis; checks --loss_max against the data."""
+        losses = [s.values[f"{sp}_loss"][(s.x >= x_lo) & (s.x <= x_hi)]
+                  for s in surfs for sp in ("train", "test") if f"{sp}_loss" in s.values]
+        losses = np.concatenate(losses) if losses else np.zeros(0)
         losses = losses[np.isfinite(losses)]
         if log:
-            ax.set_yscale("log")
             positive = losses[losses > 0]
             bottom = positive.min() / 2 if positive.size else 1e-3
             top = loss_max if loss_max is not None else (positive.max() * 2 if positive.size else 1)
             if not top > bottom:
-                raise UserError(f"--loss_max {loss_max} is below the smallest loss shown "
+                raise UserError(f"--loss_max {loss_max:g} is below the smallest loss shown "
                                 f"({bottom * 2:.3g}); a log axis needs a larger --loss_max")
-            ax.set_ylim(bottom, top)
         else:
             bottom = min(0.0, losses.min()) if losses.size else 0.0
             top = loss_max if loss_max is not None else \
                 (losses.max() * 1.05 if losses.size and losses.max() > bottom else bottom + 1)
             if not top > bottom:
-                raise UserError(f"--loss_max {loss_max} must be above {bottom}")
-            ax.set_ylim(bottom, top)
+                raise UserError(f"--loss_max {loss_max:g} must be above {bottom:g}")
+        return float(bottom), float(top)
 
-    def legend(*axes):
+    def loss_limits(ax):
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylim(*y_loss)
+
+    def legend(fig, *axes):
+        """Below the axes (never over a curve); says "dashed: test" only when a test
+        curve is drawn."""
         handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
         texts = [t for ax in axes for t in ax.get_legend_handles_labels()[1]]
+        has_test = any(getattr(line, "split", None) == "test" for ax in axes for line in ax.lines)
+        heading = None if single else ("solid: train, dashed: test" if has_test else None)
         if handles:
-            axes[0].legend(handles, texts, fontsize="small", loc="best",
-                           title=None if single else "solid: train, dashed: test",
-                           title_fontsize="small")
+            fig.legend(handles, texts, fontsize="small", loc="outside lower center",
+                       ncols=min(len(handles), 3), title=heading, title_fontsize="small",
+                       frameon=False)
 
     has_loss = any(f"{sp}_loss" in s.values for s in surfs for sp in ("train", "test"))
     has_acc = any(f"{sp}_acc" in s.values for s in surfs for sp in ("train", "test"))
+    has_eig = any("eig_ratio" in s.names() for s in surfs)
+    if not (has_loss or has_acc or has_eig):
+        raise UserError(f"{paths[0]} holds nothing plot_1D.py can draw "
+                        f"(it has: {', '.join(surfs[0].names()) or 'no quantities'})")
+    y_loss = loss_range()                  # checked before anything is drawn or written
+    ensure_folder(out_dir or os.path.dirname(os.path.abspath(name)))
+    plt = pyplot(show)
 
     # loss and accuracy, twin axes
     if has_loss and has_acc:
-        fig, ax1 = plt.subplots()
+        fig, ax1 = plt.subplots(layout="constrained")
         ax2 = ax1.twinx()
         draw(ax1, "loss")
         draw(ax2, "acc")
@@ -135,31 +160,31 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
         if single:
             ax1.tick_params("y", colors="b")
             ax2.tick_params("y", colors="r")
-        legend(ax1, ax2)
+        legend(fig, ax1, ax2)
         save_figure(fig, base("1d_loss_acc" + log_tag), formats, plots, "loss_acc", show)
 
     # loss alone
     if has_loss:
-        fig, ax = plt.subplots()
+        fig, ax = plt.subplots(layout="constrained")
         draw(ax, "loss")
         loss_limits(ax)
         finish_axes(ax, "Loss", title)
-        legend(ax)
+        legend(fig, ax)
         save_figure(fig, base("1d_loss" + log_tag), formats, plots, "loss", show)
 
     # error alone
     if has_acc:
-        fig, ax = plt.subplots()
+        fig, ax = plt.subplots(layout="constrained")
         draw(ax, "err")
         ax.set_ylim(0, 100)
         finish_axes(ax, "Error (%)", title)
-        legend(ax)
+        legend(fig, ax)
         save_figure(fig, base("1d_err"), formats, plots, "err", show)
 
     # Hessian eigenvalues
     eig_surfs = [(k, s) for k, s in enumerate(surfs) if "eig_ratio" in s.names()]
     if eig_surfs:
-        fig, ax = plt.subplots()
+        fig, ax = plt.subplots(layout="constrained")
         for k, s in eig_surfs:
             c = f"C{k % 10}"
             ax.plot(s.x, s.values["max_eig"], color=c, linestyle="-",
@@ -168,20 +193,16 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
                     label="min_eig" if single else f"{labels[k]} min")
         ax.axhline(0, color="0.6", linewidth=0.8)
         finish_axes(ax, "Hessian eigenvalue", title)
-        legend(ax)
+        legend(fig, ax)
         save_figure(fig, base("1d_eig"), formats, plots, "eig", show)
 
-        fig, ax = plt.subplots()
+        fig, ax = plt.subplots(layout="constrained")
         for k, s in eig_surfs:
             ax.plot(s.x, s.get("eig_ratio"), color=f"C{k % 10}", label=None if single else labels[k])
         ax.set_ylim(bottom=0)
         finish_axes(ax, "|min_eig / max_eig|", title)
-        legend(ax)
+        legend(fig, ax)
         save_figure(fig, base("1d_eig_abs_ratio"), formats, plots, "eig_abs_ratio", show)
-
-    if not plots.figures:
-        raise UserError(f"{paths[0]} holds nothing plot_1D.py can draw "
-                        f"(it has: {', '.join(surfs[0].names()) or 'no quantities'})")
 
     if html:
         curves = []
@@ -190,7 +211,9 @@ def plot_1d_loss_err(surf_files, xmin=None, xmax=None, loss_max=None, log=False,
                 axis = "acc" if name_.endswith("_acc") else "loss"
                 tag = name_ if single else f"{labels[k]}: {name_}"
                 curves.append((s.x, values, tag, axis, name_.startswith("test")))
-        write_html(html_curves(curves, title, xlabel), base("1d_interactive"), plots)
+        page = html_curves(curves, title, xlabel, log=log, xrange=(x_lo, x_hi),
+                           loss_range=y_loss if has_loss else None)
+        write_html(page, base("1d_interactive"), plots)
     return finish(plots, show)
 
 
@@ -304,7 +327,7 @@ def x_label(surfs):
 
 # ---------------------------------------------------------------- command line
 
-parser = argparse.ArgumentParser(description="Plot 1D loss/accuracy curves from surface files")
+parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files")
 parser.add_argument("--surf_file", "-f", nargs="+", default=[],
                     help="surface file(s) or quoted glob(s); several are overlaid")
 parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")

@@ -11,25 +11,34 @@ Figures (``<surface file>_<surf_name>_<kind>.<format>``, naming in plot_common):
 without a surface); files holding max_eig/min_eig add ``max_eig_2dheat``,
 ``min_eig_2dheat`` and ``eig_ratio_2dheat`` (|min_eig/max_eig|).
 """
-import argparse
 import os
+from typing import Iterable, Optional
 
 import numpy as np
 
 from errors import UserError, run_main
 from fileio import open_h5
-from plot_common import (Plots, add_output_args, describe, finish,
-                         html_surface, load_surface, optional_float, output_base, pyplot,
-                         quantity_label, save_figure, write_html)
+from plot_common import (ArgumentParser, Plots, add_output_args, check_finite, describe,
+                         ensure_folder, finish, html_surface, load_surface, optional_float,
+                         output_base, pyplot, quantity_label, save_figure, write_html)
 
 CMAP = "viridis"
 MAX_LEVELS = 500
 
 
-def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None, show=False,
-                    log=False, zlim=None, proj_file=None, dir_file=None, out_dir=None,
-                    formats=("pdf",), html=False):
-    """All 2D figures of one quantity of a surface file; returns Plots (figures, files)."""
+def plot_2d_contour(surf_file: str, surf_name: Optional[str] = None,
+                    vmin: Optional[float] = None, vmax: Optional[float] = None,
+                    vlevel: Optional[float] = None, show: bool = False, log: bool = False,
+                    zlim: Optional[float] = None, proj_file: Optional[str] = None,
+                    dir_file: Optional[str] = None, out_dir: Optional[str] = None,
+                    formats: Iterable[str] = ("pdf",), html: bool = False) -> Plots:
+    """All 2D figures of one quantity of a surface file; returns Plots (figures, files).
+
+    ``vmin``/``vmax``/``vlevel``: contour levels and colour range (values; ``vlevel`` in
+    decades with ``log``); the 3D surface is clipped at min(vmax, zlim). The
+    interactive page (``html``) shows exactly the same. Bad input raises UserError
+    before anything is written."""
+    check_finite(vmin=vmin, vmax=vmax, vlevel=vlevel, zlim=zlim)
     surf = load_surface(surf_file, ndim=2)
     if min(surf.shape) < 2:
         raise UserError(f"{surf_file} has a {surf.shape[0]} x {surf.shape[1]} grid; contours "
@@ -37,10 +46,17 @@ def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None
     name = surf_name or ("train_loss" if "train_loss" in surf.values else surf.names()[0])
     Z = surf.get(name)
     levels, norm = contour_levels(Z, vmin, vmax, vlevel, log)
+    clip = surface_clip(vmin, vmax, zlim, log)
+    ensure_folder(out_dir or os.path.dirname(os.path.abspath(surf_file)))
+    if proj_file:
+        read_projection(proj_file)                           # check it before writing anything
+        check_readable(dir_file, "direction file")
     plt = pyplot(show)
     plots = Plots()
     base = lambda what: output_base(surf_file, f"{name}_{what}", out_dir)
-    title = f"{quantity_label(name)}{' (log scale)' if log else ''}\n{describe(surf)}"
+    scale = " (log scale)" if log else ""
+    label = name + scale                                       # colour bars
+    title = f"{quantity_label(name)}{scale}\n{describe(surf)}"
     X, Y = np.meshgrid(surf.x, surf.y, indexing="ij")      # [i, j] = (x_i, y_j), as Z
     Zm = np.ma.masked_invalid(Z)
 
@@ -48,40 +64,23 @@ def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None
     fig, ax = plt.subplots()
     cs = ax.contour(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP)
     ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
-    decorate(fig, ax, cs, title, name)
+    decorate(fig, ax, cs, title, label)
     save_figure(fig, base("2dcontour"), formats, plots, "2dcontour", show)
 
     # filled contours
     fig, ax = plt.subplots()
     cs = ax.contourf(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP, extend="both")
-    decorate(fig, ax, cs, title, name)
+    decorate(fig, ax, cs, title, label)
     save_figure(fig, base("2dcontourf"), formats, plots, "2dcontourf", show)
 
     # heat map
     fig, ax = plt.subplots()
     mesh = heat_map(ax, surf.x, surf.y, Z, norm)
-    decorate(fig, ax, mesh, title, name)
+    decorate(fig, ax, mesh, title, label)
     save_figure(fig, base("2dheat"), formats, plots, "2dheat", show)
 
     # 3D surface
-    fig = plt.figure(figsize=(7, 5.5))
-    ax = fig.add_subplot(projection="3d")
-    Zs = Z if zlim is None else np.minimum(Z, zlim)            # clip to --zlim, NaN stays
-    if log:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            Zs = np.where(Zs > 0, np.log10(Zs), np.nan)
-    lo, hi = (np.log10(norm.vmin), np.log10(norm.vmax)) if log else (norm.vmin, norm.vmax)
-    surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=lo, vmax=hi,
-                              rcount=min(len(surf.x), 150), ccount=min(len(surf.y), 150),
-                              linewidth=0, antialiased=False)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_zlabel(f"log10({name})" if log else name)
-    if zlim is not None:
-        ax.set_zlim(top=np.log10(zlim) if log else zlim)
-    ax.set_title(title, fontsize="medium")
-    fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.12,
-                 label=f"log10({name})" if log else name)
+    fig = surface_3d(plt, X, Y, Z, name, title, norm, clip, log)
     save_figure(fig, base("3dsurface"), formats, plots, "3dsurface", show)
 
     # the optimization path on the contours
@@ -91,7 +90,7 @@ def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None
         ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
         draw_trajectory(ax, proj_file, dir_file)
         ax.set_title(title, fontsize="medium")
-        colorbar(fig, ax, cs, name)
+        colorbar(fig, ax, cs, label)
         save_figure(fig, output_base(proj_file, f"{name}_2dcontour_proj", out_dir), formats,
                     plots, "2dcontour_proj", show)
 
@@ -107,8 +106,127 @@ def plot_2d_contour(surf_file, surf_name=None, vmin=None, vmax=None, vlevel=None
                             plots, f"{eig}_2dheat", show)
 
     if html:
-        write_html(html_surface(surf.x, surf.y, Z, name, title), base("interactive"), plots)
+        page = html_surface(surf.x, surf.y, Z, name, title, log=log,
+                            color_range=(norm.vmin, norm.vmax), levels=levels, clip=clip)
+        write_html(page, base("interactive"), plots)
     return finish(plots, show)
+
+
+def surface_clip(vmin=None, vmax=None, zlim=None, log=False):
+    """(None, high): the 3D surface is clipped from above at the lower of --vmax and
+    --zlim (values), so that a few huge losses do not flatten the rest; None when
+    neither is given. (Values below --vmin keep their height; only their colour
+    saturates.)"""
+    tops = [v for v in (vmax, zlim) if v is not None]
+    if log and zlim is not None and zlim <= 0:
+        raise UserError(f"--log shows log10 of the values; --zlim must be above 0, got {zlim:g}")
+    if vmin is not None and zlim is not None and not zlim > vmin:
+        raise UserError(f"--zlim ({zlim:g}) must be above --vmin ({vmin:g})")
+    return (None, min(tops)) if tops else None
+
+
+def surface_3d(plt, X, Y, Z, name, title, norm, clip, log):
+    """The 3D surface: z clipped to ``clip``, log10(value) with ``log`` (ticks labelled
+    in values); at most 5 ticks per axis, fewer where their labels would overlap."""
+    fig = plt.figure(figsize=(8, 6.5))
+    ax = fig.add_subplot(projection="3d")
+    Zs = Z if clip is None else np.clip(Z, -np.inf if clip[0] is None else clip[0],
+                                        np.inf if clip[1] is None else clip[1])  # NaN stays
+    to = _log10 if log else (lambda v: v)
+    Zs = to(Zs)
+    lo, hi = to(norm.vmin), to(norm.vmax)
+    surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=lo, vmax=hi,
+                              rcount=min(X.shape[0], 150), ccount=min(X.shape[1], 150),
+                              linewidth=0, antialiased=False)
+    ax.xaxis.set_major_formatter(ValueFormatter())
+    ax.yaxis.set_major_formatter(ValueFormatter())
+    ax.zaxis.set_major_formatter(ValueFormatter(log))
+    ax.tick_params(labelsize="small", pad=2)
+    ax.set_xlabel("x", labelpad=8)
+    ax.set_ylabel("y", labelpad=8)
+    ax.set_zlabel(f"{name} (log scale)" if log else name, labelpad=10)
+    finite = Zs[np.isfinite(Zs)]
+    if clip is not None and finite.size:
+        z_lo = to(clip[0]) if clip[0] is not None else finite.min()
+        z_hi = to(clip[1]) if clip[1] is not None else finite.max()
+        if z_hi > z_lo:
+            ax.set_zlim(z_lo, z_hi)
+    ax.set_title(title, fontsize="medium")
+    cb = fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.1,
+                      label=f"{name} (log scale)" if log else name)
+    cb.ax.yaxis.set_major_formatter(ValueFormatter(log))
+    decades = log and finite.size and np.ptp(finite) >= 2
+    thin_ticks(fig, (ax.xaxis, ax.yaxis, ax.zaxis), whole=(ax.zaxis,) if decades else ())
+    return fig
+
+
+def thin_ticks(fig, axes, most=5, whole=()):
+    """Give each axis at most ``most`` ticks, and fewer (down to 2) while any two of
+    its tick labels overlap on the drawn figure; axes in ``whole`` get whole-number
+    ticks (decades on a log10 axis)."""
+    from matplotlib.ticker import MaxNLocator
+    todo = list(axes)
+
+    def locate(axis, nbins):
+        axis.set_major_locator(MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10],
+                                           integer=axis in whole))
+    for axis in todo:
+        locate(axis, most - 1)
+    get_renderer = getattr(fig.canvas, "get_renderer", None)
+    nbins = most - 1
+    while todo and get_renderer is not None and nbins > 1:
+        fig.draw_without_rendering()
+        renderer = get_renderer()
+        todo = [axis for axis in todo if _labels_overlap(axis, renderer)]
+        nbins -= 1
+        for axis in todo:
+            locate(axis, nbins)
+
+
+def shown_tick_labels(axis):
+    """The tick labels an axis draws (3D axes keep labels for ticks outside the view)."""
+    lo, hi = sorted(axis.get_view_interval())
+    eps = 1e-9 * max(abs(lo), abs(hi), hi - lo)
+    return [t for t, loc in zip(axis.get_ticklabels(), axis.get_majorticklocs())
+            if lo - eps <= loc <= hi + eps and t.get_visible() and t.get_text()]
+
+
+def _labels_overlap(axis, renderer):
+    boxes = [t.get_window_extent(renderer) for t in shown_tick_labels(axis)]
+    return any(a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+class ValueFormatter:
+    """Tick labels in values (10**tick with ``log``), with the fewest significant
+    digits (3 or more) that keep the labels of one axis distinct; no offset text."""
+
+    def __new__(cls, log=False):
+        from matplotlib.ticker import Formatter
+
+        class _Formatter(Formatter):
+            def __call__(self, v, pos=None):
+                return self.format_ticks([v])[0]
+
+            def format_ticks(self, values):
+                vals = np.asarray([10.0 ** v if log else v for v in values], dtype=float)
+                if not vals.size:
+                    return []
+                scale = np.abs(vals).max() if np.isfinite(vals).all() else 1.0
+                vals = np.where(np.abs(vals) < 1e-9 * scale, 0.0, vals)
+                for digits in range(3, 13):
+                    labels = [f"{v:.{digits}g}" for v in vals]
+                    if len(set(labels)) == len(labels):
+                        break
+                return labels
+
+        return _Formatter()
+
+
+def _log10(v):
+    v = np.asarray(v, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
 
 
 def contour_levels(Z, vmin=None, vmax=None, vlevel=None, log=False):
@@ -117,6 +235,7 @@ def contour_levels(Z, vmin=None, vmax=None, vlevel=None, log=False):
     values come from the data (about 20 levels at a round step). With ``log`` the
     levels are even in log10(value): vmin/vmax are values, vlevel is in decades."""
     from matplotlib.colors import LogNorm, Normalize
+    check_finite(vmin=vmin, vmax=vmax, vlevel=vlevel)
     if vlevel is not None and vlevel <= 0:
         raise UserError(f"--vlevel must be positive, got {vlevel}")
     data = Z[np.isfinite(Z)]
@@ -188,12 +307,7 @@ def colorbar(fig, ax, mappable, label, **kw):
 def draw_trajectory(ax, proj_file, dir_file=None):
     """The projected path (proj_xcoord, proj_ycoord) with markers, its start, the final
     model at (0, 0), and PCA axis labels from dir_file's explained_variance_ratio_."""
-    with open_h5(proj_file, "projection file") as f:
-        missing = {"proj_xcoord", "proj_ycoord"} - set(f.keys())
-        if missing:
-            raise UserError(f"{proj_file} is not a projection file (no {', '.join(sorted(missing))}); "
-                            "make it with plot_trajectory.py")
-        px, py = np.asarray(f["proj_xcoord"][()]), np.asarray(f["proj_ycoord"][()])
+    px, py = read_projection(proj_file)
     ax.plot(px, py, marker=".", color="tab:red", linewidth=1, markersize=4, label="path")
     ax.plot(px[:1], py[:1], "o", color="tab:red", markersize=6, label="start")
     ax.plot([0], [0], "*", color="k", markersize=12, label="final model")
@@ -202,15 +316,57 @@ def draw_trajectory(ax, proj_file, dir_file=None):
     if dir_file:
         with open_h5(dir_file, "direction file") as f:
             if "explained_variance_ratio_" in f:
-                ratio = np.asarray(f["explained_variance_ratio_"][()]).ravel()
-                xlabel = f"1st PC: {ratio[0] * 100:.2f} %"
-                ylabel = f"2nd PC: {ratio[1] * 100:.2f} %" if ratio.size > 1 else "y"
+                try:
+                    ratio = np.asarray(f["explained_variance_ratio_"][()], dtype=float).ravel()
+                except (TypeError, ValueError):
+                    ratio = np.zeros(0)
+                if ratio.size and np.isfinite(ratio[:2]).all():
+                    xlabel = f"1st PC: {ratio[0] * 100:.2f} %"
+                    ylabel = f"2nd PC: {ratio[1] * 100:.2f} %" if ratio.size > 1 else "y"
     ax.set_xlabel(xlabel, fontsize="x-large")
     ax.set_ylabel(ylabel, fontsize="x-large")
 
 
-def plot_trajectory(proj_file, dir_file=None, show=False, out_dir=None, formats=("pdf",)):
-    """The projected optimization path alone (no surface)."""
+def check_readable(path: Optional[str], what: str) -> None:
+    """An optional HDF5 input (None or '': not given) must exist and open."""
+    if path:
+        with open_h5(path, what):
+            pass
+
+
+def read_projection(proj_file: str):
+    """(proj_xcoord, proj_ycoord) of a projection file, checked: two 1-D arrays of the
+    same length >= 1, finite numbers."""
+    import h5py
+    with open_h5(proj_file, "projection file") as f:
+        missing = {"proj_xcoord", "proj_ycoord"} - set(f.keys())
+        if missing:
+            raise UserError(f"{proj_file} is not a projection file (no {', '.join(sorted(missing))}); "
+                            "make it with plot_trajectory.py")
+        coords = []
+        for k in ("proj_xcoord", "proj_ycoord"):
+            d = f[k]
+            if not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiu" or d.size == 0:
+                raise UserError(f"{proj_file}: '{k}' is not a list of numbers; make the file "
+                                "again with plot_trajectory.py")
+            coords.append(np.asarray(d[()], dtype=float).reshape(-1))
+    px, py = coords
+    if len(px) != len(py):
+        raise UserError(f"{proj_file}: proj_xcoord has {len(px)} points but proj_ycoord "
+                        f"{len(py)}; make the file again with plot_trajectory.py")
+    if not (np.isfinite(px).all() and np.isfinite(py).all()):
+        raise UserError(f"{proj_file} holds NaN or infinite coordinates; make the file again "
+                        "with plot_trajectory.py")
+    return px, py
+
+
+def plot_trajectory(proj_file: str, dir_file: Optional[str] = None, show: bool = False,
+                    out_dir: Optional[str] = None, formats: Iterable[str] = ("pdf",)) -> Plots:
+    """The projected optimization path alone (no surface); UserError on bad input,
+    before anything is written."""
+    read_projection(proj_file)
+    check_readable(dir_file, "direction file")
+    ensure_folder(out_dir or os.path.dirname(os.path.abspath(proj_file)))
     plt = pyplot(show)
     plots = Plots()
     fig, ax = plt.subplots()
@@ -223,7 +379,7 @@ def plot_trajectory(proj_file, dir_file=None, show=False, out_dir=None, formats=
 
 # ---------------------------------------------------------------- command line
 
-parser = argparse.ArgumentParser(description="Plot 2D loss surfaces and trajectories")
+parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories")
 parser.add_argument("--surf_file", "-f", default="", help="the surface file (.h5)")
 parser.add_argument("--dir_file", default="", help="the direction file (PCA axis labels)")
 parser.add_argument("--proj_file", default="", help="the projected trajectory file (.h5)")
@@ -236,8 +392,9 @@ parser.add_argument("--vmax", type=optional_float, default=None,
                     help="highest contour level / colour, included (default: data maximum)")
 parser.add_argument("--vlevel", type=optional_float, default=None,
                     help="contour spacing (decades with --log; default: about 20 levels)")
-parser.add_argument("--zlim", type=optional_float, default=None,
-                    help="clip the 3D surface at this value (default: no clipping)")
+parser.add_argument("--zlim", "--zmax", dest="zlim", type=optional_float, default=None,
+                    help="clip the 3D surface (static and --html) at this value (default: "
+                         "at --vmax if given, else no clipping)")
 parser.add_argument("--log", action="store_true", help="log colour scale and contour levels")
 add_output_args(parser)
 

@@ -32,6 +32,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise UserError(f"--out_dir {args.out_dir} is a file, not a folder; choose another --out_dir")
+    if args.out_dir:
+        projection.check_output_path(os.path.join(args.out_dir, "x"), "--out_dir")
     if args.proj_file and not (args.model_folder or args.model_files):
         if not os.path.isfile(args.proj_file):
             raise UserError(f"projection file not found: {args.proj_file}; give the checkpoints "

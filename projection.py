@@ -86,10 +86,31 @@ def check_args(args):
         raise UserError(f"unknown --ignore '{args.ignore}'; use biasbn or leave it out")
     if args.save_epoch < 1:
         raise UserError("--save_epoch must be >= 1")
-    if args.margin < 0:
-        raise UserError("--margin must be >= 0")
+    if not math.isfinite(args.margin) or args.margin < 0:
+        raise UserError(f"--margin must be a finite number >= 0, got {args.margin}")
     if args.dir_file and not os.path.isfile(args.dir_file):
-        raise UserError(f"--dir_file {args.dir_file} not found; leave it out to compute PCA directions")
+        what = "is a folder" if os.path.isdir(args.dir_file) else "not found"
+        raise UserError(f"--dir_file {args.dir_file} {what}; give a 2D direction file or leave "
+                        "it out to compute PCA directions")
+    if args.model_folder and not args.model_files and not os.path.isdir(args.model_folder):
+        raise UserError(f"--model_folder {args.model_folder} is not a folder")
+    for flag in ("pca_file", "proj_file"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), f"--{flag}")
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """One line unless ``path`` can be written as a file: not a folder, and its folder
+    exists or can be made (no file in the way), and is writable."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    p = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        raise UserError(f"{flag} {path}: {p} is a file, not a folder; choose another path")
+    if not os.access(p, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write in {p}; choose another path")
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -143,6 +164,10 @@ def load_trajectory(args, files):
     for f in files:
         model_loader.apply_state_dict(net, model_loader.load_state_dict(f, args.unsafe_load), f)
         entries = [(n, w) for n, w in net_plotter.get_entries(net, args.dir_type) if w.is_floating_point()]
+        bad = next((n for n, w in entries if not torch.isfinite(w).all()), None)
+        if bad is not None:
+            raise UserError(f"checkpoint {f} has NaN or infinite values in {bad}; a diverged "
+                            "run cannot be projected: leave that checkpoint out (--model_files)")
         names = [n for n, _ in entries]
         rows.append([w.detach().clone().reshape(-1) for _, w in entries])
     shapes = [w.shape for _, w in entries]
@@ -278,6 +303,8 @@ def run(args):
     files, epochs = checkpoint_files(args)
     base = run_settings(args, files, epochs)
     dir_file = args.dir_file or args.pca_file or default_pca_file(args, files)
+    if not args.dir_file:
+        check_output_path(dir_file, "the PCA direction file")
     pca_settings = {**base, "kind": "pca", "ignore": args.ignore}
     if args.dir_file:
         made_for = net_plotter.read_direction_attrs(dir_file).get("dir_type", args.dir_type)
@@ -302,6 +329,7 @@ def run(args):
     coords, orthonormal = project(rows, xdir, ydir)
     method = "cos" if orthonormal else "lstsq"
     proj_file = args.proj_file or f"{dir_file}_proj_{method}.h5"
+    check_output_path(proj_file, "the projection file")
     proj_settings = {**base, "dir_file": os.path.basename(dir_file), "method": method,
                      "directions_hash": net_plotter.directions_hash(xdir, ydir)}
     _check_existing(proj_file, proj_settings, args.overwrite, "projection file")

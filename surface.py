@@ -99,35 +99,80 @@ class Surface:
 def read_surface(path):
     """Read a surface file written by this toolkit or by the original code.
 
-    A file that is not a whole surface file (malformed settings, no or misshapen ``done``,
-    datasets of the wrong size) is a one-line UserError.
+    A file that is not a whole surface file (missing, empty, text, truncated; malformed
+    settings; no or misshapen ``done``; coordinates that are not finite numbers; datasets
+    of the wrong shape) is a one-line UserError that names the problem, never a traceback.
     """
     try:
         return _read_surface(path)
-    except (KeyError, ValueError, TypeError, OSError, json.JSONDecodeError) as e:
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- whatever else a damaged HDF5 file raises
         raise UserError(f"{path} is not a readable surface file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:150] if str(e) else 'malformed'}); recompute it "
-                        "with plot_surface.py --overwrite")
+                        f"{(str(e).splitlines() or ['malformed'])[0][:150]}){DAMAGED}")
+
+
+DAMAGED = "; the file is damaged or was not written by plot_surface.py: recompute it (--overwrite)"
+
+
+def _coords(f, name, path):
+    if name not in f:
+        return None
+    d = f[name]
+    if not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiu" or d.ndim > 1 or d.size == 0:
+        raise UserError(f"{path}: '{name}' is not a list of numbers (shape {getattr(d, 'shape', '?')}){DAMAGED}")
+    v = np.asarray(d[()], dtype=np.float64).reshape(-1)
+    if not np.isfinite(v).all():
+        raise UserError(f"{path}: '{name}' holds NaN or infinite coordinates{DAMAGED}")
+    return v
+
+
+def _settings(raw, path):
+    raw = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        settings = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError as e:
+        raise UserError(f"{path}: its 'settings' attribute is not valid JSON ({e}){DAMAGED}")
+    if not isinstance(settings, dict):
+        raise UserError(f"{path}: its 'settings' attribute is not a JSON object{DAMAGED}")
+    return settings
 
 
 def _read_surface(path):
     with open_h5(path, "surface file") as f:
-        if "xcoordinates" not in f:
+        x = _coords(f, "xcoordinates", path)
+        if x is None:
             raise UserError(f"{path} is not a surface file (no 'xcoordinates' dataset)")
+        y = _coords(f, "ycoordinates", path)
+        shape = (len(x),) if y is None else (len(x), len(y))
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         if "dir_file" in f and isinstance(f["dir_file"], h5py.Dataset):  # the original's
             attrs.setdefault("dir_file", _attr(f["dir_file"][()]))
-        if "settings" in attrs and isinstance(attrs["settings"], str):
-            attrs["settings"] = json.loads(attrs["settings"])
-            if not isinstance(attrs["settings"], dict):
-                raise ValueError("its 'settings' attribute is not a JSON object")
-        x = np.asarray(f["xcoordinates"][()], dtype=np.float64).reshape(-1)
-        y = np.asarray(f["ycoordinates"][()], dtype=np.float64).reshape(-1) if "ycoordinates" in f else None
-        shape = (len(x),) if y is None else (len(x), len(y))
-        names = [k for k in f.keys() if k not in NON_METRICS and isinstance(f[k], h5py.Dataset)]
-        raw = {k: np.asarray(f[k][()], dtype=np.float64) for k in names
-               if f[k].size == int(np.prod(shape))}
+        if "settings" in attrs:
+            attrs["settings"] = _settings(attrs["settings"], path)
         original = "format_version" not in f.attrs
+        if not original:
+            version = attrs["format_version"]
+            if not isinstance(version, int):
+                raise UserError(f"{path}: format_version {version!r} is not a number; not a surface file "
+                                f"of this toolkit{DAMAGED}")
+            if version > FORMAT_VERSION:
+                raise UserError(f"{path} has format_version {version}, newer than this toolkit reads "
+                                f"({FORMAT_VERSION}); update the toolkit")
+            if "done" not in f or not isinstance(f["done"], h5py.Dataset):
+                raise UserError(f"{path} has no 'done' mask, so it cannot tell computed points from "
+                                f"missing ones{DAMAGED}")
+            if tuple(f["done"].shape) != shape:
+                raise UserError(f"{path}: 'done' has shape {tuple(f['done'].shape)} but the grid is {shape}{DAMAGED}")
+        raw = {}
+        for name, d in f.items():
+            if name in NON_METRICS or not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiub":
+                continue
+            if (tuple(d.shape) != shape) if not original else (d.size != int(np.prod(shape))):
+                if original and d.size != int(np.prod(shape)):
+                    continue  # the original's files hold other datasets (dir_file, ...)
+                raise UserError(f"{path}: '{name}' has shape {tuple(d.shape)} but the grid is {shape}{DAMAGED}")
+            raw[name] = np.asarray(d[()], dtype=np.float64)
         if original:
             values = {k: (v.ravel().reshape(shape[::-1]).T if y is not None else v.reshape(shape))
                       for k, v in raw.items()}
@@ -137,11 +182,6 @@ def _read_surface(path):
             for k in values:
                 values[k] = np.where(done, values[k], np.nan)
         else:
-            if attrs.get("format_version", 0) > FORMAT_VERSION:
-                raise UserError(f"{path} has format_version {attrs['format_version']}, newer than "
-                                f"this toolkit reads ({FORMAT_VERSION}); update the toolkit")
-            if "done" not in f:
-                raise KeyError("no 'done' dataset: which points were computed is unknown")
             done = np.asarray(f["done"][()]).astype(bool).reshape(shape)
             values = {k: v.reshape(shape) for k, v in raw.items()}
     return Surface(path, x, y, values, done, attrs, original)

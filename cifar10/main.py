@@ -5,13 +5,17 @@
 
 Same flags, folder naming, checkpoints and learning-rate schedule as the original
 loss-landscape ``cifar10/main.py``: checkpoints go to
-``<--save>/<model>_<optimizer>_lr=<lr>_bs=<bs>_wd=<wd>_mom=<momentum>_save_epoch=<k>[...]/``
-as ``model_<epoch>.t7`` = {'acc', 'epoch', 'state_dict'} and ``opt_state_<epoch>.t7`` =
-{'optimizer'}, for epoch 0 (before training), epoch 1, every ``--save_epoch`` epochs and
-the last one; ``log.out`` gets one line per epoch. The data sit in memory as tensors and
-are batched, shuffled and augmented there (no DataLoader workers). See doc/training.md.
+``<--save>/<model>_<optimizer>_lr=<lr>_bs=<bs>_wd=<wd>[_mom=<momentum>][_save_epoch=<k>][...]/``
+(``_mom=``/``_save_epoch=`` only when not the defaults 0.9/10, so the original's released
+runs' names come out: ``resnet56_sgd_lr=0.1_bs=128_wd=0.0005``,
+``vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1``) as ``model_<epoch>.t7`` =
+{'acc', 'epoch', 'state_dict'} and ``opt_state_<epoch>.t7`` = {'optimizer'}, for epoch 0
+(before training), epoch 1, every ``--save_epoch`` epochs and the last one; ``log.out``
+gets one line per epoch. The data sit in memory as tensors and are batched, shuffled and
+augmented there (no DataLoader workers). See doc/training.md.
 """
 import argparse
+import math
 import os
 import random
 import sys
@@ -65,13 +69,18 @@ def build_parser():
 
 
 def name_save_folder(args):
-    """The original's folder name; `_dataset=`/`_max_samples=` are added only for data
-    the original could not train on (custom data sets, subsets)."""
+    """The original's folder name, as its released runs are named (README paths):
+    ``_mom=`` and ``_save_epoch=`` appear only for values other than the defaults (0.9,
+    10); ``_dataset=``/``_max_samples=`` only for data the original could not train on
+    (a data set other than the model's own, subsets)."""
     name = f"{args.model}_{args.optimizer}_lr={args.lr}"
     if args.lr_decay != 0.1:
         name += f"_lr_decay={args.lr_decay}"
-    name += f"_bs={args.batch_size}_wd={args.weight_decay}_mom={args.momentum}"
-    name += f"_save_epoch={args.save_epoch}"
+    name += f"_bs={args.batch_size}_wd={args.weight_decay}"
+    if args.momentum != 0.9:
+        name += f"_mom={args.momentum}"
+    if args.save_epoch != 10:
+        name += f"_save_epoch={args.save_epoch}"
     if args.loss_name != "crossentropy":
         name += f"_loss={args.loss_name}"
     if args.noaug:
@@ -84,11 +93,12 @@ def name_save_folder(args):
         name += f"_ngpu={args.ngpu}"
     if args.idx:
         name += f"_idx={args.idx}"
-    if args.dataset not in ("cifar10", "digits"):
-        name += f"_dataset={args.dataset}"
+    dataset = dataloader.resolve_dataset(args.dataset, args.model)
+    if dataset != dataloader.resolve_dataset("", args.model):
+        name += f"_dataset={dataset}"
     if args.max_samples:
         name += f"_max_samples={args.max_samples}"
-    return name
+    return name.replace(os.sep, "_")
 
 
 def corrupt_labels(labels, prob, num_classes, seed):
@@ -182,21 +192,6 @@ def evaluate(net, x, y, args, num_classes, device):
     return total_loss / len(y), 100.0 * hits / len(y)
 
 
-def check_fits(net, data):
-    """One clear error if the model cannot take these images or predict these classes."""
-    net.eval()
-    try:
-        with torch.no_grad():
-            out = net(data.train_x[:2].to(next(net.parameters()).device))
-    except RuntimeError as e:
-        raise UserError(f"--model cannot take the {data.name} images of shape "
-                        f"{tuple(data.train_x.shape[1:])} ({str(e).splitlines()[0][:150]}); use "
-                        "digits_cnn/digits_mlp for --dataset digits and the CIFAR zoo for cifar10")
-    if out.dim() != 2 or out.shape[1] < data.num_classes:
-        raise UserError(f"--model gives outputs of shape {tuple(out.shape[1:])} but "
-                        f"{data.name} has {data.num_classes} classes")
-
-
 def save_checkpoint(folder, epoch, acc, net, optimizer):
     """model_<epoch>.t7 and opt_state_<epoch>.t7 in the original's format."""
     torch.save({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()},
@@ -204,12 +199,78 @@ def save_checkpoint(folder, epoch, acc, net, optimizer):
     torch.save({"optimizer": optimizer.state_dict()}, os.path.join(folder, f"opt_state_{epoch}.t7"))
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.save_epoch < 1 or args.epochs < 0:
-        raise UserError("--batch_size and --save_epoch must be >= 1 and --epochs >= 0")
+def check_args(args):
+    """Every flag that training cannot use: one line, before anything is loaded or written."""
+    for flag, low in (("batch_size", 1), ("save_epoch", 1), ("epochs", 0), ("ngpu", 1)):
+        if getattr(args, flag) < low:
+            raise UserError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
+    for flag, positive in (("lr", True), ("momentum", False), ("weight_decay", False),
+                           ("lr_decay", True)):
+        v = getattr(args, flag)
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise UserError(f"--{flag} must be a finite number {'>' if positive else '>='} 0, "
+                            f"got {v}")
     if not 0.0 <= args.label_corrupt_prob <= 1.0:
         raise UserError(f"--label_corrupt_prob must be in [0, 1], got {args.label_corrupt_prob}")
+    for flag in ("resume_model", "resume_opt"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise UserError(f"--{flag} file not found: {path}")
+    if args.resume_opt and not args.resume_model:
+        raise UserError("--resume_opt needs --resume_model (the model the optimizer state belongs to)")
+    _check_save_root(args.save)
+
+
+def _check_save_root(path):
+    """--save must be a folder, or creatable as one (no file in the way)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    if not os.path.isdir(p):
+        raise UserError(f"--save {path}: {p} is a file, not a folder; choose another --save")
+    if not os.access(p, os.W_OK):
+        raise UserError(f"--save {path}: cannot write in {p}; choose another --save")
+
+
+def _checkpoint_epoch(path):
+    """The epoch stored in an original-format checkpoint (0 if it has none)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
+    except Exception:
+        return 0
+
+
+def load_optimizer_state(optimizer, path, device):
+    """--resume_opt: the optimizer state saved with the model; one line if it is damaged or
+    belongs to another model or optimizer."""
+    hint = "pass the opt_state_<epoch>.t7 saved with --resume_model (same --model and --optimizer)"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"--resume_opt {path} is damaged or not an optimizer state "
+                        f"({dataloader._first_line(e)[:150]}); {hint}")
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+        raise UserError(f"--resume_opt {path} holds no {{'optimizer': ...}} state; {hint}")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:
+        raise UserError(f"--resume_opt {path} does not hold this model's optimizer state "
+                        f"({dataloader._first_line(e)[:150]}); {hint}")
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, buf in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(buf) and buf.dim() > 0 and buf.shape != p.shape:
+                    raise UserError(f"--resume_opt {path}: its {key} of shape {tuple(buf.shape)} "
+                                    f"does not fit a parameter of shape {tuple(p.shape)}; {hint}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
     if args.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
     if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
@@ -238,13 +299,12 @@ def main(argv=None):
     start_epoch = 1
     if args.resume_model:
         net = model_loader.load(args.model, args.resume_model)
-        ckpt = torch.load(args.resume_model, map_location="cpu", weights_only=True)
-        start_epoch = int(ckpt.get("epoch", 0)) + 1 if isinstance(ckpt, dict) else 1
+        start_epoch = _checkpoint_epoch(args.resume_model) + 1
     else:
         net = model_loader.build_model(args.model)
         init_params(net)
+    model_loader.check_fits(net, data, args.model)
     net.to(device)
-    check_fits(net, data)
     model = nn.DataParallel(net, device_ids=list(range(args.ngpu))) if args.ngpu > 1 else net
 
     if args.optimizer == "sgd":
@@ -253,17 +313,11 @@ def main(argv=None):
     else:
         optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if args.resume_opt:
-        if not os.path.isfile(args.resume_opt):
-            raise UserError(f"--resume_opt file not found: {args.resume_opt}")
-        try:
-            optimizer.load_state_dict(torch.load(args.resume_opt, map_location=device,
-                                                 weights_only=True)["optimizer"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise UserError(f"--resume_opt {args.resume_opt} does not hold this model's optimizer "
-                            f"state ({str(e).splitlines()[0][:150]}); pass the opt_state_<epoch>.t7 "
-                            "saved with the model")
+        load_optimizer_state(optimizer, args.resume_opt, device)
 
     folder = os.path.join(args.save, name_save_folder(args))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder} is a file, not a folder; move it or choose another --save")
     os.makedirs(folder, exist_ok=True)
     print(f"training {args.model} on {data.name} ({len(data.train_y)} train / "
           f"{len(data.test_y)} test images) into {folder}", flush=True)

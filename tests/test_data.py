@@ -87,3 +87,60 @@ def test_custom_data_function(tmp_path, monkeypatch):
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     with pytest.raises(UserError):
         dataloader.load_data(args_for("--dataset", "mydata:nothing"))
+
+
+def test_dataset_follows_the_model():
+    r = dataloader.resolve_dataset
+    assert r("", "vgg9") == r("", "resnet56") == r("", "densenet121") == "cifar10"
+    assert r("", "digits_cnn") == r("", "digits_mlp") == r("", "mymodels:net") == "digits"
+    assert r("", "") == "digits" and r("", "no_such_model") == "digits"  # fails at --model
+    assert r("digits", "vgg9") == "digits" and r("cifar10", "digits_cnn") == "cifar10"
+    args = dataloader.add_data_args(argparse.ArgumentParser()).parse_args([])
+    assert args.dataset == ""
+
+
+@pytest.mark.slow
+def test_data_settings_identify_the_data_by_content(tmp_path):
+    a, b = write_cifar_batches(str(tmp_path / "a")), write_cifar_batches(str(tmp_path / "b"))
+    other = write_cifar_batches(str(tmp_path / "c"), seed=1)
+    settings = lambda *argv: dataloader.data_settings(None, dataloader.load_data(  # noqa: E731
+        args_for("--dataset", "cifar10", *argv)))
+    same = settings("--datapath", a)
+    assert same == settings("--datapath", b)  # the same data under another path
+    assert same == settings("--datapath", a, "--max_samples", "300")  # = the whole set
+    assert same != settings("--datapath", other)  # other data, same file names
+    assert same != settings("--datapath", a, "--max_samples", "299")
+    assert same != settings("--datapath", a, "--raw_data")
+    assert same["data_hash"] and same["n_train"] == 300 and same["dataset"] == "cifar10"
+    assert not any(str(tmp_path) in str(v) for v in same.values())
+    # a --trainloader of the same name with other content is other data
+    for sub, seed in (("x", 0), ("y", 1)):
+        os.makedirs(tmp_path / sub)
+        g = torch.Generator().manual_seed(seed)
+        torch.save({"x": torch.randn(12, 3, 32, 32, generator=g), "y": torch.arange(12) % 10},
+                   str(tmp_path / sub / "train.t7"))
+    assert settings("--datapath", a, "--trainloader", str(tmp_path / "x" / "train.t7")) != \
+        settings("--datapath", a, "--trainloader", str(tmp_path / "y" / "train.t7"))
+
+
+def test_tensor_hash_sees_dtype_shape_and_bytes():
+    x = torch.arange(12, dtype=torch.float32)
+    h = dataloader.tensor_hash(x)
+    assert h == dataloader.tensor_hash(x.clone()) and len(h) == 16
+    assert h != dataloader.tensor_hash(x.view(3, 4))
+    assert h != dataloader.tensor_hash(x.double())
+    y = x.clone()
+    y[5] += 1e-6
+    assert h != dataloader.tensor_hash(y)
+    assert dataloader.tensor_hash(x[::2]) == dataloader.tensor_hash(x[::2].contiguous())
+    assert dataloader.tensor_hash(torch.zeros(0)) != dataloader.tensor_hash(torch.zeros(0, 2))
+
+
+def test_importing_dataloader_imports_neither_torch_nor_numpy():
+    import subprocess
+    import sys
+    code = ("import sys; import dataloader; "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(dataloader.__file__),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

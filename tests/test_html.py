@@ -1,6 +1,9 @@
 """--html: one self-contained page, opened in real headless Chromium with the network
 cut off: plotly renders (SVG for the contour/curves, WebGL for the 3D surface), no
-uncaught JavaScript error, and the screenshot is not blank."""
+uncaught JavaScript error, and the screenshot is not blank. Without Chromium, the
+plotly figure written into the page is parsed back and checked: --log, --vmin/--vmax
+and --zlim are honoured exactly as in the static figures."""
+import json
 import os
 import shutil
 import subprocess
@@ -11,13 +14,14 @@ import pytest
 
 import plot_1D
 import plot_2D
-from test_plots import grid, write_original, write_ours
+from test_plots import contour_set, grid, write_original, write_ours
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
                 None)
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium), "
                              "so the interactive HTML is not checked in a browser")
+pytestmark = pytest.mark.slow
 
 
 def chromium(tmp_path, html, *mode):
@@ -39,6 +43,7 @@ def check_self_contained(html):
     return text
 
 
+@needs_chromium
 def test_2d_html_renders_surface_and_contour(tmp_path):
     xs, ys, X, Y = grid(15, 9)
     done = np.ones((15, 9), bool)
@@ -62,6 +67,7 @@ def test_2d_html_renders_surface_and_contour(tmp_path):
         assert len(np.unique(packed)) > 50, len(np.unique(packed))
 
 
+@needs_chromium
 def test_1d_html_renders_curves(tmp_path):
     x = np.linspace(-1, 1, 21)
     f = write_ours(tmp_path / "line.h5", x, None,
@@ -73,3 +79,85 @@ def test_1d_html_renders_curves(tmp_path):
     check_self_contained(html)
     dom = chromium(tmp_path, html, "--dump-dom").stdout
     assert dom.count('class="trace scatter') == 4 and 'class="main-svg"' in dom
+
+
+# ---------------------------------------------------------------- the figure in the page
+
+def page_figure(html):
+    """(data, layout) of the Plotly.newPlot(...) call in a written page."""
+    text = open(html, encoding="utf-8").read()
+    pos = text.index("Plotly.newPlot(") + len("Plotly.newPlot(")
+    decoder, parts = json.JSONDecoder(), []
+    while len(parts) < 3:
+        while text[pos] in " \n\t\r,":
+            pos += 1
+        obj, pos = decoder.raw_decode(text, pos)
+        parts.append(obj)
+    return parts[1], parts[2]
+
+
+def html_of(plots):
+    return next(p for p in plots.files if p.endswith(".html"))
+
+
+def as_array(values):
+    return np.array([np.nan if v is None else v for v in np.ravel(values)], float).reshape(
+        np.shape(values))
+
+
+def test_2d_html_log_vmax_zlim_as_the_static_figures(tmp_path):
+    """The large-batch demo page: losses 0.009-32 showed raw on a linear scale under a
+    "(log scale)" title. Now --log gives log10 values with value-labelled ticks, --vmin/
+    --vmax the colour range and contour levels, and --vmax/--zlim clip the 3D surface."""
+    xs, ys, X, Y = grid(9, 7)
+    loss = 0.009 * 3600 ** ((X ** 2 + Y ** 2) / 2)          # 0.009 .. 32.4
+    f = write_ours(tmp_path / "lb.h5", xs, ys, {"train_loss": loss})
+    p = plot_2D.plot_2d_contour(f, log=True, vmin=0.01, vmax=10, vlevel=0.5, formats=[],
+                                html=True)
+    (surface, contour), layout = page_figure(html_of(p))
+    assert "(log scale)" in layout["title"]["text"]
+    z = as_array(surface["z"]).T                             # rows are y in plotly
+    np.testing.assert_allclose(z, np.log10(np.minimum(loss, 10)))   # clipped at --vmax
+    np.testing.assert_allclose(as_array(contour["z"]).T, np.log10(loss))
+    assert (surface["cmin"], surface["cmax"]) == pytest.approx((-2, 1))
+    assert (contour["zmin"], contour["zmax"]) == pytest.approx((-2, 1))
+    levels = contour["contours"]
+    assert (levels["start"], levels["end"], levels["size"]) == pytest.approx((-2, 1, 0.5))
+    static = contour_set(p.figures["2dcontour"]).levels      # the same levels as the PDF
+    np.testing.assert_allclose(10 ** np.arange(levels["start"], levels["end"] + 0.25, 0.5),
+                               static)
+    zaxis = layout["scene"]["zaxis"]
+    assert zaxis["range"][1] == pytest.approx(1) and "log scale" in zaxis["title"]["text"]
+    labels = {round(v, 6): t for v, t in zip(zaxis["tickvals"], zaxis["ticktext"])}
+    assert labels[0.0] == "1" and labels[-2.0] == "0.01" and labels[1.0] == "10"
+    np.testing.assert_allclose(as_array(surface["customdata"]).T, loss)   # hover: raw values
+
+    p = plot_2D.plot_2d_contour(f, vmax=5, zlim=2, formats=[], html=True)   # linear
+    (surface, contour), layout = page_figure(html_of(p))
+    assert "log" not in layout["title"]["text"]
+    np.testing.assert_allclose(as_array(surface["z"]).T, np.minimum(loss, 2))   # --zlim < vmax
+    np.testing.assert_allclose(as_array(contour["z"]).T, loss)
+    assert surface["cmax"] == pytest.approx(5) and contour["zmax"] == pytest.approx(5)
+    assert layout["scene"]["zaxis"]["range"][1] == pytest.approx(2)
+    assert "tickvals" not in layout["scene"]["zaxis"]
+
+
+def test_1d_html_log_and_limits(tmp_path):
+    x = np.linspace(-1, 1, 21)
+    f = write_ours(tmp_path / "line.h5", x, None,
+                   {"train_loss": 0.01 + x ** 2, "train_acc": 100 - x ** 2})
+    p = plot_1D.plot_1d_loss_err(f, xmin=-0.5, xmax=1, loss_max=4, log=True, formats=[],
+                                 html=True)
+    data, layout = page_figure(html_of(p))
+    assert layout["yaxis"]["type"] == "log"
+    static = p.figures["loss"].axes[0]
+    assert np.allclose(10 ** np.array(layout["yaxis"]["range"]), static.get_ylim())
+    assert layout["xaxis"]["range"] == pytest.approx([-0.5, 1])
+    assert layout["yaxis2"]["range"] == [0, 100]
+    loss = next(t for t in data if t["name"] == "train_loss")
+    assert loss.get("yaxis", "y") == "y"                          # on the log axis
+    np.testing.assert_allclose(as_array(loss["y"]), 0.01 + x ** 2)
+
+    p = plot_1D.plot_1d_loss_err(f, formats=[], html=True)
+    data, layout = page_figure(html_of(p))
+    assert layout["yaxis"].get("type", "linear") == "linear"

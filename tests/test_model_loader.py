@@ -86,3 +86,62 @@ def test_custom_model_factory(tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         model_loader.build_model("no_such_model")
     assert "resnet56" in str(e.value)
+
+
+def test_check_fits_names_model_data_and_fix():
+    from types import SimpleNamespace
+    digits = SimpleNamespace(train_x=torch.randn(3, 1, 8, 8), test_x=torch.randn(2, 1, 8, 8),
+                             name="digits", num_classes=10)
+    cifar = SimpleNamespace(train_x=torch.randn(3, 3, 32, 32), test_x=torch.randn(2, 3, 32, 32),
+                            name="cifar10", num_classes=10)
+    net = model_loader.build_model("digits_mlp")
+    model_loader.check_fits(net, digits)
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(model_loader.build_model("resnet20"), digits)
+    assert str(e.value) == ("--model resnet20 expects 3-channel 32x32 images (CIFAR-10) but "
+                            "--dataset digits gives 1x8x8; pass --dataset cifar10 or a digits "
+                            "model (digits_cnn, digits_mlp)")
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(net, cifar)
+    assert "expects 1-channel 8x8 images (digits)" in str(e.value)
+    five = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(five, digits, "mine:five")
+    assert "--model mine:five gives 5 outputs but --dataset digits has 10 classes" in str(e.value)
+    net.train()
+    model_loader.check_fits(net, digits)
+    assert net.training  # the mode is restored
+
+
+def test_damaged_checkpoints_are_not_sent_to_unsafe_load(tmp_path):
+    path = str(tmp_path / "m.t7")
+    torch.save({"state_dict": model_loader.build_model("digits_mlp").state_dict()}, path)
+    good = open(path, "rb").read()
+    for name, data in (("empty", b""), ("text", b"not a checkpoint"), ("cut", good[:len(good) // 2]),
+                       ("flip", good[:200] + bytes(b ^ 0xFF for b in good[200:208]) + good[208:])):
+        bad = str(tmp_path / f"{name}.t7")
+        with open(bad, "wb") as f:
+            f.write(data)
+        with pytest.raises(UserError) as e:
+            model_loader.load_state_dict(bad)
+        msg = str(e.value)
+        assert "is damaged or not a PyTorch checkpoint" in msg and "--unsafe_load" not in msg, msg
+
+
+def test_check_fits_tries_the_loss():
+    from types import SimpleNamespace
+
+    from evaluation import get_loss_fn
+    digits = SimpleNamespace(train_x=torch.randn(3, 1, 8, 8), train_y=torch.tensor([1, 2, 3]),
+                             test_x=torch.randn(2, 1, 8, 8), name="digits", num_classes=10)
+    net = model_loader.build_model("digits_mlp")
+    model_loader.check_fits(net, digits, loss_fn=get_loss_fn("crossentropy"))
+
+    def raises(out, y):
+        raise ValueError("loss broke")
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(net, digits, loss_fn=raises, loss_name="mine:raises")
+    assert "--loss_name mine:raises raised ValueError: loss broke" in str(e.value)
+    with pytest.raises(UserError) as e:
+        model_loader.check_fits(net, digits, loss_fn=lambda out, y: out, loss_name="mine:raw")
+    assert "it returned (2, 10)" in str(e.value)

@@ -34,6 +34,13 @@ SETTINGS = {"model": "digits_cnn", "dir_type": "weights", "xnorm": "filter",
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+@pytest.fixture(autouse=True)
+def quick_dpi(monkeypatch):
+    """Figures at 100 dpi instead of 300: 9x fewer pixels to rasterize, same content."""
+    import plot_common
+    monkeypatch.setattr(plot_common, "DPI", 100)
+
+
 # ---------------------------------------------------------------- surface files
 
 def write_ours(path, x, y, values, done=None, settings=None, dir_file="dirs.h5"):
@@ -280,15 +287,113 @@ def test_cli_original_command_out_dir_and_errors(tmp_path):
                 "--out_dir", tmp_path / "figs"], check=True)
     assert sorted(os.listdir(tmp_path / "figs")) == ["one.h5_1d_err.png", "one.h5_1d_loss.png",
                                                       "one.h5_1d_loss_acc.png"]
-    with open(tmp_path / "junk.h5", "w") as f:
-        f.write("not hdf5")
-    with h5py.File(tmp_path / "other.h5", "w") as f:
-        f["weights"] = np.ones(3)
+    # every other bad input: tests/test_bad_inputs_plots.py (in-process, one table)
     cases = [(["plot_2D.py", "--surf_file", tmp_path / "nope.h5"], "not found"),
-             (["plot_2D.py", "--surf_file", one_d], "1D surface"),
-             (["plot_2D.py", "--surf_file", surf, "--surf_name", "tset_loss"], "available: train_acc, train_loss, train_err"),
-             (["plot_2D.py", "--surf_file", tmp_path / "other.h5"], "not a surface file"),
-             (["plot_1D.py", "--surf_file", tmp_path / "junk.h5"], "cannot read"),
              (["plot_1D.py", "--surf_file", surf], "2D surface")]
     for args, expected in cases:
         assert expected in assert_one_line_error(run_script(args)), args
+
+
+# ---------------------------------------------------------------- layout and titles
+
+def full_settings(**changes):
+    """Settings as plot_surface.py stores them (a 2D filter-normalized surface)."""
+    s = {"kind": "loss", "model": "digits_cnn", "model_file": "digits_cnn_bs=16/model_20.t7",
+         "model_hash": "9f2c41d0aa", "model_file2": "", "model_file3": "", "dataset": "digits",
+         "raw_data": False, "data_split": 1, "split_idx": 0, "max_samples": None,
+         "n_train": 1437, "n_test": 360, "trainloader": "", "testloader": "",
+         "loss_name": "crossentropy", "dir_type": "weights", "directions_hash": "5be1c07d3e",
+         "xnorm": "filter", "ynorm": "filter", "xignore": "biasbn", "yignore": "biasbn",
+         "x": [-1, 1, 9], "y": [-1, 1, 7], "precision": "fp32",
+         "metrics": ["train_loss", "train_acc"]}
+    s.update(changes)
+    return s
+
+
+def test_titles_tell_runs_apart(tmp_path):
+    """Surfaces that differ only in the seed (so in the directions), only in the
+    checkpoint, or that come from a random init, get different titles."""
+    xs, ys, X, Y = grid(9, 7)
+    variants = {"base": {}, "seed": {"directions_hash": "77aa01be42"},
+                "checkpoint": {"model_file": "digits_cnn_bs=1024/model_20.t7",
+                               "model_hash": "03d9e1c2b7"},
+                "init": {"model_file": "", "model_hash": "init(seed=0)"}}
+    titles = {}
+    for key, change in variants.items():
+        f = write_ours(tmp_path / f"{key}.h5", xs, ys, bowl(X, Y), settings=full_settings(**change))
+        fig = plot_2D.plot_2d_contour(f, formats=[]).figures["2dcontour"]
+        titles[key] = fig.axes[0].get_title()
+    assert len(set(titles.values())) == 4, titles
+    assert "5be1c07d" in titles["base"] and "77aa01be" in titles["seed"]
+    assert "bs=1024/model_20.t7" in titles["checkpoint"]
+    assert "randomly initialised network (no --model_file)" in titles["init"]
+    assert "(log scale)" not in titles["base"]
+
+
+def draw(fig):
+    """Draw a (closed) figure on an Agg canvas; returns its renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def boxes_overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_3d_tick_labels_do_not_overlap(tmp_path):
+    """Tiny steps and a narrow loss range: the 3D figure before this fix
+    printed 9 labels on x and on y here, overlapping each other."""
+    xs, ys, X, Y = grid(21, 17, x=(-1e-3, 1e-3), y=(-1e-3, 1e-3))
+    f = write_ours(tmp_path / "s.h5", xs, ys,
+                   {"train_loss": 2.3456 + 3e-4 * ((X / 1e-3) ** 2 + (Y / 1e-3) ** 2)})
+    for log in (False, True):
+        fig = plot_2D.plot_2d_contour(f, log=log, formats=[]).figures["3dsurface"]
+        renderer = draw(fig)
+        ax = fig.axes[0]
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+            boxes = [t.get_window_extent(renderer) for t in plot_2D.shown_tick_labels(axis)]
+            texts = [t.get_text() for t in plot_2D.shown_tick_labels(axis)]
+            assert len(boxes) >= 2 and len(set(texts)) == len(texts), (log, axis, texts)
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1:]:
+                    assert not boxes_overlap(a, b), (log, axis, a, b)
+
+
+def test_1d_legends_outside_and_honest(tmp_path):
+    """The legend never covers the accuracy curve, and says "dashed: test" only when
+    test curves are drawn."""
+    x = np.linspace(-0.5, 1.5, 41)
+    settings = {**SETTINGS, "model_file2": "model_20.pt"}
+    f = write_ours(tmp_path / "interp.h5", x, None,
+                   {"train_loss": 0.05 + (x * (x - 1)) ** 2, "train_acc": 100 - 40 * (x * (x - 1)) ** 2},
+                   settings=settings)
+    fig = plot_1D.plot_1d_loss_err(f, formats=[]).figures["loss_acc"]
+    renderer = draw(fig)
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    ax1, ax2 = fig.axes
+    for ax in (ax1, ax2):
+        for line in ax.lines:
+            if line.get_linestyle() == ":":
+                continue                                   # the checkpoint marks
+            pts = ax.transData.transform(np.column_stack(line.get_data()))
+            inside = ((pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1)
+                      & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1))
+            assert not inside.any(), line.get_label()
+    assert legend.get_title().get_text() == ""
+
+    runs = []
+    for i, test in ((1, False), (2, False), (3, True)):
+        values = {"train_loss": i * x ** 2, "train_acc": 100 - i * x ** 2}
+        if test:
+            values.update(test_loss=i * x ** 2 + 1, test_acc=90 - i * x ** 2)
+        runs.append(write_ours(tmp_path / f"run_{i}.h5", x, None, values,
+                               dir_file=f"model_10.pt_weights_idx={i}.h5"))
+    heading = lambda p: p.figures["loss"].legends[0].get_title().get_text()
+    assert heading(plot_1D.plot_1d_loss_err(runs[:2], formats=[])) == ""
+    overlay = plot_1D.plot_1d_loss_err(runs, formats=[])
+    assert heading(overlay) == "solid: train, dashed: test"
+    assert overlay.figures["loss"].axes[0].get_title() == \
+        "digits_cnn model_10.pt\nweights directions, filter-normalized\ndigits\n3 surfaces"

@@ -14,7 +14,7 @@ import dataloader
 
 DIGITS = ["cifar10/main.py", "--dataset", "digits", "--model", "digits_cnn", "--batch_size", "32",
           "--lr", "0.1"]
-FOLDER = "digits_cnn_sgd_lr=0.1_bs=32_wd=0.0005_mom=0.9_save_epoch=10"
+FOLDER = "digits_cnn_sgd_lr=0.1_bs=32_wd=0.0005"
 
 
 def _log(folder):
@@ -69,7 +69,7 @@ def test_cifar_run_with_corrupted_labels(tmp_path, cifar_dir):
     run_script(["cifar10/main.py", "--dataset", "cifar10", "--datapath", cifar_dir, "--model",
                 "resnet20", "--epochs", "1", "--batch_size", "32", "--max_samples", "64",
                 "--label_corrupt_prob", "0.25", "--save", tmp_path], check=True)
-    folder = tmp_path / ("resnet20_sgd_lr=0.1_bs=32_wd=0.0005_mom=0.9_save_epoch=10"
+    folder = tmp_path / ("resnet20_sgd_lr=0.1_bs=32_wd=0.0005"
                          "_randlabel=0.25_max_samples=64")
     saved = torch.load(folder / "trainloader.t7", weights_only=True)
     args = dataloader.add_data_args(argparse.ArgumentParser()).parse_args(
@@ -107,18 +107,25 @@ def test_lr_schedule_and_folder_names():
               weight_decay=0.0005, momentum=0.9, save_epoch=10, loss_name="crossentropy",
               noaug=False, raw_data=False, label_corrupt_prob=0.0, ngpu=1, idx=0,
               dataset="cifar10", max_samples=0)
-    assert name_save_folder(argparse.Namespace(**ns)) == \
-        "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_mom=0.9_save_epoch=10"
-    ns.update(lr_decay=0.5, loss_name="mse", noaug=True, label_corrupt_prob=0.2, ngpu=2, idx=1)
+    # the README's paths: the original's released runs, trained with the defaults
+    assert name_save_folder(argparse.Namespace(**ns)) == "resnet56_sgd_lr=0.1_bs=128_wd=0.0005"
+    assert name_save_folder(argparse.Namespace(**{**ns, "dataset": ""})) == \
+        "resnet56_sgd_lr=0.1_bs=128_wd=0.0005"
+    assert name_save_folder(argparse.Namespace(**{**ns, "model": "vgg9", "weight_decay": 0.0,
+                                                  "save_epoch": 1})) == \
+        "vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1"
+    ns.update(lr_decay=0.5, loss_name="mse", noaug=True, label_corrupt_prob=0.2, ngpu=2, idx=1,
+              momentum=0.5, save_epoch=1, max_samples=500)
     assert name_save_folder(argparse.Namespace(**ns)) == (
-        "resnet56_sgd_lr=0.1_lr_decay=0.5_bs=128_wd=0.0005_mom=0.9_save_epoch=10_loss=mse"
-        "_noaug_randlabel=0.2_ngpu=2_idx=1")
+        "resnet56_sgd_lr=0.1_lr_decay=0.5_bs=128_wd=0.0005_mom=0.5_save_epoch=1_loss=mse"
+        "_noaug_randlabel=0.2_ngpu=2_idx=1_max_samples=500")
 
 
 @pytest.mark.slow
 def test_bad_input_one_line_errors(tmp_path):
     p = run_script(["cifar10/main.py", "--model", "no_such_net", "--save", tmp_path, "--epochs", "1"])
     assert "unknown --model 'no_such_net'" in assert_one_line_error(p)
-    p = run_script(["cifar10/main.py", "--model", "resnet20", "--save", tmp_path, "--epochs", "1"])
-    assert "cannot take the digits images" in assert_one_line_error(p)
+    p = run_script(["cifar10/main.py", "--model", "resnet20", "--dataset", "digits", "--save",
+                    tmp_path, "--epochs", "1"])
+    assert "expects 3-channel 32x32 images" in assert_one_line_error(p)
     assert os.listdir(tmp_path) == []  # nothing written for a failed run
