@@ -188,13 +188,17 @@ def _isatty(f) -> bool:
 
 
 def _save_error(writer, e: BaseException) -> UserError:
-    path = getattr(writer, "path", "the surface file")
+    """The one-line error of a failed save (fileio's UserError already says it all)."""
     if isinstance(e, UserError):
-        msg = str(e)
-    else:
-        msg = f"cannot write {path}: {e.strerror if getattr(e, 'strerror', None) else e}"
-    return UserError(f"{msg}; stopped computing (the file as last saved, if any, is intact: "
-                     "rerun to resume)")
+        return UserError(f"{e}; stopped computing (rerun to resume)")
+    try:
+        from fileio import os_reason
+        reason = os_reason(e)
+    except (ImportError, AttributeError, TypeError):
+        reason = getattr(e, "strerror", None) or str(e)
+    path = getattr(writer, "path", "the surface file")
+    return UserError(f"cannot write {path}: {reason}; stopped computing (the file as last saved, "
+                     "if any, is unchanged; rerun to resume)")
 
 
 class _Collector:
