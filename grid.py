@@ -36,7 +36,7 @@ import model_loader
 import mpi4pytorch
 import net_plotter
 from errors import UserError
-from evaluation import Evaluator, keep_freed_memory
+from evaluation import Evaluator, get_loss_fn, keep_freed_memory
 from fileio import check_output_path, check_reuse
 from scheduler import Interrupted, run_grid
 from surface import SurfaceWriter
@@ -162,9 +162,7 @@ def load_run(args: argparse.Namespace, comm) -> tuple[torch.device, Any, torch.n
                   "not a trained network", file=sys.stderr, flush=True)
         torch.manual_seed(args.seed)  # a freshly initialized model, the same on every rank
     net = _load(args, args.model_file)
-    check_fits = getattr(model_loader, "check_fits", None)  # TEMP until the inputs branch lands
-    if check_fits:
-        check_fits(net, data)
+    model_loader.check_fits(net, data, args.model, loss_fn=get_loss_fn(args.loss_name), loss_name=args.loss_name)
     return device, data, net
 
 

@@ -30,6 +30,8 @@ that distance of θ. So λ₁ is within ``tol``·ρ of an eigenvalue and the oth
 Lanczos is of the order of the squared residual over the gap to the next eigenvalue).
 Default ``tol=1e-3``.
 """
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -71,6 +73,7 @@ class Hessian(LinearOperator):
         self.sizes = [p.numel() for p in self.params]
         self.budget = cache_mb * 2 ** 20
         self.count = 0
+        self.on_product = None  # called with the product count after each product (progress)
         self._drop_cache()
         n = sum(self.sizes)
         super().__init__(np.float64, (n, n))
@@ -126,6 +129,8 @@ class Hessian(LinearOperator):
                                          allow_unused=True, materialize_grads=True)
             out += torch.cat([h.reshape(-1) for h in hv]).double()
         self.count += 1
+        if self.on_product is not None:
+            self.on_product(self.count)
         return (out / len(self.y)).cpu().numpy()
 
     def _rmatvec(self, v):
@@ -200,3 +205,161 @@ def hutchinson_trace(op, samples, seed=0):
         vals[i] = v @ op.matvec(v)
     se = vals.std(ddof=1) / np.sqrt(samples) if samples > 1 else np.nan
     return float(vals.mean()), float(se), vals
+
+
+# ------------------------------------------------------------------- progress
+class Progress:
+    """Progress of a Hessian computation on stderr, so that a long one is never silent.
+
+    ``phase(name)`` starts a named part (say "λmax/λmin"); while its products run, a line
+    ``<prefix>: <phase>: N products, T s`` is printed at most every ``every`` seconds,
+    and ``end(text)`` prints one line with the phase's products, seconds and ``text``.
+    Disabled (``enabled=False``), it prints nothing.
+    """
+
+    def __init__(self, op: "Hessian", enabled: bool = True, every: float = 5.0,
+                 prefix: str = "hessian", stream=None) -> None:
+        self.op, self.enabled, self.every, self.prefix = op, enabled, every, prefix
+        self.stream = stream or sys.stderr
+        self.t0 = self.last = time.perf_counter()
+        self.name, self.count0, self.tphase = "", op.count, self.t0
+        op.on_product = self._tick if enabled else None
+
+    def _print(self, text: str) -> None:
+        if self.enabled:
+            print(f"{self.prefix}: {text}", file=self.stream, flush=True)
+
+    def phase(self, name: str) -> None:
+        self.name, self.count0, self.tphase = name, self.op.count, time.perf_counter()
+
+    def _tick(self, count: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            self._print(f"{self.name}: {count - self.count0} products, {now - self.tphase:.1f} s "
+                        f"(total {count} products, {now - self.t0:.1f} s)")
+
+    def end(self, text: str = "") -> None:
+        now = time.perf_counter()
+        self.last = now
+        self._print(f"{self.name} done: {self.op.count - self.count0} products in "
+                    f"{now - self.tphase:.1f} s" + (f"; {text}" if text else ""))
+
+
+# ------------------------------------------------------ stochastic Lanczos quadrature
+def lanczos(op: LinearOperator, steps: int, v0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` steps of the Lanczos process on the symmetric ``op`` from ``v0``, in
+    float64 with full reorthogonalisation (each new vector is orthogonalised twice against
+    all earlier ones, so no spurious copies of converged eigenvalues appear).
+
+    Returns the tridiagonal matrix as (alpha (m,), beta (m-1,)), m = min(steps, n); m is
+    smaller when the Krylov space is invariant (beta ≈ 0: the start vector lies in an
+    invariant subspace, and the Ritz values are then exact eigenvalues). Raises
+    ``NonFinite`` when a product holds NaN or inf. Memory: m vectors of n float64.
+    """
+    n = op.shape[0]
+    m = max(1, min(int(steps), n))
+    V = np.zeros((m, n))
+    v = np.asarray(v0, dtype=np.float64).reshape(-1)
+    v = v / np.linalg.norm(v)
+    alpha, beta = [], []
+    for j in range(m):
+        V[j] = v
+        w = np.asarray(op.matvec(v), dtype=np.float64).reshape(-1)
+        if not np.isfinite(w).all():
+            raise NonFinite
+        alpha.append(float(w @ v))
+        for _ in range(2):
+            w = w - V[:j + 1].T @ (V[:j + 1] @ w)
+        b = float(np.linalg.norm(w))
+        if j == m - 1:
+            break
+        scale = max(abs(a) for a in alpha) + (max(beta) if beta else 0.0)
+        if b <= 1e-10 * max(scale, np.finfo(float).tiny):
+            break
+        beta.append(b)
+        v = w / b
+    return np.array(alpha), np.array(beta)
+
+
+def slq_nodes(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature of one Lanczos run: the Ritz values (eigenvalues of the
+    tridiagonal matrix, increasing) and their weights, the squared first components of
+    its eigenvectors (they sum to 1)."""
+    from scipy.linalg import eigh_tridiagonal
+    if len(alpha) == 1:
+        return np.array(alpha, dtype=np.float64), np.ones(1)
+    vals, vecs = eigh_tridiagonal(alpha, beta)
+    w = vecs[0] ** 2
+    return vals, w / w.sum()
+
+
+def slq_start_vector(n: int, seed: int, start: int) -> np.ndarray:
+    """The Gaussian start vector of random start ``start`` (the same on every rank)."""
+    return np.random.default_rng([int(seed), int(start)]).standard_normal(n)
+
+
+def slq_start(op: LinearOperator, steps: int, seed: int = 0, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(Ritz values, weights) of random start ``start``: Lanczos from a Gaussian vector."""
+    return slq_nodes(*lanczos(op, steps, slq_start_vector(op.shape[0], seed, start)))
+
+
+def spectral_density(values: list, weights: list, sigma: float, n_grid: int = 1000,
+                     lo: float | None = None, hi: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The SLQ estimate of the eigenvalue density: the mean over the random starts of
+    Σ_j w_j·N(t; θ_j, σ²) on a grid of ``n_grid`` points (default range: the extreme Ritz
+    values widened by 5σ), normalised so that its trapezoid integral over the grid is 1.
+    ``values``/``weights``: one array per start (NaN values and their weights ignored)."""
+    th = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
+    wt = np.concatenate([np.asarray(w, dtype=np.float64) for w in weights]) / len(values)
+    keep = np.isfinite(th)
+    th, wt = th[keep], wt[keep]
+    lo = th.min() - 5 * sigma if lo is None else lo
+    hi = th.max() + 5 * sigma if hi is None else hi
+    grid = np.linspace(lo, hi, n_grid)
+    density = np.zeros(n_grid)
+    for t, w in zip(th, wt):
+        density += w * np.exp(-0.5 * ((grid - t) / sigma) ** 2)
+    density /= sigma * np.sqrt(2 * np.pi)
+    mass = np.trapezoid(density, grid) if hasattr(np, "trapezoid") else np.trapz(density, grid)
+    return grid, density / mass
+
+
+# ----------------------------------------------------------------- per-layer blocks
+def layer_blocks(net, groups: list[str] | None = None) -> list[tuple[str, list[tuple[str, "torch.nn.Parameter"]]]]:
+    """The diagonal Hessian blocks of ``net``: [(block name, [(parameter name, parameter)])].
+
+    By default one block per module that owns parameters with more than one dimension
+    (conv and linear weights; the parameters the Hessian is taken with respect to), in
+    model order. A prefix in ``groups`` (e.g. ``layer1`` or ``features.0``) merges all
+    modules whose qualified name is the prefix or starts with ``prefix.`` into one
+    block named after the prefix, placed where its first module is. A prefix that
+    matches nothing raises ``ValueError``.
+    """
+    groups = list(groups or [])
+    blocks: dict[str, list] = {}
+    used = set()
+    for mname, module in net.named_modules():
+        own = [(f"{mname}.{n}" if mname else n, p) for n, p in module.named_parameters(recurse=False)
+               if p.dim() > 1]
+        if not own:
+            continue
+        key = next((g for g in groups if mname == g or mname.startswith(g + ".")), None)
+        if key is not None:
+            used.add(key)
+        blocks.setdefault(key if key is not None else (mname or "(root)"), []).extend(own)
+    missing = [g for g in groups if g not in used]
+    if missing:
+        raise ValueError(f"no module with parameters of > 1 dimension under: {', '.join(missing)}")
+    return list(blocks.items())
+
+
+def exact_trace(op: LinearOperator) -> float:
+    """tr(op) from the n products with the unit vectors (exact; n = op.shape[0])."""
+    n = op.shape[0]
+    total = 0.0
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = 1.0
+        total += float(op.matvec(e)[i])
+    return total

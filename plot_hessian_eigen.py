@@ -23,6 +23,7 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 ``trace_stderr``, ``trace_samples``).
 """
 import json
+import math
 import os
 import time
 
@@ -36,49 +37,209 @@ import net_plotter
 import flags
 import grid
 from errors import UserError, run_main
-from fileio import written_atomically
+from fileio import check_output_path, check_reuse, open_h5, written_atomically
 from evaluation import get_loss_fn
-from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hutchinson_trace, min_max_eigs, top_k
+from hess_vec_prod import (DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, Progress, hutchinson_trace,
+                           min_max_eigs, top_k)
 
 METRICS = ["max_eig", "min_eig"]
 
 
-def build_parser():
-    p = flags.build_parser(__doc__.splitlines()[0])
+def add_hessian_args(p, single_point=True, eig=True):
+    """The Hessian flags shared by plot_hessian_eigen.py, hessian_spectrum.py and
+    layer_curvature.py (``eig``: the ARPACK flags); returns the argument group."""
     g = p.add_argument_group("Hessian")
-    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
-                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius (default 1e-3)")
-    g.add_argument("--eig_maxiter", type=int, default=None,
-                   help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
     g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
                    help="memory for the gradient graphs kept between products at a point (0: none)")
+    if not eig:
+        g.set_defaults(eig_tol=DEFAULT_TOL, eig_maxiter=None)
+    else:
+        _add_eig_args(g)
+    if single_point:
+        g.add_argument("--at", default="", help="x or x,y along --dir_file (default: the model)")
+        g.add_argument("--progress_every", type=float, default=5.0,
+                       help="seconds between progress lines on stderr (--no_progress: none)")
+    return g
+
+
+def _add_eig_args(g):
+    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL,
+                   help="Lanczos (ARPACK) tolerance, relative to the spectral radius")
+    g.add_argument("--eig_maxiter", type=int, default=None,
+                   help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
+
+
+def build_parser():
+    p = flags.build_parser(__doc__.splitlines()[0])
+    g = add_hessian_args(p)
     g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
     g.add_argument("--trace", action="store_true", help="single point: Hutchinson estimate of the trace")
     g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors for --trace")
-    g.add_argument("--at", default="", help="single point: x or x,y along --dir_file (default: the model)")
-    g.add_argument("--spectrum_file", default="", help="single point: output file (default <model_file>_hessian.h5)")
+    g.add_argument("--spectrum_file", default="", help="single point: output file (empty: <model_file>_hessian.h5)")
     return p
 
 
-def check_args(args):
+def _finite(value):
+    return value is not None and math.isfinite(value)
+
+
+def check_hessian_args(args):
+    """Refuse bad Hessian flags with one line, before any work (shared by the scripts)."""
     if args.test:
         raise UserError("--test is not used here: the Hessian is that of the training loss")
     if args.precision != "fp32":
         raise UserError("the Hessian is computed in fp32; drop --precision")
-    if args.eig_tol < 0:
-        raise UserError("--eig_tol must be >= 0 (0: machine precision)")
-    if args.top_k < 0 or args.trace_samples < 2:
-        raise UserError("--top_k must be >= 0 and --trace_samples >= 2")
+    if not _finite(args.eig_tol) or args.eig_tol < 0:
+        raise UserError(f"--eig_tol must be a finite number >= 0 (0: machine precision), got {args.eig_tol}")
+    if args.eig_maxiter is not None and args.eig_maxiter < 1:
+        raise UserError(f"--eig_maxiter must be >= 1 (Lanczos restarts), got {args.eig_maxiter}")
+    if not _finite(args.hess_cache_mb) or args.hess_cache_mb < 0:
+        raise UserError(f"--hess_cache_mb must be a finite number >= 0 (MiB), got {args.hess_cache_mb}")
+    if hasattr(args, "progress_every") and (not _finite(args.progress_every) or args.progress_every < 0):
+        raise UserError(f"--progress_every must be a finite number >= 0 (seconds), got {args.progress_every}")
+    if getattr(args, "at", ""):
+        args.at_point = parse_at(args.at)
+        if not args.dir_file:
+            raise UserError("--at needs the --dir_file whose directions the point refers to")
+        if not os.path.isfile(args.dir_file):
+            raise UserError(f"direction file not found: {args.dir_file!r} (--at refers to an existing one)")
+    else:
+        args.at_point = []
+
+
+def parse_at(text):
+    """'x' or 'x,y' -> [x] or [x, y] (finite numbers), else a UserError."""
+    try:
+        point = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        point = []
+    if not 1 <= len(point) <= 2 or not all(math.isfinite(v) for v in point):
+        raise UserError(f"--at must be x or x,y with finite numbers (got '{text}')")
+    return point
+
+
+def check_args(args):
+    check_hessian_args(args)
+    if args.top_k < 0:
+        raise UserError(f"--top_k must be >= 0, got {args.top_k}")
+    if args.trace_samples < 2:
+        raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
     if (args.at or args.spectrum_file) and not (args.top_k or args.trace):
         raise UserError("--at and --spectrum_file belong to single-point mode: add --top_k K and/or --trace")
 
 
-def hessian_of(args, net, data, device):
-    """The Hessian operator of the mean training loss of ``net`` (moved in place)."""
+def hessian_of(args, net, data, device, params=None):
+    """The Hessian operator of the mean training loss of ``net`` (moved in place), with
+    respect to ``params`` (default: the parameters with more than one dimension)."""
     model = net.module if hasattr(net, "module") else net
-    params = [p for p in model.parameters() if p.dim() > 1]
+    if params is None:
+        params = [p for p in model.parameters() if p.dim() > 1]
     return Hessian(net, data.train_x.to(device), data.train_y.to(device),
                    get_loss_fn(args.loss_name), args.batch_size, params, args.hess_cache_mb)
+
+
+def load_point(args, comm=None):
+    """The shared set-up of the single-point scripts: (device, data, net, point), the
+    model on the device and moved to ``--at`` (checked by ``check_hessian_args``)."""
+    device, data, net = grid.load_run(args, comm)
+    net = net.to(device)
+    point = move_to_at(args, net)
+    return device, data, net, point
+
+
+def point_settings(args, data, point):
+    """What identifies the point and the loss a single-point result belongs to."""
+    return {"model": args.model, "model_file": os.path.basename(args.model_file),
+            "model_hash": model_loader.file_hash(args.model_file) if args.model_file else f"init(seed={args.seed})",
+            **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+            "point": list(point), "dir_type": args.dir_type if point else "",
+            "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
+
+
+class ResultStore:
+    """Rank 0's copy of a resumable single-point result file (spectrum, layer table):
+    ``n`` items (random starts, layers), each with the same fields, a ``done`` mask and
+    the settings. Implements what scheduler.run_grid needs of a writer (record, save,
+    todo, n_done, done). Saved atomically; an existing file is resumed only if its
+    settings equal this run's (else a one-line error), unless ``overwrite``.
+
+    ``fields``: {name: (shape of one item, fill value)}; ``extra``: datasets written
+    as they are (the derived results: density, table columns, ...).
+    """
+
+    def __init__(self, path, kind, what, n, fields, settings, overwrite=False, grow=False):
+        self.path, self.kind, self.what, self.fields = path, kind, what, dict(fields)
+        self.settings = json.loads(json.dumps(settings))
+        self.extra, self.attrs = {}, {}
+        self.resumed = False
+        stored = None
+        if os.path.exists(path) and not overwrite:
+            stored = self._read()
+        if stored is not None and check_reuse(path, stored[0], self.settings, what, overwrite):
+            _, values, done = stored
+            m = max(n, len(done)) if grow else n
+            bad = [k for k in self.fields if k not in values
+                   or values[k].shape != (len(done), *self.fields[k][0])]
+            if (len(done) != m and not grow) or bad:
+                raise UserError(f"{path} does not hold the items of this run ({len(done)} stored, "
+                                f"{n} wanted{', fields ' + ', '.join(bad) if bad else ''}); rerun with "
+                                "--overwrite or choose another output file")
+            self.values = {k: self._blank(m, k) for k in self.fields}
+            for k in self.fields:
+                self.values[k][:len(done)] = values[k]
+            self.done = np.zeros(m, dtype=bool)
+            self.done[:len(done)] = done
+            self.resumed = True
+        else:
+            self.values = {k: self._blank(n, k) for k in self.fields}
+            self.done = np.zeros(n, dtype=bool)
+        self.n = n
+        self.dirty = True
+
+    def _blank(self, m, k):
+        shape, fill = self.fields[k]
+        return np.full((m, *shape), fill, dtype=np.float64)
+
+    def _read(self):
+        with open_h5(self.path, self.what) as f:
+            if f.attrs.get("format") != self.kind or "settings" not in f.attrs or "done" not in f:
+                raise UserError(f"{self.path} exists but is not a {self.what} ({self.kind}); pass "
+                                "--overwrite to replace it or choose another output file")
+            settings = json.loads(f.attrs["settings"])
+            done = f["done"][()].astype(bool)
+            values = {k: f[k][()] for k in self.fields if k in f}
+        return settings, values, done
+
+    @property
+    def n_done(self):
+        return int(self.done.sum())
+
+    def todo(self, n=None):
+        """Indices of the items (of the first ``n``) still to compute."""
+        return np.flatnonzero(~self.done[:self.n if n is None else n])
+
+    def record(self, indices, values):
+        for j, i in enumerate(indices):
+            for k in self.fields:
+                v = np.asarray(values[k][j] if isinstance(values[k], list) else values[k], dtype=np.float64)
+                self.values[k][i] = v
+            self.done[i] = True
+        self.dirty = True
+
+    def save(self):
+        if not self.dirty:
+            return
+        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = self.kind
+            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
+            for k, v in self.attrs.items():
+                f.attrs[k] = v
+            for k, v in self.values.items():
+                f[k] = v
+            f["done"] = self.done.astype(np.uint8)
+            for k, v in self.extra.items():
+                f[k] = v
+        self.dirty = False
 
 
 # --------------------------------------------------------------------------- grid
@@ -108,7 +269,7 @@ def prepare_grid(args):
         dir_file = grid.name_direction_file(args)
         args.surf_file = grid.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
     return grid.prepare(args, METRICS, kind="hessian",
-                                extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
+                        extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
 
 
 def plot(args, surf_file):
@@ -126,27 +287,30 @@ def single_point(args):
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
     out = args.spectrum_file or grid.model_stem(args) + "_hessian.h5"
+    check_output_path(out, "--spectrum_file")
     if os.path.exists(out) and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
-    device, data, net = grid.load_run(args, None)
-    net = net.to(device)
-    point = move_to_at(args, net)
+    device, data, net, point = load_point(args)
     op = hessian_of(args, net, data, device)
+    if args.top_k >= op.shape[0]:
+        raise UserError(f"--top_k must be below the number of parameters ({op.shape[0]}), got {args.top_k}")
+    progress = Progress(op, not args.no_progress, args.progress_every)
     t = time.perf_counter()
     result = {}
     if args.top_k:
-        if args.top_k >= op.shape[0]:
-            raise UserError(f"--top_k must be below the number of parameters ({op.shape[0]})")
+        progress.phase(f"top {args.top_k} eigenvalues")
         result["top_eigenvalues"] = top_k(op, args.top_k, args.eig_tol, args.seed, args.eig_maxiter)
+        progress.end(f"λ1 {result['top_eigenvalues'][0]:.6g}")
+    progress.phase("λmax/λmin")
     result["max_eig"], result["min_eig"] = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter)
+    progress.end(f"max_eig {result['max_eig']:.6g}, min_eig {result['min_eig']:.6g}")
     if args.trace:
+        progress.phase(f"trace ({args.trace_samples} Rademacher vectors)")
         result["trace"], result["trace_stderr"], result["trace_samples"] = \
             hutchinson_trace(op, args.trace_samples, args.seed)
+        progress.end(f"trace {result['trace']:.6g} ± {result['trace_stderr']:.2g}")
     seconds = time.perf_counter() - t
-    settings = {"model": args.model, "model_file": os.path.basename(args.model_file),
-                "model_hash": model_loader.file_hash(args.model_file) if args.model_file else "init",
-                **dataloader.data_settings(args, data), "loss_name": args.loss_name,
-                "point": point, "dir_file": os.path.basename(args.dir_file) if args.at else "",
+    settings = {**point_settings(args, data, point), "dir_file": os.path.basename(args.dir_file) if point else "",
                 "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
     write_spectrum(out, result, settings)
     report(result, point, op, seconds, out)
@@ -154,14 +318,9 @@ def single_point(args):
 
 def move_to_at(args, net):
     """Move ``net`` to ``--at x[,y]`` along ``--dir_file``; returns the point."""
-    if not args.at:
+    point = parse_at(args.at) if args.at else []
+    if not point:
         return []
-    try:
-        point = [float(v) for v in args.at.split(",")]
-    except ValueError:
-        point = []
-    if not 1 <= len(point) <= 2:
-        raise UserError(f"--at must be x or x,y (got '{args.at}')")
     if not args.dir_file:
         raise UserError("--at needs the --dir_file whose directions the point refers to")
     xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)

@@ -21,9 +21,8 @@ def main(argv=None):
     import grid
     from evaluation import get_loss_fn
     splits = ["train"] + (["test"] if args.test else [])
-    loss_fn = get_loss_fn(args.loss_name)  # a bad --loss_name fails before any file is written
-    run = grid.prepare(args, grid.metrics_for(splits))
-    compute = grid.loss_compute(run, loss_fn, splits, args.batch_size, args.precision, args.engine)
+    run = grid.prepare(args, grid.metrics_for(splits))  # checks every input, then opens the files
+    compute = grid.loss_compute(run, get_loss_fn(args.loss_name), splits, args.batch_size, args.precision, args.engine)
     grid.compute_grid(args, run, compute)
     if run.rank == 0:
         print(f"done: {run.surf_file}", flush=True)

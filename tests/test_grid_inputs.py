@@ -126,7 +126,7 @@ def cases(w):
          "different settings"),
         (ps, SMALL + s + ["--x=-1:1:5", "--surf_file", w["surf"], "--dir_file", w["dirf"]], "different settings"),
         (ps, SMALL + s + ["--x=-1:1:3", "--surf_file", w["bad_settings"], "--dir_file", w["dirf"]],
-         "not a readable surface file"),
+         "not valid JSON"),
         (ps, SMALL + s + ["--x=-1:1:3", "--surf_file", w["no_done"], "--dir_file", w["dirf"]], "no 'done'"),
         # the Hessian script shares the flags and the set-up
         (he, SMALL + s + new + ["--x=nan:1:3"], "finite"),

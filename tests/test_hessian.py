@@ -196,8 +196,12 @@ def test_single_point_top_k_and_trace(tmp_path, mlp_file):
     out = str(tmp_path / "spectrum.h5")
     cmd = ["plot_hessian_eigen.py", "--model", "digits_mlp", "--model_file", mlp_file, "--max_samples", "40",
            "--threads", "1", "--top_k", "4", "--trace", "--trace_samples", "30", "--spectrum_file", out]
-    p = run_script(cmd, check=True)
+    p = run_script(cmd + ["--progress_every", "0"], check=True)
     assert "top eigenvalues" in p.stdout and "trace" in p.stdout
+    # progress on stderr: every phase, and lines while products run (products done, seconds)
+    for phase in ("top 4 eigenvalues done:", "λmax/λmin done:", "trace (30 Rademacher vectors) done: 30 products"):
+        assert phase in p.stderr, p.stderr
+    assert "λmax/λmin: 1 products" in p.stderr
     with h5py.File(out, "r") as f:
         top, lmax, lmin = f["top_eigenvalues"][()], f["max_eig"][()], f["min_eig"][()]
         trace, se = f["trace"][()], f["trace_stderr"][()]

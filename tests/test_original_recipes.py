@@ -113,8 +113,6 @@ def test_readme_checkpoint_folders_are_what_training_writes():
         assert name_save_folder(args) == folder
 
 
-@pytest.mark.xfail(strict=False, reason="until README's trajectory recipe shows the folder "
-                   "cifar10/main.py writes (no _mom=0.9 for the default momentum)")
 def test_readme_trajectory_folder_is_what_its_training_line_writes():
     from cifar10.main import build_parser, name_save_folder
     text = _readme()

@@ -1,0 +1,213 @@
+"""Hessian eigenvalue density at one point by stochastic Lanczos quadrature (SLQ).
+
+    python hessian_spectrum.py --model digits_cnn --model_file M.t7 --plot
+    mpirun -n 4 python hessian_spectrum.py --mpi --cuda --model resnet56 --model_file M.t7 \\
+        --n_v 8 --lanczos_steps 100 --plot
+    python hessian_spectrum.py --model digits_cnn --model_file M.t7 --at 0.5 --dir_file D.h5
+
+The Hessian is that of the mean training loss with respect to the parameters with more
+than one dimension (as in plot_hessian_eigen.py; hess_vec_prod.py explains it). Each of
+``--n_v`` random starts runs ``--lanczos_steps`` steps of Lanczos (float64, full
+reorthogonalisation) from a Gaussian vector; the eigenvalues of its tridiagonal matrix
+(the Ritz values θ_j) with the squared first components of their eigenvectors (the
+weights w_j, summing to 1) are a Gauss quadrature of the spectral measure seen from
+that vector. The density is their mean over the starts, each node broadened into a
+Gaussian of width σ = ``--sigma`` × (spread of the Ritz values), on ``--n_grid`` points,
+normalised to mass 1. λmax/λmin estimates are the extreme Ritz values (they converge
+first, within a few tens of steps).
+
+The file (``--spectrum_file``, default ``<model_file>_spectrum.h5``) holds per start
+``ritz_values`` and ``ritz_weights`` ((starts, steps), NaN/0 padded), ``products``,
+``done``, and ``grid``, ``density``, ``lambda_max``, ``lambda_min``, ``sigma`` (absolute),
+``negative_mass`` (the weight of the Ritz values below −σ: clearly negative eigenvalues), with the settings in the
+``settings`` attribute. It is resumable: each finished start is saved; a rerun computes
+only the missing starts (a larger ``--n_v`` adds starts, a new ``--sigma``/``--n_grid``
+only redraws the density); a rerun with different settings (model, data, loss, point,
+steps, seed) is refused unless ``--overwrite``. With ``--mpi`` the starts are shared out
+among the ranks (each start's vector depends only on ``--seed`` and its index, so the
+result does not depend on the number of ranks) and rank 0 writes the file.
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+import mpi4pytorch
+import plot_hessian_eigen as phe
+import flags
+import grid
+from errors import UserError, run_main
+from fileio import check_output_path
+from hess_vec_prod import NonFinite, Progress, slq_start, spectral_density
+from plot_common import FORMATS
+from scheduler import Interrupted, run_grid
+
+KIND = "loss-landscape-hessian-spectrum"
+
+
+def build_parser():
+    p = flags.build_parser(__doc__.splitlines()[0])
+    g = phe.add_hessian_args(p, eig=False)
+    g.add_argument("--n_v", type=int, default=4, help="random starts")
+    g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start")
+    g.add_argument("--sigma", type=float, default=0.01,
+                   help="Gaussian broadening, as a fraction of the spread of the Ritz values")
+    g.add_argument("--n_grid", type=int, default=1000, help="points of the density grid")
+    g.add_argument("--spectrum_file", default="", help="output file (empty: <model_file>_spectrum.h5)")
+    g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
+                   help="--plot: figure format(s)")
+    return p
+
+
+def check_args(args):
+    phe.check_hessian_args(args)
+    if args.n_v < 1:
+        raise UserError(f"--n_v must be >= 1 (random starts), got {args.n_v}")
+    if args.lanczos_steps < 1:
+        raise UserError(f"--lanczos_steps must be >= 1, got {args.lanczos_steps}")
+    if not math.isfinite(args.sigma) or args.sigma <= 0:
+        raise UserError(f"--sigma must be a finite number > 0, got {args.sigma}")
+    if args.n_grid < 2:
+        raise UserError(f"--n_grid must be >= 2, got {args.n_grid}")
+    if args.y is not None or args.model_file2 or args.model_file3:
+        raise UserError("hessian_spectrum.py computes one point: use --at x[,y] --dir_file D, "
+                        "not --y/--model_file2/--model_file3")
+
+
+def spectrum_file(args):
+    return args.spectrum_file or grid.model_stem(args) + "_spectrum.h5"
+
+
+def open_store(args, out, n, settings):
+    store = phe.ResultStore(out, KIND, "spectrum file", args.n_v, {
+        "ritz_values": ((args.lanczos_steps,), np.nan), "ritz_weights": ((args.lanczos_steps,), 0.0),
+        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True)
+    store.save()
+    return store
+
+
+def main(argv=None):
+    args = flags.parse_args(build_parser(), argv)
+    check_args(args)
+    out = spectrum_file(args)
+    check_output_path(out, "--spectrum_file")
+    t0 = time.perf_counter()
+    comm = mpi4pytorch.setup(args.mpi)
+    rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
+    device, data, net, point = phe.load_point(args, comm)
+    op = phe.hessian_of(args, net, data, device)
+    n = op.shape[0]
+    settings = {"kind": "hessian_spectrum", **phe.point_settings(args, data, point),
+                "lanczos_steps": args.lanczos_steps, "seed": args.seed, "parameters": n}
+    store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, n, settings))
+    todo = mpi4pytorch.bcast(comm, store.todo(args.n_v) if rank == 0 else None)
+    if rank == 0:
+        print(f"{out}: {args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos steps "
+              f"({n} parameters), {args.n_v - len(todo)} already done; set-up "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    progress = Progress(op, not args.no_progress, args.progress_every,
+                        prefix=f"rank {rank}" if size > 1 else "hessian")
+
+    def compute(k):
+        progress.phase(f"start {k}")
+        count = op.count
+        try:
+            vals, weights = slq_start(op, args.lanczos_steps, args.seed, k)
+        except NonFinite:
+            vals, weights = np.full(1, np.nan), np.zeros(1)
+        progress.end(f"Ritz values in [{vals.min():.6g}, {vals.max():.6g}]")
+        pad = args.lanczos_steps - len(vals)
+        return {"ritz_values": np.pad(vals, (0, pad), constant_values=np.nan),
+                "ritz_weights": np.pad(weights, (0, pad)), "products": op.count - count}
+
+    t = time.perf_counter()
+    try:
+        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
+                 progress=not args.no_progress, desc="spectrum")
+    except Interrupted as e:
+        if rank == 0:
+            print(f"interrupted by {e}: {store.n_done} random starts saved in {out}; rerun the "
+                  "same command to resume", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    if rank != 0:
+        return
+    if store.todo(args.n_v).size:
+        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
+        sys.exit(1)
+    result = finish(args, store, out)
+    report(args, result, point, n, store, time.perf_counter() - t, out)
+    if args.plot:
+        plot(out, args.format, args.show)
+
+
+def density_of(values, weights, sigma_rel, n_grid):
+    """Density, grid and summary numbers from per-start Ritz values and weights."""
+    finite = [np.isfinite(v).any() for v in values]
+    if not all(finite):
+        raise UserError("a Hessian-vector product was not finite (NaN/inf loss at this point): "
+                        "no spectrum; check the model file and --at")
+    th = np.concatenate([v[np.isfinite(v)] for v in values])
+    spread = th.max() - th.min()
+    sigma = sigma_rel * (spread if spread > 0 else max(abs(th).max(), 1e-12))
+    grid, density = spectral_density(values, weights, sigma, n_grid)
+    neg = sum(float(w[np.isfinite(v) & (v < -sigma)].sum()) for v, w in zip(values, weights)) / len(values)
+    return {"grid": grid, "density": density, "lambda_max": float(th.max()),
+            "lambda_min": float(th.min()), "sigma": sigma, "negative_mass": neg}
+
+
+def finish(args, store, out):
+    """Rank 0: the density from the first --n_v starts, written into the file."""
+    values = [store.values["ritz_values"][i] for i in range(args.n_v)]
+    weights = [store.values["ritz_weights"][i] for i in range(args.n_v)]
+    result = density_of(values, weights, args.sigma, args.n_grid)
+    store.extra = {k: np.asarray(v, dtype=np.float64) for k, v in result.items()}
+    store.extra["n_v"] = np.int64(args.n_v)
+    store.attrs["density_settings"] = f'{{"n_v": {args.n_v}, "sigma": {args.sigma}, "n_grid": {args.n_grid}}}'
+    store.dirty = True
+    store.save()
+    return result
+
+
+def report(args, result, point, n, store, seconds, out):
+    where = f"at {tuple(point)}" if point else "at the model"
+    products = int(store.values["products"][:args.n_v].sum())
+    print(f"Hessian spectral density of the mean training loss {where} ({n} parameters, "
+          f"{args.n_v} starts x {min(args.lanczos_steps, n)} Lanczos steps, {products} products; "
+          f"{seconds:.1f} s this run):")
+    print(f"  lambda_max ≈ {result['lambda_max']:.6g}  lambda_min ≈ {result['lambda_min']:.6g}  "
+          f"negative mass {result['negative_mass']:.3g}  sigma {result['sigma']:.3g}")
+    print(f"saved {out}", flush=True)
+
+
+def plot(path, formats=("pdf", "png"), show=False):
+    """Log density against eigenvalue (as in PyHessian's figures), next to the file."""
+    import json
+
+    from fileio import open_h5
+    from plot_common import Plots, finish as finish_plots, output_base, pyplot, save_figure
+    with open_h5(path, "spectrum file") as f:
+        if "density" not in f:
+            raise UserError(f"{path} holds no density yet; finish the run first")
+        grid, density = f["grid"][()], f["density"][()]
+        lmax, lmin = float(f["lambda_max"][()]), float(f["lambda_min"][()])
+        settings = json.loads(f.attrs["settings"])
+        n_v = int(f["n_v"][()])
+    plt = pyplot(show)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    floor = density.max() * 1e-8
+    ax.semilogy(grid, np.maximum(density, floor), lw=1.2)
+    ax.set_ylim(floor, density.max() * 3)
+    ax.axvline(0, color="0.6", lw=0.6, ls=":")
+    ax.set_xlabel("Eigenvalue")
+    ax.set_ylabel("Density (log)")
+    ax.set_title(f"{settings.get('model', '')} Hessian spectrum: λmax {lmax:.4g}, λmin {lmin:.4g}\n"
+                 f"SLQ, {n_v} starts x {settings.get('lanczos_steps')} steps, "
+                 f"{settings.get('parameters')} parameters", fontsize=9)
+    plots = Plots()
+    save_figure(fig, output_base(path, "density"), formats, plots, "density", show)
+    return finish_plots(plots, show)
+
+
+if __name__ == "__main__":
+    run_main(main)

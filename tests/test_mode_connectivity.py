@@ -1,0 +1,375 @@
+"""mode_connectivity.py: exact curve end points, functional_call = loaded module, any
+nn.Module, barrier definitions, the paper's finding on the digits data, resume after
+kill -9, MPI evaluation, the plane through plot_surface.py, one-line errors.
+
+Real checkpoints trained by cifar10/main.py, real subprocesses and MPI ranks, real
+HDF5 files."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from conftest import REPO, run_script
+
+import mode_connectivity as mc
+import model_loader
+from errors import run_main
+from surface import read_surface
+
+
+# ------------------------------------------------------------------ helpers
+def digits_state(seed, bn_steps=3):
+    """A digits_cnn state with BatchNorm statistics (and counters) of its own."""
+    torch.manual_seed(seed)
+    net = model_loader.build_model("digits_cnn").train()
+    with torch.no_grad():
+        for _ in range(bn_steps):
+            net(torch.randn(32, 1, 8, 8) * (1 + seed))
+    return net.eval(), {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def md5(path):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
+def save_digits(path, seed, model="digits_cnn"):
+    torch.manual_seed(seed)
+    torch.save({"acc": 0.0, "epoch": 0, "state_dict": model_loader.build_model(model).state_dict()}, path)
+    return str(path)
+
+
+# ------------------------------------------------------------------ fast: the curve itself
+@pytest.mark.parametrize("kind", mc.CURVES)
+def test_endpoints_are_the_checkpoints_exactly(kind):
+    net, a = digits_state(1, bn_steps=2)
+    _, b = digits_state(2, bn_steps=5)
+    curve = mc.Curve(net, a, b, kind)
+    with torch.no_grad():
+        for v in curve.bend.values():
+            v.add_(torch.randn_like(v))
+    for t, want in ((0.0, a), (1.0, b)):
+        got = curve.state_at(t)
+        assert list(got) == list(want)
+        for k in want:
+            assert torch.equal(got[k], want[k]), (kind, t, k)
+        functional = curve.at(t)  # what training feeds functional_call: params and buffers
+        for k, v in functional.items():
+            assert torch.equal(v, want[k]), (kind, t, k)
+    assert int(curve.state_at(0.0)["1.num_batches_tracked"]) == 2
+    assert int(curve.state_at(1.0)["1.num_batches_tracked"]) == 5
+
+
+def test_midpoint_and_bend():
+    net, a = digits_state(1)
+    _, b = digits_state(2)
+    bend = {k: torch.randn_like(v) for k, v in a.items() if v.is_floating_point()}
+    bez = mc.Curve(net, a, b, "bezier", bend=bend)
+    poly = mc.Curve(net, a, b, "polychain", bend=bend)
+    w = "0.weight"
+    torch.testing.assert_close(bez.state_at(0.5)[w], (a[w] + 2 * bend[w] + b[w]) / 4)
+    assert torch.equal(poly.state_at(0.5)[w], bend[w])
+    torch.testing.assert_close(poly.state_at(0.25)[w], (a[w] + bend[w]) / 2)
+    # a fresh bend is the midpoint: the Bezier curve is then the straight line
+    fresh = mc.Curve(net, a, b, "bezier")
+    for t in (0.2, 0.7):
+        torch.testing.assert_close(fresh.state_at(t)[w], mc.line_state(a, b, t)[w])
+
+
+@pytest.mark.parametrize("kind", mc.CURVES)
+def test_functional_call_equals_loaded_module(kind):
+    net, a = digits_state(3)
+    _, b = digits_state(4)
+    curve = mc.Curve(net, a, b, kind)
+    with torch.no_grad():
+        for v in curve.bend.values():
+            v.add_(0.3 * torch.randn_like(v))
+    x = torch.randn(16, 1, 8, 8)
+    other = model_loader.build_model("digits_cnn").eval()
+    for t in (0.13, 0.5, 0.77):
+        other.load_state_dict(curve.state_at(t))
+        with torch.no_grad():
+            want = other(x)
+            got = functional_call(net.eval(), curve.at(t), (x,))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class TiedNet(nn.Module):
+    """No layer of torch.nn at all: raw parameters, a tied weight, a custom forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 8))
+        self.b = nn.Parameter(torch.zeros(8))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.tied = nn.Module()
+        self.tied.w = self.w  # one parameter under two names
+
+    def forward(self, x):
+        return torch.relu(x @ self.w + self.b) @ self.w.t() * self.scale
+
+
+@pytest.mark.slow
+def test_any_module_trains_without_rewrites():
+    torch.manual_seed(0)
+    x = torch.randn(128, 2)
+    y = (x[:, 0] > 0).long()
+    na, nb = TiedNet(), TiedNet()
+    a, b = na.state_dict(), nb.state_dict()
+    # end points: each a trained model
+    for net in (na, nb):
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        for _ in range(60):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    a, b = [{k: v.clone() for k, v in n.state_dict().items()} for n in (na, nb)]
+    net = TiedNet()
+    curve = mc.Curve(net, a, b, "bezier")
+    assert curve.params == ["w", "b"] and "tied.w" in curve.keys
+    loss_fn = lambda out, yy: nn.functional.cross_entropy(out, yy, reduction="sum")
+
+    def mid_loss():
+        net.load_state_dict(curve.state_at(0.5))
+        with torch.no_grad():
+            return nn.functional.cross_entropy(net(x), y).item()
+
+    before = mid_loss()
+    opt = mc.make_optimizer(curve, 0.2, 0.9)
+    for epoch in range(1, 11):
+        assert mc.train_epoch(net, curve, opt, x, y, loss_fn, epoch, 10, 0.2, 64, 0.0, 0) is not None
+    assert mid_loss() < before
+    assert torch.equal(curve.state_at(0.0)["tied.w"], a["w"]) and torch.equal(curve.state_at(1.0)["w"], b["w"])
+
+
+def test_barrier_heights_known_answers():
+    t = [0, 0.25, 0.5, 0.75, 1]
+    b = mc.barrier_heights(t, [1, 2, 4, 2, 3])
+    assert b == {"barrier_max": 1.0, "t_max": 0.5, "barrier_interp": 2.0, "t_interp": 0.5}
+    b = mc.barrier_heights(t, [1, 2.5, 2, 2, 3])  # the definitions disagree on where
+    assert b["barrier_max"] == 0.0 and b["t_max"] == 1.0
+    assert b["barrier_interp"] == 1.0 and b["t_interp"] == 0.25
+    assert mc.barrier_heights([0, 0.5, 1], [2, 1, 2])["barrier_interp"] == 0.0  # a valley: no barrier
+
+
+def test_update_bn_is_the_exact_average_and_lr_schedule():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.BatchNorm1d(3))
+    x = torch.randn(100, 3) * 2 + 5
+    mc.update_bn(net, x, 30)  # batches of 30, 30, 30, 10
+    torch.testing.assert_close(net[0].running_mean, x.mean(0))
+    want = sum(len(c) * c.var(0) for c in x.split(30)) / len(x)
+    torch.testing.assert_close(net[0].running_var, want)
+    assert net[0].momentum == 0.1 and not net.training
+    assert [mc.lr_factor(e, 10) for e in (1, 6, 10)] == pytest.approx([1.0, 1.0, 0.01])
+    assert mc.lr_factor(8, 10) == pytest.approx(1 - 0.2 / 0.4 * 0.99)
+
+
+def test_bn_update_flags():
+    base = ["--model_file", "a.t7", "--model_file2", "b.t7"]
+    assert mc.parse_args(base).bn_update is None  # decided by the model: on when it has BN
+    assert mc.parse_args(base + ["--bn_update"]).bn_update is True
+    assert mc.parse_args(base + ["--no_bn_update"]).bn_update is False
+    args = mc.parse_args(base + ["--curve", "polychain"])
+    assert args.out_dir == os.path.join(".", "mode_connectivity_polychain") and args.points == 21
+
+
+# ------------------------------------------------------------------ bad inputs
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    return {"a": save_digits(d / "a.t7", 1), "b": save_digits(d / "b.t7", 2),
+            "mlp": save_digits(d / "mlp.t7", 3, "digits_mlp"), "dir": str(d), "copy": save_digits(d / "c.t7", 1),
+            "file": str(d / "a.t7")}
+
+
+BAD = [  # (flags besides --model digits_cnn, what the one line says); {a} etc. from `files`
+    ("--model_file {a}", "two end points"),
+    ("--model_file {a} --model_file2 {b} --points 1", "--points must be >= 2"),
+    ("--model_file {a} --model_file2 {b} --epochs -1", "--epochs must be >= 0"),
+    ("--model_file {a} --model_file2 {b} --lr nan", "--lr must be a positive number"),
+    ("--model_file {a} --model_file2 {b} --weight_decay -1", "--weight_decay"),
+    ("--model_file {a} --model_file2 {b} --out_dir {file}", "is not a folder"),
+    ("--model_file {a} --model_file2 {b} --curve spline", "unknown --curve"),
+    ("--model_file {a} --model_file2 {b} --x=-1:1:5", "--x not used"),
+    ("--model_file {a} --model_file2 {dir}/missing.t7", "checkpoint not found"),
+    ("--model_file {a} --model_file2 {a}", "are the same file"),
+    pytest.param("--model_file {a} --model_file2 {copy}", "hold the same weights", marks=pytest.mark.slow),
+    pytest.param("--model_file {a} --model_file2 {mlp}", "does not fit this model", marks=pytest.mark.slow),
+    pytest.param("--model_file {a} --model_file2 {b} --lr 1e30 --epochs 1 --max_samples 64 --batch_size 16", "diverged",
+                 marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("flags,needle", BAD)
+def test_bad_inputs_are_one_line_errors(files, flags, needle, capsys, tmp_path):
+    argv = ["--model", "digits_cnn", "--out_dir", str(tmp_path / "out"), "--no_progress",
+            *flags.format(**files).split()]
+    with pytest.raises(SystemExit) as e:
+        run_main(mc.main, argv)
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    if needle != "diverged":
+        assert not os.path.exists(tmp_path / "out")  # nothing written
+    else:  # no epoch finished: no training state that a rerun could take for a result
+        assert not os.path.exists(tmp_path / "out" / mc.TRAIN_STATE)
+
+
+# ------------------------------------------------------------------ slow: real runs
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two digits_cnn networks trained independently (seeds 1 and 2) by cifar10/main.py."""
+    from cifar10 import main as trainer
+    root = tmp_path_factory.mktemp("pair")
+    out = []
+    for seed in (1, 2):
+        trainer.main(["--dataset", "digits", "--model", "digits_cnn", "--epochs", "6", "--batch_size", "64",
+                      "--lr", "0.1", "--save_epoch", "6", "--rand_seed", str(seed), "--save", str(root / f"s{seed}")])
+        (folder,) = os.listdir(root / f"s{seed}")
+        out.append(str(root / f"s{seed}" / folder / "model_6.t7"))
+    return out
+
+
+def mc_cmd(a, b, out_dir, *extra):
+    return ["mode_connectivity.py", "--model", "digits_cnn", "--model_file", a, "--model_file2", b,
+            "--out_dir", out_dir, "--no_progress", "--threads", "1", *extra]
+
+
+@pytest.mark.slow
+def test_digits_line_has_a_barrier_the_trained_curve_does_not(pair, tmp_path):
+    out = str(tmp_path / "mc")
+    p = run_script(mc_cmd(*pair, out, "--epochs", "10", "--points", "11", "--plot"), check=True)
+    assert "barrier_interp" in p.stdout
+    r = mc.read_results(os.path.join(out, mc.RESULTS))
+    line = r["barriers"]["line_train_loss"]["barrier_interp"]
+    curve = r["barriers"]["curve_train_loss"]["barrier_interp"]
+    # measured: line 2.10, curve 0.17 (doc/mode_connectivity.md)
+    assert line > 1.0 and curve < line / 4, (line, curve)
+    assert r["barriers"]["line_train_loss"]["barrier_max"] > 1.0
+    # both paths start and end at the same points (the checkpoints, BN re-estimated)
+    assert r["line_train_loss"][0] == r["curve_train_loss"][0]
+    assert r["line_train_loss"][-1] == r["curve_train_loss"][-1]
+    assert r["settings"]["bn_update"] is True  # digits_cnn has BatchNorm
+    for f in ("mode_connectivity.pdf", "mode_connectivity.png", mc.BEND, mc.MIDPOINT, mc.CURVE):
+        assert os.path.getsize(os.path.join(out, f)) > 0
+    # the saved curve reloads: end points are the checkpoints, curve.t7's state_dict its midpoint
+    curve_obj = mc.load_curve(os.path.join(out, mc.CURVE), "digits_cnn")
+    a, b = (model_loader.load_state_dict(f) for f in pair)
+    for k in a:
+        assert torch.equal(curve_obj.state_at(0.0)[k], a[k]) and torch.equal(curve_obj.state_at(1.0)[k], b[k])
+    mid, bend = (model_loader.load_state_dict(os.path.join(out, f)) for f in (mc.MIDPOINT, mc.BEND))
+    w = "0.weight"
+    torch.testing.assert_close(mid[w], (a[w] + 2 * bend[w] + b[w]) / 4)
+    assert torch.equal(model_loader.load_state_dict(os.path.join(out, mc.CURVE))[w], mid[w])
+
+    # the plane through the curve's three points, by plot_surface.py (--dir_type states: BN
+    # statistics interpolated too); the Bezier curve passes through (x, y) = (t², 2t(1−t))
+    surf, dirf = str(tmp_path / "plane.h5"), str(tmp_path / "plane_dir.h5")
+    run_script(["plot_surface.py", "--model", "digits_cnn", "--model_file", pair[0], "--model_file2", pair[1],
+                "--model_file3", os.path.join(out, mc.BEND), "--dir_type", "states", "--x=0:1:5", "--y=0:1:3",
+                "--dir_file", dirf, "--surf_file", surf, "--no_progress", "--threads", "1"], check=True)
+    s = read_surface(surf)
+    assert s.complete
+    import argparse
+    import dataloader
+    from evaluation import Evaluator, get_loss_fn
+    data = dataloader.load_data(argparse.Namespace(dataset="digits", raw_data=False, trainloader="", testloader="",
+                                                   max_samples=0, data_split=1, split_idx=0))
+    net = model_loader.build_model("digits_cnn")
+    ev = Evaluator(net, data.train_x, data.train_y, get_loss_fn("crossentropy"), 512, torch.device("cpu"))
+    for (i, j), state in {(4, 0): b, (1, 1): curve_obj.state_at(0.5)}.items():  # θ_B and θ(0.5)
+        net.load_state_dict(state)
+        assert s.values["train_loss"][i, j] == pytest.approx(ev()[0], rel=1e-4), (i, j)
+    # the curve drawn on the plane's contours
+    import plot_2D
+    plots = plot_2D.plot_2d_contour(surf, "train_loss", None, None, None, proj_file=os.path.join(out, mc.PROJ),
+                                    out_dir=str(tmp_path / "fig"), formats=["png"])
+    assert plots.files
+
+
+def _wait(proc, cond, what, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"never saw {what} before the run ended")
+
+
+def _train_epoch_saved(path):
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:
+        return 0
+
+
+def _eval_done(path):
+    try:
+        return read_surface(path).n_done
+    except Exception:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupted_and_mpi(pair, tmp_path, capsys):
+    small = ["--max_samples", "300", "--epochs", "20", "--points", "41", "--save_every", "0.01", "--curve",
+             "polychain"]
+    ref, part = str(tmp_path / "ref"), str(tmp_path / "part")
+    run_main(mc.main, mc_cmd(*pair, ref, *small)[1:])  # uninterrupted, in this process
+    cmd = [sys.executable] + mc_cmd(*pair, part, *small)
+    state, results = os.path.join(part, mc.TRAIN_STATE), os.path.join(part, mc.RESULTS)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for phase in ("training", "evaluation"):
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if phase == "training":
+            _wait(proc, lambda: _train_epoch_saved(state) >= 2, "a saved epoch")
+        else:
+            _wait(proc, lambda: _eval_done(results) >= 1, "a saved point")
+        # SIGTERM in training: it stops after the step at hand, keeps the last finished epoch
+        # and says so; kill -9 in evaluation: the atomically saved file holds the done points
+        proc.send_signal(signal.SIGTERM if phase == "training" else signal.SIGKILL)
+        _, err = proc.communicate()
+        if phase == "training":
+            assert proc.returncode == 128 + signal.SIGTERM, err
+            assert "interrupted: the curve training is saved" in err and "Traceback" not in err, err
+    epoch, n_done = _train_epoch_saved(state), _eval_done(results)
+    assert 2 <= epoch <= 20 and 1 <= n_done < 41, (epoch, n_done)
+    p = run_script(cmd[1:], check=True, env={"OMP_NUM_THREADS": "1"})
+    assert "curve already trained" in p.stderr and f"{n_done} already done" in p.stderr, p.stderr
+    a, b = mc.read_results(os.path.join(ref, mc.RESULTS)), mc.read_results(results)
+    metrics = [k for k in a if k.startswith(("line_", "curve_"))]
+    assert len(metrics) == 4
+    for k in metrics:
+        np.testing.assert_array_equal(a[k], b[k])
+    bend_a = torch.load(os.path.join(ref, mc.TRAIN_STATE), weights_only=True)["bend"]
+    bend_b = torch.load(state, weights_only=True)["bend"]
+    assert all(torch.equal(bend_a[k], bend_b[k]) for k in bend_a)
+    assert a["barriers"] == b["barriers"]
+
+    # a rerun with other settings is refused and leaves every file as it was
+    before = {f: md5(os.path.join(part, f)) for f in os.listdir(part)}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(mc.main, cmd[2:] + ["--lr", "0.2"])
+    assert e.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and "different settings" in line and "lr: file has 0.05, this run has 0.2" in line
+    assert {f: md5(os.path.join(part, f)) for f in os.listdir(part)} == before
+
+    # two MPI ranks share the evaluation points: the same numbers
+    os.remove(results)
+    mpi = subprocess.run(["mpiexec", "-n", "2", sys.executable] + cmd[1:] + ["--mpi"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert mpi.returncode == 0, mpi.stderr
+    c = mc.read_results(results)
+    for k in metrics:
+        np.testing.assert_array_equal(a[k], c[k])
