@@ -17,7 +17,9 @@ step can be rerun or changed by hand:
 4. h52vtp.py: a ParaView .vtp of each 2D surface (plot_2D.py --html in step 3 made an
    interactive page of each);
 5. a flatness table: the mean train-loss increase at alpha = +-0.25 and +-0.5 along the
-   random directions, with its spread over the directions (flatness.md, flatness.json);
+   random directions, with its spread over the directions (flatness.md, flatness.json),
+   and sharpness.py's table of both networks: λmax, the Hessian trace and the loss increase
+   at filter-normalized radius 0.25, random and worst case (sharpness.html, sharpness.h5);
 6. index.html: every figure on one page (relative links, works offline).
 
 plot_surface.py runs under ``mpiexec -n <--np>`` when an MPI launcher is on the PATH and
@@ -135,10 +137,11 @@ def main(argv=None):
                   f, indent=1)
     with open(os.path.join(out, "flatness.md"), "w") as f:
         f.write(table["markdown"] + "\n")
+    sharp = sharpness_section(demo, models, labels, args.quick)
 
     demo.step("index.html: every figure on one page")
     seconds = time.perf_counter() - demo.t0
-    write_index(out, demo, table, seconds, args.quick)
+    write_index(out, demo, table, seconds, args.quick, sharp=sharp)
     if args.doc_images:
         copy_doc_images(demo.figures, args.doc_images)
     print(f"demo done in {seconds:.0f} s; open {os.path.join(out, 'index.html')}", flush=True)
@@ -305,6 +308,45 @@ def _index(x, value, path):
     return i
 
 
+# ---------------------------------------------------------------------- sharpness
+# sharpness.py settings: (random directions, ascent steps, Rademacher vectors for the trace)
+SHARPNESS = {"full": dict(n_dirs=10, ascent_steps=5, trace_samples=30),
+             "quick": dict(n_dirs=2, ascent_steps=2, trace_samples=4)}
+SHARPNESS_RHO = 0.25
+
+
+def sharpness_section(demo, models, labels, quick):
+    """sharpness.py on both networks (one table): λmax, trace, random and worst-case loss
+    increase at filter-normalized radius 0.25; returns its table and a comparison line."""
+    import sharpness
+    size = SHARPNESS["quick" if quick else "full"]
+    prefix = os.path.join(demo.out, "sharpness")
+    argv = ["--model", "digits_cnn", "--threads", "1", "--model_file"] + [models[k] for k in models] + \
+        ["--labels"] + [labels[k] for k in models] + ["--rho", str(SHARPNESS_RHO), "--out", prefix] + \
+        [f"--{k}={v}" for k, v in size.items()]
+    demo.run(demo.mpi + [sys.executable, "sharpness.py"] + (["--mpi"] if demo.mpi else []) + argv)
+    header, cells, note, rows = sharpness.read_table(prefix + ".h5")
+    small, large = rows
+    ratio = lambda k: float(np.ravel(large[k])[0]) / max(float(np.ravel(small[k])[0]), 1e-12)
+    compare = (f"Large batch / small batch: λmax {ratio('lambda_max'):.1f}x, trace {ratio('trace'):.1f}x, "
+               f"mean random loss increase at ρ = {SHARPNESS_RHO} {ratio('random_mean'):.1f}x, "
+               f"worst case {ratio('worst'):.1f}x.")
+    print(compare, flush=True)
+    return {"header": header, "cells": cells, "note": note, "compare": compare,
+            "files": [prefix + ext for ext in (".html", ".h5", ".txt")]}
+
+
+def sharpness_html(out, sharp):
+    rel = lambda p: html.escape(os.path.relpath(p, out).replace(os.sep, "/"))
+    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>"
+                                              for c in cells) + "</tr>"
+    return ("<h2>Sharpness (sharpness.py)</h2><table>" + row(sharp["header"], "th")
+            + "".join(row(c, "td") for c in sharp["cells"]) + f"</table><p>{html.escape(sharp['note'])}</p>"
+            + f"<p><b>{html.escape(sharp['compare'])}</b> ("
+            + ", ".join(f"<a href='{rel(f)}'>{html.escape(os.path.basename(f))}</a>" for f in sharp["files"])
+            + ")</p>")
+
+
 # ---------------------------------------------------------------------- index.html
 SECTIONS = [
     ("interpolation", "1D linear interpolation between the two minimizers",
@@ -333,7 +375,7 @@ SECTIONS = [
 INDEX_MARK = "<!-- written by the loss-landscape demo.py -->"
 
 
-def write_index(out, demo, table, seconds, quick):
+def write_index(out, demo, table, seconds, quick, sharp=None):
     rel = lambda p: html.escape(os.path.relpath(p, out).replace(os.sep, "/"))
     kind = lambda f: "interactive 3D page" if f.endswith(".html") else "ParaView .vtp"
     parts = ["<!DOCTYPE html>", INDEX_MARK, "<html><head><meta charset='utf-8'>",
@@ -347,6 +389,8 @@ def write_index(out, demo, table, seconds, quick):
              f"made by <code>python demo.py</code> in {seconds:.0f} s. "
              "How to read the figures: doc/demo.md.</p>",
              "<h2>Flatness</h2>", table_html(table)]
+    if sharp:
+        parts.append(sharpness_html(out, sharp))
     for group, title, text in SECTIONS:
         files = demo.figures.get(group, [])
         parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>"]

@@ -195,6 +195,40 @@ def top_k(op, k, tol=DEFAULT_TOL, seed=0, maxiter=None):
     return _eig(op, "LA", tol, start_vector(op.shape[0], seed), maxiter, k=k)
 
 
+def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
+                   maxiter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest (algebraic) eigenvalues of ``op`` in decreasing order and their
+    unit-norm eigenvectors (float64, shape (n, k)), from the same Lanczos start vector as
+    ``top_k``. Each vector's sign is fixed (its largest-magnitude entry is positive), so
+    the result is reproducible. Raises ``NonFinite`` if a product is not finite and
+    ``ArithmeticError`` if Lanczos finds fewer than ``k`` pairs in ``maxiter`` restarts."""
+    n = op.shape[0]
+
+    def matvec(v):
+        out = op.matvec(v)
+        if not np.isfinite(out).all():
+            raise NonFinite("a Hessian-vector product is not finite (NaN/inf loss here)")
+        return out
+
+    a = LinearOperator(op.shape, dtype=np.float64, matvec=matvec)
+    if n <= k + 1:  # too small for ARPACK: the dense matrix
+        vals, vecs = np.linalg.eigh(a.matmat(np.eye(n)))
+    else:
+        try:
+            vals, vecs = eigsh(a, k=k, which="LA", tol=tol, v0=start_vector(n, seed), maxiter=maxiter)
+        except ArpackNoConvergence as e:
+            if len(e.eigenvalues) < k:
+                raise ArithmeticError(f"Lanczos did not converge in {maxiter} restarts")
+            warnings.warn(f"Lanczos stopped after {maxiter} restarts before reaching tol; "
+                          "using the best estimate")
+            vals, vecs = e.eigenvalues, e.eigenvectors
+    order = np.argsort(vals)[::-1][:k]
+    vals, vecs = np.asarray(vals, dtype=np.float64)[order], np.asarray(vecs, dtype=np.float64)[:, order]
+    vecs /= np.linalg.norm(vecs, axis=0)
+    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
+    return vals, vecs * np.where(signs == 0, 1.0, signs)
+
+
 def hutchinson_trace(op, samples, seed=0):
     """Hutchinson's estimate of tr(op): the mean of vᵀ·op·v over ``samples`` Rademacher
     vectors v; returns (estimate, standard error of the mean, the samples)."""

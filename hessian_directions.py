@@ -1,0 +1,186 @@
+"""A direction file whose x and y are the top-2 eigenvectors of the Hessian: plot the
+landscape along its sharpest directions.
+
+    python hessian_directions.py --model digits_cnn --model_file M.t7 [--dir_file OUT]
+        [--norm none|filter] [--k 2] [--eig_tol 1e-6] [--cuda] [--overwrite]
+    python plot_surface.py --model digits_cnn --model_file M.t7 --dir_file OUT \\
+        --dir_type weights --x=-1:1:51 [--y=-1:1:51]
+
+The Hessian is that of the mean training loss with respect to the parameters with more
+than one dimension (hess_vec_prod.Hessian, the model in eval mode); the direction entries
+of the other parameters (biases, BatchNorm) are zero. ``xdirection`` is the eigenvector
+of the largest eigenvalue, ``ydirection`` (with ``--k 2``, the default) that of the
+second largest. ``--norm none`` (default): both are unit vectors in the full parameter
+space, orthogonal, and vᵀHv equals the eigenvalue, so along x the loss is
+L(0) + g·v·α + λmax·α²/2 + O(α³). ``--norm filter``: each filter is rescaled to the norm
+of the model's filter, like the paper's random directions (then no longer unit-norm nor
+orthogonal, and the curvature along them is no longer the eigenvalue).
+
+The file is in the standard direction layout (net_plotter.write_directions) with root
+attributes ``dir_type`` = "weights", ``eigenvalues``, ``norm``, ``xnorm``/``ynorm``,
+``settings`` and ``recipe`` (JSON: model and checkpoint hash, data, loss, k, norm,
+tolerance, seed). A rerun with the same settings reuses the file; other settings are
+refused unless ``--overwrite``.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import dataloader
+import model_loader
+import mpi4pytorch
+import net_plotter
+from errors import UserError, run_main
+from evaluation import get_loss_fn
+from hess_vec_prod import DEFAULT_CACHE_MB, Hessian, NonFinite, hessian_params, top_eigenpairs
+
+from fileio import check_output_path, check_reuse
+from flags import build_parser as _base_parser
+from flags import parse_args as _parse_args
+from grid import load_run, model_stem
+
+FORMAT_KIND = "hessian_eigenvectors"
+DEFAULT_EIG_TOL = 1e-6
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _base_parser(__doc__.splitlines()[0])
+    g = p.add_argument_group("Hessian directions")
+    g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y)")
+    g.add_argument("--norm", default="none", help="none (unit vectors) or filter (the paper's filter-wise scaling)")
+    g.add_argument("--eig_tol", type=float, default=DEFAULT_EIG_TOL,
+                   help="Lanczos (ARPACK) tolerance")
+    g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
+    g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
+                   help="memory for the gradient graphs kept between products (0: none)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.k not in (1, 2):
+        raise UserError(f"--k must be 1 or 2 (got {args.k})")
+    if args.norm not in ("none", "filter"):
+        raise UserError(f"--norm must be none or filter (got '{args.norm}')")
+    if not np.isfinite(args.eig_tol) or args.eig_tol < 0:
+        raise UserError("--eig_tol must be a finite number >= 0 (0: machine precision)")
+    if args.eig_maxiter is not None and args.eig_maxiter < 1:
+        raise UserError("--eig_maxiter must be >= 1")
+    if args.dir_type != "weights":
+        raise UserError("Hessian directions move the parameters: use --dir_type weights")
+    if args.precision != "fp32":
+        raise UserError("the Hessian is computed in fp32; drop --precision")
+    if args.mpi or mpi4pytorch.launched_size() > 1:
+        raise UserError("hessian_directions.py runs one Lanczos solve: run a single process, without --mpi")
+    if args.model_file2 or args.model_file3:
+        raise UserError("--model_file2/--model_file3 do not apply here: the directions are eigenvectors")
+
+
+def default_dir_file(args: argparse.Namespace) -> str:
+    return model_stem(args) + f"_hessian_top{args.k}_norm={args.norm}.h5"
+
+
+def vectors_to_directions(net: torch.nn.Module, vecs: np.ndarray, norm: str) -> list[list[torch.Tensor]]:
+    """Eigenvectors (n, k) over ``hessian_params(net)`` -> k directions over every
+    parameter of ``net`` (zero where the Hessian is not taken), optionally filter-normalized."""
+    hess = {name: p for name, p in hessian_params(net)}
+    sizes = [p.numel() for p in hess.values()]
+    out = []
+    for j in range(vecs.shape[1]):
+        pieces = dict(zip(hess, torch.from_numpy(vecs[:, j].copy()).split(sizes)))
+        direction = []
+        for name, w in net_plotter.get_entries(net, "weights"):
+            if name in pieces:
+                d = pieces[name].view(w.shape).to(torch.float64)
+                if norm == "filter":
+                    net_plotter.normalize_direction(d, w.detach().cpu().double(), "filter")
+                direction.append(d.to(w.dtype))
+            else:
+                direction.append(torch.zeros(w.shape, dtype=w.dtype))
+        out.append(direction)
+    return out
+
+
+def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: float, seed: int,
+                     maxiter: int | None = None) -> tuple[np.ndarray, list[list[torch.Tensor]]]:
+    """(eigenvalues, [directions]): the top-``k`` eigenpairs of ``op`` (the Hessian of
+    ``net``) as directions over every parameter of ``net``."""
+    try:
+        vals, vecs = top_eigenpairs(op, k, tol, seed, maxiter)
+    except NonFinite:
+        raise UserError("the loss is not finite at this checkpoint (a Hessian-vector product "
+                        "holds NaN/inf): no eigenvectors")
+    except ArithmeticError as e:
+        raise UserError(f"{e}; raise --eig_maxiter or --eig_tol")
+    return vals, vectors_to_directions(net, vecs, norm)
+
+
+def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
+    return {"kind": FORMAT_KIND, "model": args.model,
+            "model_file": os.path.basename(args.model_file),
+            "model_hash": model_loader.file_hash(args.model_file) if args.model_file else f"init(seed={args.seed})",
+            **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+            "k": args.k, "norm": args.norm, "eig_tol": args.eig_tol, "eig_maxiter": args.eig_maxiter,
+            "seed": args.seed, "parameters": n_params}
+
+
+def stored_settings(path: str) -> dict | None:
+    attrs = net_plotter.read_direction_attrs(path)
+    try:
+        return json.loads(attrs.get("settings", "null"))
+    except (TypeError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = _parse_args(build_parser(), argv)
+    check_args(args)
+    out = args.dir_file or default_dir_file(args)
+    check_output_path(out, "--dir_file")
+    if args.model_file and not os.path.isfile(args.model_file):
+        raise UserError(f"checkpoint not found: {args.model_file}")
+    device, data, net = load_run(args, None)
+    net = net.to(device).eval()
+    params = [p for _, p in hessian_params(net)]
+    n_params = sum(p.numel() for p in params)
+    if n_params <= args.k:
+        raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
+    settings = settings_of(args, data, n_params)
+    if os.path.exists(out):
+        if check_reuse(out, stored_settings(out), settings, "direction file", args.overwrite,
+                       hint="pass --overwrite to replace it or choose another --dir_file"):
+            vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
+            print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
+            return out
+    op = Hessian(net, data.train_x.to(device), data.train_y.to(device), get_loss_fn(args.loss_name),
+                 args.batch_size, params, args.hess_cache_mb)
+    t = time.perf_counter()
+    vals, dirs = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed, args.eig_maxiter)
+    seconds = time.perf_counter() - t
+    names = [n for n, _ in net_plotter.get_entries(net, "weights")]
+    norm_attr = "" if args.norm == "none" else args.norm
+    recipe = {"dir_type": "weights", "model": args.model, "model_hash": settings["model_hash"],
+              "hessian_top": args.k, "norm": args.norm}
+    net_plotter.write_directions(
+        out, names, dirs[0], dirs[1] if args.k == 2 else None,
+        attrs={"dir_type": "weights", "eigenvalues": vals, "norm": args.norm, "xnorm": norm_attr,
+               "ynorm": norm_attr if args.k == 2 else "", "xignore": "biasbn",
+               "yignore": "biasbn" if args.k == 2 else "",
+               "settings": json.dumps(settings, sort_keys=True), "recipe": json.dumps(recipe),
+               "hessian_products": op.count})
+    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
+          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
+    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
+          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
+          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
+          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
+    sys.stdout.flush()
+    return out
+
+
+if __name__ == "__main__":
+    run_main(main)
