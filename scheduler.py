@@ -354,8 +354,10 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
     time and ``compute(ks)`` gets a list of ints and returns ``{metric: sequence}`` with
     the values in the same order.
 
-    ``todo`` must be the same on every rank; ``writer`` (rank 0 only) records the
-    results and is saved periodically and at the end. Raises ``Interrupted`` on every
+    ``todo`` must be the same on every rank; ``writer`` (rank 0 only: any object with
+    ``record(indices, values)`` and ``save()``; its ``path`` and ``n_done`` are used in
+    messages when it has them) records the results and is saved periodically and at
+    the end. Raises ``Interrupted`` on every
     rank after SIGTERM/SIGINT to any rank (rank 0 has saved what is done first), and
     ``UserError`` on rank 0 when the file cannot be saved.
     """
@@ -439,9 +441,10 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
             if state.error is not None:
                 raise state.error
             if state.signum is not None and not collector.all_back:
-                print(f"interrupted by {signal.Signals(state.signum).name}: {writer.n_done} points "
-                      f"saved in {writer.path}; ranks still busy after {drain_timeout:g} s are "
-                      "stopped; rerun the same command to resume", file=sys.stderr, flush=True)
+                n, path = getattr(writer, "n_done", "the finished"), getattr(writer, "path", "the file")
+                print(f"interrupted by {signal.Signals(state.signum).name}: {n} points saved in {path}; "
+                      f"ranks still busy after {drain_timeout:g} s are stopped; rerun the same "
+                      "command to resume", file=sys.stderr, flush=True)
                 comm.Abort(128 + state.signum)
         ok = True
     finally:
