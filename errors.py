@@ -3,15 +3,67 @@
 Every script raises ``UserError`` for bad input (a missing file, a wrong flag, a
 checkpoint that does not fit) and wraps its ``main`` in ``run_main``, which prints
 ``error: <message>`` on one line and exits with status 2 -- never a traceback.
+
+Under MPI (once ``mpi4pytorch.setup`` has registered the communicator with
+``set_comm``) an error may be raised on every rank or on some ranks only (a checkpoint
+or data file missing on one node) while the others wait for them in a collective call:
+
+- ``SharedUserError``: raised on every rank at the same moment (``mpi4pytorch.check_all``
+  runs a check on rank 0 and raises its error everywhere). Rank 0 prints it, every rank
+  exits 2 together.
+- any other ``UserError``: the failing rank waits up to ``AGREE_SECONDS`` for the other
+  ranks to fail too (a non-blocking barrier on a communicator of its own, so it cannot
+  be confused with the computation's messages). If they all do, rank 0 prints the
+  message once (or each rank's, as ``error: (rank N) ...``, when they differ) and every
+  rank exits 2. Otherwise the failing rank prints ``error: (rank N) <message>`` and
+  ends the whole job with ``MPI_Abort(2)``: the job never hangs.
 """
 import sys
-
+import time
 
 QUIET = False  # set on MPI ranks other than 0, so that a shared error prints once
+_COMM = None   # a duplicate of the --mpi communicator, when it has more than one rank
+AGREE_SECONDS = 3.0
 
 
 class UserError(Exception):
     """A problem with the user's input; the message says what to do."""
+
+
+class SharedUserError(UserError):
+    """A UserError raised on every MPI rank at once (printed once, no abort needed)."""
+
+
+def set_comm(comm) -> None:
+    """Register the MPI communicator (collective: every rank calls it, at start-up)."""
+    global _COMM
+    _COMM = comm.Dup() if comm is not None and comm.Get_size() > 1 else None
+
+
+def _all_ranks_failed(comm, seconds: float) -> bool:
+    """True if every rank reaches this point within ``seconds`` (never blocks longer)."""
+    req = comm.Ibarrier()
+    deadline = time.monotonic() + seconds
+    while not req.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _mpi_error(comm, message: str) -> None:
+    rank = comm.Get_rank()
+    if _all_ranks_failed(comm, AGREE_SECONDS):
+        messages = comm.gather(message, root=0)
+        if rank == 0:
+            if len(set(messages)) == 1:
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            else:
+                for r, m in enumerate(messages):
+                    print(f"error: (rank {r}) {m}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(f"error: (rank {rank}) {message}", file=sys.stderr, flush=True)
+    comm.Abort(2)
 
 
 def run_main(main, argv=None):
@@ -19,6 +71,8 @@ def run_main(main, argv=None):
     try:
         return main(argv)
     except UserError as e:
+        if _COMM is not None and not isinstance(e, SharedUserError):
+            _mpi_error(_COMM, str(e))
         if not QUIET:
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

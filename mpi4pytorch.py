@@ -7,6 +7,10 @@ compute the whole surface and race on one file) and gives a clear error when
 exception in a rank aborts the whole job, so a failing rank never leaves the others
 hanging.
 
+A ``UserError`` raised on one rank only ends the whole job too (``errors.run_main``
+prints it as ``error: (rank N) ...`` and calls ``MPI_Abort``); one raised by
+``check_all`` on every rank at once prints once and exits 2.
+
 ``local_rank`` is the rank among the processes of the same node: from SLURM, MPICH,
 Open MPI or, failing those, a shared-memory split of the communicator; ``--cuda``
 uses GPU ``local_rank % device_count`` so that several ranks per node spread over the
@@ -18,7 +22,7 @@ import threading
 import traceback
 
 import errors
-from errors import UserError
+from errors import SharedUserError, UserError
 
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
              "SLURM_STEP_NUM_TASKS")
@@ -56,8 +60,26 @@ def setup(use_mpi):
                         "'srun --mpi=none'); use your MPI's mpiexec or srun --mpi=pmi2/pmix")
     if comm.Get_rank() != 0:
         errors.QUIET = True
+    errors.set_comm(comm)
     _abort_on_uncaught(comm)
+    _whole_lines()
     return comm
+
+
+def _whole_lines():
+    """Make every printed line reach the launcher in one write.
+
+    mpiexec forwards each rank's stdout and stderr separately; with unbuffered streams
+    (``python -u``, PYTHONUNBUFFERED) ``print`` writes the text and its newline in two
+    calls, so a line of the other stream can land between them ("...set-up 0.2 sdone:").
+    Line buffering in the text layer joins them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            stream.reconfigure(line_buffering=True, write_through=False)
+        except (AttributeError, ValueError, OSError):
+            pass  # not a standard text stream (a notebook, a test's capture): leave it
 
 
 def _abort_on_uncaught(comm):
@@ -104,11 +126,34 @@ def device_for(comm, cuda):
     return torch.device("cuda", lr % torch.cuda.device_count())
 
 
-def default_threads(comm):
-    """CPU threads per rank: the node's cores shared among its ranks."""
-    _, n = local_rank_and_size(comm)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (os.cpu_count() or cores) // n) if n > 1 else max(1, cores)
+def default_threads(comm) -> int:
+    """CPU threads per rank when ``--threads`` is not given.
+
+    ``OMP_NUM_THREADS`` when it is set to a positive integer (the environment -- a batch
+    system, a loaded shared machine -- knows best); otherwise the cores that this node's
+    ranks may run on (the union of their CPU affinities) divided among those ranks, at
+    least 1: ranks bound to their own cores get their own count, ranks that share the
+    node's cores share them. Collective under MPI (every rank calls it at the same point).
+    """
+    mine = _affinity()
+    cores, n = len(mine), 1
+    if comm is not None:
+        from mpi4py import MPI
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        masks = node.allgather(mine)
+        n = node.Get_size()
+        node.Free()
+        cores = len(set().union(*masks))
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, cores // n)
+
+
+def _affinity() -> set:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
 
 
 def barrier(comm):
@@ -121,14 +166,20 @@ def bcast(comm, obj):
 
 
 def check_all(comm, fn):
-    """Run ``fn`` on rank 0 only; a UserError there is raised on every rank."""
+    """Run ``fn`` on rank 0 only; a UserError there is raised on every rank.
+
+    Under MPI it is raised as ``errors.SharedUserError``: printed once, every rank
+    exits 2 together. Any other exception in ``fn`` aborts the job (see ``setup``).
+    """
     result, err = None, None
     if rank(comm) == 0:
         try:
             result = fn()
         except UserError as e:
+            if comm is None:
+                raise
             err = str(e)
     err = bcast(comm, err)
     if err is not None:
-        raise UserError(err)
+        raise SharedUserError(err)
     return result
