@@ -43,6 +43,16 @@ def _dump(path, rng, n, label):
                      b"filenames": [f"img_{k}.png".encode() for k in range(n)]}, f, protocol=2)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny Hessian products: fastest, and immune to a busy machine)."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory):
     """A folder holding cifar-10-batches-py/ with 300 train and 100 test images."""

@@ -24,13 +24,7 @@ from surface import read_surface
 N_SAMPLES = 23
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny products: one thread is fastest, and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny products: one thread is fastest
 
 
 def tiny_problem():

@@ -18,12 +18,7 @@ from hess_vec_prod import Hessian, hessian_params, top_eigenpairs
 N = 23
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny products: one thread is fastest
 
 
 def tiny():

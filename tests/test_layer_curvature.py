@@ -7,7 +7,6 @@ import sys
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import layer_curvature
 from conftest import REPO
@@ -21,12 +20,7 @@ BLOCKS = {"features.conv": ["features.conv.weight"], "head.fc1": ["head.fc1.weig
           "head.fc2": ["head.fc2.weight"]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny products: one thread is fastest
 
 
 def cmd(tiny, out, *extra):

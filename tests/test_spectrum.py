@@ -46,12 +46,7 @@ def tiny_cnn():
 '''
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny products: one thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -358,12 +358,12 @@ def test_legacy_positional_direction_file_for_released_checkpoint(tmp_path):
     path = str(tmp_path / "legacy_dir.h5")
     with h5py.File(path, "w") as f:
         g = f.create_group("xdirection")
-        for i, (k, v) in enumerate(legacy.items()):
+        for i, v in enumerate(legacy.values()):
             g[str(i)] = np.full(tuple(v.shape), float(i), dtype=np.float32)
     net = model_loader.load("resnet56", ck)
     xdir, _ = net_plotter.read_directions(path, net, "states", False)
     keys = list(legacy)
-    for (name, w), d in zip(net.state_dict().items(), xdir):
+    for name, d in zip(net.state_dict(), xdir):
         if name.endswith("num_batches_tracked"):
             assert not d.any()
         else:
@@ -377,19 +377,21 @@ def test_bad_inputs_one_line_errors_and_files_untouched(ckpts, tmp_path):
     before = (md5(surf), md5(dirf))
     cases = [
         (surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf, "--loss_name", "mse"), "different settings"),
-        (surface_cmd(ckpts[0], str(tmp_path / "s2.h5"), "--x=-1:1:3", "--y=-1:1:3", "--dir_file", dirf), "only an x direction"),
+        (surface_cmd(ckpts[0], str(tmp_path / "s2.h5"), "--x=-1:1:3", "--y=-1:1:3", "--dir_file", dirf),
+         "only an x direction"),
         (surface_cmd(ckpts[0], surf, "--x=-1:1:two"), "integer"),
         (surface_cmd(ckpts[0], surf, "--x", "-1:1"), "min:max:num"),
         (surface_cmd(str(tmp_path / "nope.t7"), surf), "not found"),
-        (["plot_surface.py", "--model", "resnet20", "--model_file", ckpts[0], "--surf_file", surf, *SMALL], "does not fit"),
+        (["plot_surface.py", "--model", "resnet20", "--model_file", ckpts[0], "--surf_file", surf, *SMALL],
+         "does not fit"),
         (surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf, "--dataset", "cifar10",
                      "--datapath", str(tmp_path)), "--download"),
     ]
     for cmd, needle in cases:
         line = assert_one_line_error(run_script(cmd))
         assert needle in line, line
-    p = subprocess.run(["mpiexec", "-n", "2", sys.executable] + surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf),
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    cmd = ["mpiexec", "-n", "2", sys.executable] + surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf)
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "without --mpi" in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.count("error:") == 1
     assert (md5(surf), md5(dirf)) == before
