@@ -51,7 +51,7 @@ import torch
 import model_loader
 import net_plotter
 from errors import UserError, run_main
-from fileio import written_atomically
+from fileio import check_reuse, written_atomically
 
 BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
 
@@ -265,16 +265,16 @@ def run_settings(args, files, epochs):
 
 def _check_existing(path, settings, overwrite, what):
     """Refuse to replace ``path`` unless it was made with ``settings`` or --overwrite."""
-    if not os.path.exists(path) or overwrite:
-        return
-    try:
-        with h5py.File(path, "r") as f:
-            stored = f.attrs.get("settings")
-    except OSError:
-        stored = None
-    if stored is None or json.loads(stored) != json.loads(json.dumps(settings)):
-        raise UserError(f"{what} {path} exists and was made from other checkpoints or settings; "
-                        "pass --overwrite to replace it or choose another path")
+    stored = None
+    if os.path.exists(path) and not overwrite:
+        try:
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("settings")
+            stored = json.loads(raw) if raw is not None else None
+        except (OSError, ValueError):
+            stored = None
+    check_reuse(path, stored, json.loads(json.dumps(settings)), what, overwrite,
+                hint="pass --overwrite to replace it or choose another path")
 
 
 def default_pca_file(args, files):
