@@ -19,6 +19,7 @@ node's GPUs.
 import os
 import sys
 import threading
+import time
 import traceback
 
 import errors
@@ -84,8 +85,16 @@ def _whole_lines():
 
 def _abort_on_uncaught(comm):
     def hook(exc_type, exc, tb):
-        traceback.print_exception(exc_type, exc, tb)
-        sys.stderr.flush()
+        # the whole traceback in one write straight to the descriptor, and a moment for the
+        # launcher to forward it, before the abort tears the job down (else its last lines,
+        # the ones that say what happened, can be lost)
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        try:
+            sys.stderr.flush()
+            os.write(2, text.encode(errors="replace"))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.3)
         comm.Abort(1)
 
     sys.excepthook = hook
