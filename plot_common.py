@@ -161,11 +161,11 @@ def describe(surf: Surface, width: int = 80) -> str:
         ignores = {get("xignore"), get("yignore")} - {""}
         if ignores:
             dirs.append("ignore " + "/".join(sorted(ignores)))
+    if get("directions_hash") and dirs:
+        dirs[0] += f" ({get('directions_hash')[:8]})"
     for k in ("seed", "idx"):
         if get(k):
             dirs.append(f"{k}={get(k)}")
-    if get("directions_hash"):
-        dirs.append(f"dirs {get('directions_hash')[:8]}")
 
     data = []
     if get("dataset"):
@@ -184,8 +184,10 @@ def describe(surf: Surface, width: int = 80) -> str:
     if get("precision") and get("precision") != "fp32":
         data.append(get("precision"))
 
-    lines = [net, ", ".join(dirs), ", ".join(data)]
-    return "\n".join(_shorten(line, width) for line in lines if line)
+    import textwrap
+    lines = [_shorten(net, width)] + [textwrap.fill(", ".join(part), width, break_on_hyphens=False)
+                                      for part in (dirs, data) if part]
+    return "\n".join(line for line in lines if line)
 
 
 def _grid_text(r, axis):

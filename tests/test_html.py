@@ -53,7 +53,7 @@ def test_2d_html_renders_surface_and_contour(tmp_path):
                 if p.endswith(".html"))
     assert os.path.basename(html) == "surf.h5_train_loss_interactive.html"
     text = check_self_contained(html)
-    assert "x=%{x" in text and "train_loss=%{z" in text     # hover: coordinates and value
+    assert "x=%{x" in text and "train_loss=%{customdata" in text  # hover: coordinates and the raw value
 
     png = tmp_path / "shot.png"
     dom = chromium(tmp_path, html, "--dump-dom", f"--screenshot={png}").stdout
