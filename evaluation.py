@@ -138,13 +138,13 @@ class Evaluator:
 
     ``engine`` (``ENGINES``): ``eager`` runs ``net`` as it is; ``fused`` runs
     ``inference.FusedModel`` (BatchNorm folded into the preceding conv/linear layer,
-    refolded from the current weights at every call, channels_last where a probe says it
-    is faster); ``compiled`` is the fused model under ``torch.compile`` (full batches;
-    minutes of compilation on a CPU, reused for every point); ``auto`` picks the faster
-    of eager and fused on a probe batch. Any model works: where nothing folds, or the
-    model does not trace, or the fused output differs from eager on a probe batch, the
-    evaluator runs eager. ``path`` says what runs, e.g. ``fused (56 conv+bn folded),
-    channels_last``.
+    refolded from the current weights at every call, channels_last for image batches);
+    ``compiled`` is the fused model under ``torch.compile`` (full batches; minutes of
+    compilation on a CPU, reused for every point); ``auto`` is ``fused`` (the same fixed
+    choice on every rank and every rerun, so results are reproducible bit for bit). Any
+    model works: where nothing folds, or the model does not trace, or the fused output
+    differs from eager on a probe batch, the evaluator runs eager. ``path`` says what
+    runs, e.g. ``fused (56 conv+bn folded), channels_last``.
 
     ``evaluate_points(perturb, points)`` evaluates several grid points in one pass
     (stacked weights under ``torch.func.vmap``); ``probe_points_per_pass`` picks how many.
@@ -217,38 +217,12 @@ class Evaluator:
         if not self._agrees(fused, example):
             self.path = "eager (fused output differs from eager on a probe batch)"
             return
-        xb = self.x[:min(self.batch_size, len(self.x))]
-        xcl = xb.contiguous(memory_format=torch.channels_last) if xb.dim() == 4 else None
-
-        def as_fused(channels_last):
-            def run():
-                if fused.channels_last != channels_last:
-                    with torch.inference_mode(False):  # the twin's tensors stay normal tensors
-                        fused.set_channels_last(channels_last)
-                        fused.refresh()
-                fused(xcl if channels_last else xb)
-            return run
-        runs = {"fused": as_fused(False)}
-        if xcl is not None:
-            runs["fused_channels_last"] = as_fused(True)
-        if engine == "auto":
-            runs["eager"] = lambda: self.net(xb)
-        best = dict.fromkeys(runs, float("inf"))
-        with torch.inference_mode(), precision_mode(self.precision, self.device):
-            for _ in range(2):  # warm-up: oneDNN builds its primitives per shape and format
-                for run in runs.values():
-                    run()
-            for _ in range(3):  # interleaved, best of 3: robust on a shared machine
-                for k, run in runs.items():
-                    best[k] = min(best[k], _best_time(run, self.device, reps=1))
-        t_eager = best.get("eager", 0.0)
-        t_fused, t_cl = best["fused"], best.get("fused_channels_last", float("inf"))
-        fused.set_channels_last(t_cl < t_fused)
+        # A fixed rule, not a timing probe: every rank and every rerun must take the same
+        # path, so that 2 ranks equal 1 and a resumed file equals an uninterrupted one bit
+        # for bit. channels_last for image batches: faster for every zoo model measured
+        # (doc/engine.md), and the fold was no slower than eager on any of them.
+        fused.set_channels_last(self.x.dim() == 4)
         fused.refresh()
-        self.probe_seconds = {"eager": t_eager, "fused": t_fused, "fused_channels_last": t_cl}
-        if engine == "auto" and t_eager <= min(t_fused, t_cl):
-            self.path = f"eager (fused no faster on a probe batch: {fused.describe()})"
-            return
         self._fused = fused
         self.path = fused.describe()
         if engine == "compiled":

@@ -47,10 +47,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=128, help="evaluation batch size")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32 (exact), tf32 or bf16")
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="auto: the fastest exact path (BatchNorm folded into the layer before it where "
-                        "the pattern is recognised, else eager); eager; fused; compiled")
-    p.add_argument("--points_per_pass", default="auto",
-                   help="grid points evaluated in one pass (stacked weights); auto: chosen by a short probe")
+                   help="auto: BatchNorm folded into the layer before it where the pattern is recognised "
+                        "(exact to 1e-5, channels_last for images), else eager; eager; fused; compiled")
+    p.add_argument("--points_per_pass", default="1",
+                   help="grid points evaluated in one pass (stacked weights, equal to one at a time within "
+                        "1e-6); auto: chosen by a short timing probe")
     dataloader.add_data_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="digits_cnn", help="zoo name (vgg9, resnet56, ..., digits_cnn) or "

@@ -341,7 +341,7 @@ def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int
                   for s in splits}
     first = evaluators[splits[0]]
     k = first.probe_points_per_pass(run.perturb) if points_per_pass == "auto" else int(points_per_pass)
-    run.chunk = max(1, k)
+    run.chunk = max(1, mpi4pytorch.bcast(run.comm, k))  # rank 0's choice: the same K on every rank
     run.notes.append(f"engine: {first.path}" + (f"; {run.chunk} points per pass" if run.chunk > 1 else ""))
 
     def compute(k):
