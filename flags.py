@@ -49,7 +49,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="auto: BatchNorm folded into the layer before it where the pattern is recognised "
                         "(exact to 1e-5, channels_last for images), else eager; eager; fused; compiled")
-    p.add_argument("--points_per_pass", default="1",
+    p.add_argument("--points_per_pass", default=1,
                    help="grid points evaluated in one pass (stacked weights, equal to one at a time within "
                         "1e-6); auto: chosen by a short timing probe")
     dataloader.add_data_args(p)
