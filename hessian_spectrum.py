@@ -70,9 +70,7 @@ def check_args(args):
         raise UserError(f"--sigma must be a finite number > 0, got {args.sigma}")
     if args.n_grid < 2:
         raise UserError(f"--n_grid must be >= 2, got {args.n_grid}")
-    if args.y is not None or args.model_file2 or args.model_file3:
-        raise UserError("hessian_spectrum.py computes one point: use --at x[,y] --dir_file D, "
-                        "not --y/--model_file2/--model_file3")
+    phe.one_point_only(args, "hessian_spectrum.py")
 
 
 def spectrum_file(args):

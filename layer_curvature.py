@@ -69,9 +69,7 @@ def check_args(args):
     args.groups = [g.strip() for item in args.group for g in item.split(",")]
     if any(not g for g in args.groups):
         raise UserError("--group needs module name prefixes, e.g. --group layer1 or --group layer1,layer2")
-    if args.y is not None or args.model_file2 or args.model_file3:
-        raise UserError("layer_curvature.py computes one point: use --at x[,y] --dir_file D, "
-                        "not --y/--model_file2/--model_file3")
+    phe.one_point_only(args, "layer_curvature.py")
 
 
 def blocks_of(args, net):

@@ -83,6 +83,13 @@ def _finite(value):
     return value is not None and math.isfinite(value)
 
 
+def one_point_only(args, script):
+    """The single-point scripts take their point from --at, not from a grid or checkpoints."""
+    if args.y is not None or args.model_file2 or args.model_file3:
+        raise UserError(f"{script} computes one point: use --at x[,y] --dir_file D, "
+                        "not --y/--model_file2/--model_file3")
+
+
 def check_hessian_args(args):
     """Refuse bad Hessian flags with one line, before any work (shared by the scripts)."""
     if args.test:

@@ -43,6 +43,33 @@ def _dump(path, rng, n, label):
                      b"filenames": [f"img_{k}.png".encode() for k in range(n)]}, f, protocol=2)
 
 
+def exact_hessian(net, x, y, loss_sum, names=None):
+    """The dense float64 Hessian of the mean loss over (x, y) w.r.t. the parameters
+    ``names`` (default: all with > 1 dimension, as hess_vec_prod's), the others fixed, by
+    torch.autograd.functional.hessian: the reference the Hessian tests compare against."""
+    import copy
+
+    import torch
+    from torch.func import functional_call
+
+    from hess_vec_prod import hessian_params
+    names = names or [n for n, _ in hessian_params(net)]
+    net64 = copy.deepcopy(net).double().eval()
+    state = {k: v.double() for k, v in net64.state_dict().items()}
+    shapes = [state[n].shape for n in names]
+    x = x.double()
+
+    def mean_loss(w):
+        params, i = dict(state), 0
+        for n, s in zip(names, shapes):
+            params[n] = w[i:i + s.numel()].view(s)
+            i += s.numel()
+        return loss_sum(functional_call(net64, params, (x,)), y) / len(y)
+
+    w0 = torch.cat([state[n].reshape(-1) for n in names])
+    return torch.autograd.functional.hessian(mean_loss, w0).numpy()
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (tiny Hessian products: fastest, and immune to a busy machine)."""

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 import model_loader
 import net_plotter
 from cifar10.models import MODELS
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import REPO, assert_one_line_error, exact_hessian, run_script
 from evaluation import get_loss_fn
-from hess_vec_prod import Hessian, hessian_params, hutchinson_trace, min_max_eigs, top_k
+from hess_vec_prod import Hessian, hutchinson_trace, min_max_eigs, top_k
 from surface import read_surface
 
 N_SAMPLES = 23
@@ -33,24 +32,6 @@ def tiny_problem():
     net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     x, y = torch.randn(N_SAMPLES, 6), torch.randint(0, 4, (N_SAMPLES,))
     return net, x, y
-
-
-def exact_hessian(net, x, y, loss_sum):
-    """The dense Hessian of the mean loss w.r.t. the > 1-D parameters, in float64."""
-    names = [n for n, _ in hessian_params(net)]
-    shapes = [p.shape for _, p in hessian_params(net)]
-    net64 = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4)).double()
-    state = {k: v.double() for k, v in net.state_dict().items()}
-
-    def mean_loss(w):
-        params, i = dict(state), 0
-        for n, s in zip(names, shapes):
-            params[n] = w[i:i + s.numel()].view(s)
-            i += s.numel()
-        return loss_sum(functional_call(net64, params, (x.double(),)), y) / len(y)
-
-    w0 = torch.cat([state[n].reshape(-1) for n in names])
-    return torch.autograd.functional.hessian(mean_loss, w0).numpy()
 
 
 @pytest.mark.slow

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 import hessian_directions
 import net_plotter
 from cifar10.models import MODELS
-from conftest import run_script
+from conftest import exact_hessian, run_script
 from evaluation import get_loss_fn
 from hess_vec_prod import Hessian, hessian_params, top_eigenpairs
 
@@ -26,23 +25,6 @@ def tiny():
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
     return net, torch.randn(N, 5), torch.randint(0, 3, (N,))
-
-
-def exact_hessian(net, x, y, loss_sum):
-    names = [n for n, _ in hessian_params(net)]
-    shapes = [p.shape for _, p in hessian_params(net)]
-    net64 = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    state = {k: v.double() for k, v in net.state_dict().items()}
-
-    def mean_loss(w):
-        params, i = dict(state), 0
-        for n, s in zip(names, shapes):
-            params[n] = w[i:i + s.numel()].view(s)
-            i += s.numel()
-        return loss_sum(functional_call(net64, params, (x.double(),)), y) / len(y)
-
-    w0 = torch.cat([state[n].reshape(-1) for n in names])
-    return torch.autograd.functional.hessian(mean_loss, w0).numpy()
 
 
 def flat(direction, net):

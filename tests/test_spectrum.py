@@ -3,7 +3,6 @@ the exact spectrum of a small network; 2 MPI ranks == 1 rank; resume after kill 
 the table of bad Hessian inputs of all three Hessian scripts (one line, exit 2, nothing
 written, existing files intact)."""
 import argparse
-import copy
 import importlib.util
 import os
 import signal
@@ -14,15 +13,16 @@ import time
 import h5py
 import numpy as np
 import pytest
+
+import conftest
 import torch
 from scipy.stats import wasserstein_distance
-from torch.func import functional_call
 
 import errors
 import hess_vec_prod
 from conftest import REPO, run_script
 from evaluation import get_loss_fn
-from hess_vec_prod import Hessian, hessian_params, lanczos, slq_nodes, slq_start, spectral_density
+from hess_vec_prod import Hessian, lanczos, slq_nodes, slq_start, spectral_density
 
 N_SAMPLES = 40
 TINY_SOURCE = '''"""A tiny CNN for the 8x8 digits (186 weights with > 1 dimension), for the tests."""
@@ -73,24 +73,8 @@ def digits(n):
 
 
 def exact_hessian(net, data, names=None, loss_name="crossentropy"):
-    """The dense float64 Hessian of the mean loss w.r.t. the parameters ``names`` (default:
-    all with > 1 dimension), the others fixed, by torch.autograd.functional.hessian."""
-    names = names or [n for n, _ in hessian_params(net)]
-    net64 = copy.deepcopy(net).double().eval()
-    state = {k: v.double() for k, v in net64.state_dict().items()}
-    shapes = [state[n].shape for n in names]
-    x, y = data.train_x.double(), data.train_y
-    loss_sum = get_loss_fn(loss_name)
-
-    def mean_loss(w):
-        params, i = dict(state), 0
-        for n, s in zip(names, shapes):
-            params[n] = w[i:i + s.numel()].view(s)
-            i += s.numel()
-        return loss_sum(functional_call(net64, params, (x,)), y) / len(y)
-
-    w0 = torch.cat([state[n].reshape(-1) for n in names])
-    return torch.autograd.functional.hessian(mean_loss, w0).numpy()
+    """conftest.exact_hessian over a data set's training split."""
+    return conftest.exact_hessian(net, data.train_x, data.train_y, get_loss_fn(loss_name), names)
 
 
 def operator(tiny):
