@@ -374,8 +374,8 @@ def _custom(spec: str) -> Data:
         train, test = out
     except (TypeError, ValueError):
         raise UserError(f"--dataset {spec} must return (train, test), got {type(out).__name__}")
-    tx, ty = _as_tensors(train, spec, "train")
-    vx, vy = _as_tensors(test, spec, "test")
+    tx, ty = as_tensors(train, f"--dataset {spec}", "train")
+    vx, vy = as_tensors(test, f"--dataset {spec}", "test")
     if tx.shape[1:] != vx.shape[1:]:
         raise UserError(f"--dataset {spec}: train images {tuple(tx.shape[1:])} and test images "
                         f"{tuple(vx.shape[1:])} differ in shape")
@@ -386,9 +386,11 @@ def _custom(spec: str) -> Data:
     return Data(tx, ty, vx, vy, spec, num_classes)
 
 
-def _as_tensors(part: Any, spec: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(part: Any, what: str, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float32, labels int64) from an (images, labels) pair or a torch Dataset of
+    (image, label) items; ``what`` and ``which`` name the source in the one-line errors."""
     import torch
-    bad = (f"--dataset {spec}: the {which} split must be (images, labels) or a torch Dataset "
+    bad = (f"{what}: the {which} split must be (images, labels) or a torch Dataset "
            "of (image, label) items, with one integer label per image")
     try:
         if isinstance(part, torch.utils.data.Dataset) and not isinstance(part, tuple):
@@ -406,7 +408,7 @@ def _as_tensors(part: Any, spec: str, which: str) -> tuple[torch.Tensor, torch.T
             not torch.equal(y, y.round()) or y.is_complex() or x.is_complex():
         raise UserError(f"{bad} (got images {tuple(x.shape)}, labels {tuple(y.shape)})")
     if not len(y):
-        raise UserError(f"--dataset {spec}: the {which} split is empty")
+        raise UserError(f"{what}: the {which} split is empty")
     return x.float().contiguous(), y.long()
 
 

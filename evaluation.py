@@ -78,25 +78,29 @@ def get_loss_fn(name):
         mse.needs_classes, mse.loss_name = True, name
         return mse
     if ":" in name:
-        fn = import_object(name, "--loss_name")
-
-        def custom(out, y):
-            loss = fn(out, y)
-            if not torch.is_tensor(loss):
-                raise UserError(f"--loss_name {name} returned {type(loss).__name__}; it must "
-                                f"return a tensor of per-sample losses (shape ({len(y)},)) or "
-                                "their batch mean (a 0-d tensor)")
-            if loss.dim() == 0:
-                return loss * len(y)
-            if tuple(loss.shape) != (len(y),):
-                raise UserError(f"--loss_name {name} returned shape {tuple(loss.shape)} for a "
-                                f"batch of {len(y)}; it must return per-sample losses (shape "
-                                f"({len(y)},)) or their batch mean (a 0-d tensor)")
-            return loss.sum()
-        custom.loss_name = name
-        return custom
+        return summed_loss(import_object(name, "--loss_name"), name)
     raise UserError(f"unknown --loss_name '{name}'; use crossentropy, mse or "
                     "package.module:function")
+
+
+def summed_loss(fn: Callable, name: str) -> Callable:
+    """The batch's summed loss from ``fn(outputs, targets)``, which must return per-sample
+    losses (shape (B,)) or their batch mean (0-d); anything else is a one-line UserError."""
+    def custom(out, y):
+        loss = fn(out, y)
+        if not torch.is_tensor(loss):
+            raise UserError(f"--loss_name {name} returned {type(loss).__name__}; it must "
+                            f"return a tensor of per-sample losses (shape ({len(y)},)) or "
+                            "their batch mean (a 0-d tensor)")
+        if loss.dim() == 0:
+            return loss * len(y)
+        if tuple(loss.shape) != (len(y),):
+            raise UserError(f"--loss_name {name} returned shape {tuple(loss.shape)} for a "
+                            f"batch of {len(y)}; it must return per-sample losses (shape "
+                            f"({len(y)},)) or their batch mean (a 0-d tensor)")
+        return loss.sum()
+    custom.loss_name = name
+    return custom
 
 
 @contextlib.contextmanager

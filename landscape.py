@@ -38,7 +38,7 @@ import grid
 import mpi4pytorch
 import net_plotter
 from errors import UserError
-from evaluation import get_loss_fn
+from evaluation import get_loss_fn, summed_loss
 from flags import DIR_TYPES, IGNORES, NORMS
 from surface import SurfaceWriter
 
@@ -83,8 +83,8 @@ def surface(model: torch.nn.Module, data: Any, loss: str | Callable = "crossentr
     data = _as_data(data, test_data)
     splits = ["train"] + (["test"] if test_data is not None else [])
     metrics = grid.metrics_for(splits)
-    loss_fn = _summed(loss) if callable(loss) else get_loss_fn(loss)
-    loss_name = getattr(loss, "__qualname__", "callable") if callable(loss) else loss
+    loss_name = (getattr(loss, "__qualname__", None) or type(loss).__name__) if callable(loss) else loss
+    loss_fn = summed_loss(loss, loss_name) if callable(loss) else get_loss_fn(loss)
 
     xdir, ydir, new = _directions(net, model2, model3, yr is not None, dir_type, norm, ignore, seed, idx, dir_file)
     xcoords = np.linspace(*xr)
@@ -127,14 +127,6 @@ def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, data: Any,
 
 
 # ------------------------------------------------------------------------- helpers
-def _summed(fn):
-    """The batch's summed loss from a callable returning per-sample losses or their mean."""
-    def loss_sum(out, y):
-        v = fn(out, y)
-        return v.sum() if v.dim() > 0 else v * len(y)
-    return loss_sum
-
-
 def _range(r, name):
     try:
         lo, hi, n = r
@@ -147,26 +139,17 @@ def _range(r, name):
 
 
 def _as_data(train, test):
-    tx, ty = _pair(train, "data")
-    vx, vy = _pair(test, "test_data") if test is not None else (tx[:0], ty[:0])
-    if len(ty) == 0:
-        raise UserError("data is empty")
+    tx, ty = _pair(train, "train")
+    vx, vy = _pair(test, "test") if test is not None else (tx[:0], ty[:0])
     return dataloader.Data(tx, ty, vx, vy, "in-memory", int(max(ty.max(), vy.max() if len(vy) else 0)) + 1)
 
 
-def _pair(d, what):
-    """(images, labels) tensors from a pair, a Dataset or a DataLoader."""
+def _pair(d, which):
+    """(images, labels) tensors from a pair, a Dataset or a DataLoader (read once)."""
     if isinstance(d, torch.utils.data.DataLoader):
         xs, ys = zip(*[(xb, yb) for xb, yb in d])
-        return torch.cat([torch.as_tensor(a) for a in xs]).float(), torch.cat([torch.as_tensor(b) for b in ys]).long()
-    if isinstance(d, torch.utils.data.Dataset):
-        items = [d[i] for i in range(len(d))]
-        return torch.stack([torch.as_tensor(a) for a, _ in items]).float(), torch.as_tensor([int(b) for _, b in items])
-    try:
-        a, b = d
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be (images, labels), a Dataset or a DataLoader")
-    return torch.as_tensor(a).float(), torch.as_tensor(b).long()
+        d = (torch.cat([torch.as_tensor(a) for a in xs]), torch.cat([torch.as_tensor(b) for b in ys]))
+    return dataloader.as_tensors(d, "landscape.surface data", which)
 
 
 def _directions(net, model2, model3, two_d, dir_type, norm, ignore, seed, idx, dir_file):

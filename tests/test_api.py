@@ -92,6 +92,12 @@ def test_api_bad_input_is_one_clear_error():
         landscape.surface(net, (d.train_x, d.train_y), x=(-1, 1, 1))
     with pytest.raises(Exception, match="norm one of"):
         landscape.surface(net, (d.train_x, d.train_y), norm="bogus")
+    with pytest.raises(Exception, match=r"returned shape \(\d+, 10\)"):  # not summed silently
+        landscape.surface(net, (d.train_x, d.train_y), x=(-1, 1, 2),
+                          loss=lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none")[:, None]
+                          * torch.ones(1, 10))
+    with pytest.raises(Exception, match="integer label"):
+        landscape.surface(net, (d.train_x, d.train_y[:10]), x=(-1, 1, 2))
 
 
 API_UNDER_MPI = textwrap.dedent("""
