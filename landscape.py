@@ -91,9 +91,8 @@ def surface(model: torch.nn.Module, data: Any, loss: str | Callable = "crossentr
     ycoords = np.linspace(*yr) if yr is not None else None
     settings = {
         "kind": "loss", "model": type(model).__name__,
-        "model_hash": net_plotter.tensors_hash(list(net.state_dict().values())),
-        "data_hash": net_plotter.tensors_hash([data.train_x, data.train_y, data.test_x, data.test_y]),
-        "n_train": len(data.train_y), "n_test": len(data.test_y), "loss_name": loss_name,
+        "model_hash": dataloader.tensor_hash(*net.state_dict().values()),
+        **dataloader.data_settings(None, data), "loss_name": loss_name,
         "dir_type": dir_type, "directions_hash": net_plotter.directions_hash(xdir, ydir),
         "xnorm": "" if model2 is not None else norm, "ynorm": "" if model3 is not None else norm,
         "xignore": ignore, "yignore": ignore, "x": list(xr), "y": list(yr) if yr else None,

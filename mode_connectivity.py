@@ -46,7 +46,6 @@ refused unless ``--overwrite``. ``--mpi``: training runs on rank 0 (the other ra
 wait without spinning), the evaluation points are shared among all ranks.
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -255,14 +254,6 @@ def barrier_heights(t, loss) -> dict:
     i, j = int(np.argmax(above_max)), int(np.argmax(above_line))
     return {"barrier_max": float(above_max[i]), "t_max": float(t[i]),
             "barrier_interp": float(above_line[j]), "t_interp": float(t[j])}
-
-
-def tensors_hash(tensors) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        h.update(k.encode())
-        h.update(tensors[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def load_curve(path: str, model: str) -> Curve:
@@ -586,7 +577,8 @@ def main(argv=None):
         with torch.no_grad():
             for k, v in saved["bend"].items():
                 curve.bend[k].copy_(v.to(device))
-    eval_settings = {**settings, "kind": "mode_connectivity", "bend_hash": tensors_hash(curve.bend),
+    bend_hash = dataloader.tensor_hash(*(curve.bend[k] for k in sorted(curve.bend)))
+    eval_settings = {**settings, "kind": "mode_connectivity", "bend_hash": bend_hash,
                      "points": args.points, "bn_update": bool(bn_update), "precision": args.precision,
                      "test": bool(args.test)}
     writer, ts, splits = evaluate(args, comm, rank, net, curve, data, device, bn_update, eval_settings)

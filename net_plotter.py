@@ -179,18 +179,13 @@ def _read_group(g, entries, path, dir_type):
     return out
 
 
-def tensors_hash(*groups):
-    """Content hash of lists of tensors (first 16 hex digits of a SHA-256)."""
-    h = hashlib.sha256()
-    for tensors in groups:
-        for t in tensors or []:
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def directions_hash(*directions):
     """Content hash of directions: identifies them in a surface file's settings."""
-    return tensors_hash(*directions)
+    h = hashlib.sha256()
+    for direction in directions:
+        for t in direction or []:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Perturbation:
