@@ -185,10 +185,11 @@ def grid_mode(args):
 
 def prepare_grid(args):
     """grid.prepare with our metrics; the surface file gets a ``_hessian`` name."""
-    if not args.surf_file:
-        dir_file = grid.name_direction_file(args)
-        args.surf_file = grid.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
-    return grid.prepare(args, METRICS, kind="hessian",
+    spec = flags.spec_of(args)
+    if not spec.surf_file:
+        dir_file = grid.name_direction_file(spec)
+        spec = flags.spec_of(args, surf_file=grid.name_surface_file(spec, dir_file)[:-len(".h5")] + "_hessian.h5")
+    return grid.prepare(spec, METRICS, kind="hessian",
                         extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
 
 
