@@ -369,8 +369,10 @@ def start(comm: Any, spec: Any, loaded: Loaded, opened: tuple, t0: float) -> Run
     dir_file, surf_file, writer, settings, xdir, ydir = opened if rank == 0 else (None,) * 6
     dir_file, surf_file, settings = mpi4pytorch.bcast(comm, (dir_file, surf_file, settings))
     net = loaded.net
-    if rank != 0:
+    if rank != 0 and dir_file:
         xdir, ydir = net_plotter.read_directions(dir_file, net, spec.dir_type, spec.y is not None)
+    elif rank != 0:  # no file (the API in memory): the same directions, made again (deterministic)
+        xdir, ydir, _, _ = directions_for(spec, loaded, "")
     if spec.ngpu > 1 and spec.cuda and comm is None:
         net = torch.nn.DataParallel(net, device_ids=list(range(spec.ngpu)))
     net = net.to(loaded.device).eval()
@@ -444,8 +446,8 @@ def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int
 
 def compute_grid(spec: Any, run: Run, compute: Callable, desc: str = "surface") -> None:
     """Run ``compute(k)`` over the missing points; exit cleanly on SIGTERM/SIGINT."""
-    execute(run, compute, save_every=spec.save_every, progress=not getattr(spec, "no_progress", not spec.progress),
-            desc=desc)
+    progress = spec.progress if isinstance(spec, RunSpec) else not spec.no_progress
+    execute(run, compute, save_every=spec.save_every, progress=progress, desc=desc)
 
 
 def execute(run: Run, compute: Callable, save_every: float = 10.0, progress: bool = True,

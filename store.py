@@ -161,7 +161,7 @@ class ResultStore:
             shape: Shape = (max(self.shape[0], len(done)),)
         else:
             shape = self.shape
-        if done.shape[1:] != shape[1:] or (done.shape[0] != shape[0] and not grow):
+        if done.shape != shape and not (grow and len(shape) == 1 and done.ndim == 1):
             raise UserError(f"{self.path} does not hold the items of this run ({done.shape} stored, "
                             f"{self.shape} wanted); {self.hint}")
         missing = [k for k in self.fields if k not in values]
