@@ -36,7 +36,7 @@ import mpi4pytorch
 import net_plotter
 from errors import UserError
 from evaluation import Evaluator, get_loss_fn, keep_freed_memory
-from fileio import check_not_input, check_output_path, check_replaceable, parse_settings
+from fileio import check_not_input, check_output_path, check_reuse, parse_settings
 import runner
 from spec import RunSpec
 from surface import SurfaceStore
@@ -249,13 +249,12 @@ def _reusable_direction_file(spec: Any, dir_file: str, recipe: dict) -> bool:
         return False
     if spec.dir_file:
         return True  # the user's own file is used as it is, never modified
-    if spec.overwrite:
-        check_replaceable(dir_file, "direction file")
-        return False
-    made = net_plotter.read_direction_attrs(dir_file).get("recipe")
-    stored = parse_settings(made, dir_file) if made else None
-    return runner.reuse(dir_file, stored, recipe, "direction file",
-                        hint="delete it, pass --overwrite, or choose another --idx/--seed/--dir_file")
+
+    def stored() -> dict | None:
+        made = net_plotter.read_direction_attrs(dir_file).get("recipe")
+        return parse_settings(made, dir_file) if made else None
+    return check_reuse(dir_file, stored, recipe, "direction file", spec.overwrite,
+                       hint="delete it, pass --overwrite, or choose another --idx/--seed/--dir_file")
 
 
 def directions_for(spec: Any, loaded: Loaded, dir_file: str) -> tuple[list, list | None, dict, bool]:

@@ -218,15 +218,12 @@ class ResultStore:
         return self.keys.index(key)
 
     def record(self, indices: Sequence[int], values: Mapping[str, Any]) -> None:
-        """Store results: ``values[field]`` holds one value per index (a list), or the
-        value of the one index."""
-        indices = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
-        for j, i in enumerate(indices):
-            at = np.unravel_index(i, self.done.shape)
-            for k in self.fields:
-                v = values[k][j] if isinstance(values[k], (list, tuple)) else values[k]
-                self.values[k][at] = np.asarray(v, dtype=np.float64)
-            self.done[at] = True
+        """Store results: ``values[field]`` holds one value per index (a list, or an array
+        with one row per index), or one value for all of them (an array of the field's shape)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        for k, (item, _) in self.fields.items():
+            self.values[k].reshape(-1, *item)[indices] = np.asarray(values[k], dtype=np.float64)
+        self.done.reshape(-1)[indices] = True
         self.dirty = True
 
     # ------------------------------------------------------------------ saving
