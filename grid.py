@@ -333,6 +333,7 @@ def _check_outputs(spec: Any, dir_file: str, surf_file: str | None) -> None:
         check_output_path(surf_file, "surface file")
     if dir_file:
         check_output_path(dir_file, "direction file")
+    if dir_file and not (spec.dir_file and os.path.exists(dir_file)):  # to be written: never an input
         check_not_input(dir_file, "direction file", runner.without(runner.inputs_of(spec), "--dir_file"))
     if surf_file and dir_file and os.path.abspath(surf_file) == os.path.abspath(dir_file):
         raise UserError(f"--surf_file and the direction file are the same file ({surf_file}); writing the "

@@ -161,6 +161,22 @@ def _as_data(train, test):
     return dataloader.Data(tx, ty, vx, vy, "in-memory", int(max(ty.max(), vy.max() if len(vy) else 0)) + 1)
 
 
+def _read_loader(loader: Any, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole of a DataLoader of (images, labels) batches, concatenated."""
+    xs, ys = [], []
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            keys = f" with keys {list(batch)}" if isinstance(batch, dict) else ""
+            raise UserError(f"the {which} DataLoader must yield (images, labels) batches, not "
+                            f"{type(batch).__name__}{keys}")
+        xs.append(torch.as_tensor(batch[0]))
+        ys.append(torch.as_tensor(batch[1]))
+    try:
+        return torch.cat(xs), torch.cat(ys)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"the {which} DataLoader's batches do not stack ({str(e).splitlines()[0][:120]})")
+
+
 def _pair(d, which):
     """(images, labels) tensors from a pair, a Dataset or a DataLoader (read once)."""
     if isinstance(d, torch.utils.data.DataLoader):
@@ -168,10 +184,5 @@ def _pair(d, which):
             raise UserError(f"the {which} DataLoader shuffles (shuffle=True): its order changes at every "
                             "pass, so the data hash -- and a resume -- could never match; give a "
                             "DataLoader with shuffle=False, or the Dataset itself")
-        try:
-            xs, ys = zip(*[(xb, yb) for xb, yb in d])
-        except (TypeError, ValueError) as e:
-            raise UserError(f"the {which} DataLoader must yield (images, labels) batches, not "
-                            f"{type(next(iter(d))).__name__} ({str(e).splitlines()[0][:100]})")
-        d = (torch.cat([torch.as_tensor(a) for a in xs]), torch.cat([torch.as_tensor(b) for b in ys]))
+        d = _read_loader(d, which)
     return dataloader.as_tensors(d, "landscape.surface data", which)

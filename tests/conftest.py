@@ -107,3 +107,15 @@ def assert_one_line_error(p):
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert lines and lines[-1].startswith("error: "), p.stderr
     return lines[-1]
+
+
+def snapshot_files(folder):
+    """{path: bytes} of every file under ``folder`` (hidden ones too): compare two to see
+    that nothing was changed or created."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[p] = fh.read()
+    return out
