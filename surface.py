@@ -32,7 +32,7 @@ import numpy as np
 
 from errors import UserError
 from fileio import open_h5, parse_settings
-from store import ResultStore
+from store import DoneMask, ResultStore
 
 FORMAT = "loss-landscape-surface"
 FORMAT_VERSION = 2
@@ -41,7 +41,7 @@ COORD_NAMES = ("xcoordinates", "ycoordinates")
 NON_METRICS = set(COORD_NAMES) | {"done"}
 
 
-class Surface:
+class Surface(DoneMask):
     """A surface read from disk, in [i, j] = (x_i, y_j) orientation whatever the source."""
 
     def __init__(self, path: str, x: np.ndarray, y: np.ndarray | None, values: dict[str, np.ndarray],
@@ -65,18 +65,6 @@ class Surface:
     @property
     def settings(self) -> dict:
         return self.attrs.get("settings", {})
-
-    @property
-    def n_done(self) -> int:
-        return int(self.done.sum())
-
-    @property
-    def n_total(self) -> int:
-        return int(self.done.size)
-
-    @property
-    def complete(self) -> bool:
-        return self.n_done == self.n_total
 
     def names(self) -> list[str]:
         """Stored quantities plus the ones derived from them."""
