@@ -28,6 +28,8 @@ import os
 import sys
 import time
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -121,7 +123,7 @@ def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: 
     return vals, vectors_to_directions(net, vecs, norm)
 
 
-def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
+def settings_of(args: argparse.Namespace, data: Any, n_params: int) -> dict:
     return {"kind": FORMAT_KIND, "model": args.model,
             "model_file": os.path.basename(args.model_file),
             "model_hash": model_loader.file_hash(args.model_file) if args.model_file else f"init(seed={args.seed})",
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> str:
     t = time.perf_counter()
     solved = {}
 
-    def solve(k):
+    def solve(k: int) -> dict:
         solved["vals"], solved["dirs"] = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed,
                                                           args.eig_maxiter)
         return {}
