@@ -47,6 +47,7 @@ else
   PYTEST_SEL=(-k "not smoke")
   # pytest-xdist (on the H200 image): 4 workers share the GPU and the CPU references
   "$PY" -c "import xdist" 2>/dev/null && PYTEST_SEL+=(-n 4)
+  "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_SEL+=(--timeout 150)  # one hang: one test
   BENCH=(--images 50000 --timed_images 10000 --points 2 --rounds 1 --budget 140)
   N_TRAIN=50000; N_TEST=10000; GRID=(--x=-1:1:5 --y=-1:1:5)
   MODEL=(--model resnet56 --model_file "tests/compat/resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")
@@ -119,13 +120,14 @@ elif [ -x "$S/mpich/bin/mpiexec" ]; then
 fi
 if [ -n "$MPIEXEC" ]; then
   export MPIEXEC PATH="$(dirname "$MPIEXEC"):$PATH"
-  log "mpiexec: $MPIEXEC ($("$MPIEXEC" --version 2>&1 | head -n 1))"
+  log "mpiexec: $MPIEXEC ($("$MPIEXEC" --version 2>&1 | grep -i -m 1 -E 'version|open mpi' | tr -s ' '))"
 else
   log "no working mpiexec (mpi4py + an MPI): the MPI test skips, the recipe runs without MPI"
 fi
 
 # ------------------------------------------------------------------ pytest -m cuda
-phase pytest "$T_PYTEST" "$O/pytest.log" "$PY" -m pytest -m cuda -rs -q -p no:cacheprovider \
+# -v: one line per test as it ends, so a run cut off by the phase's limit still says what passed
+phase pytest "$T_PYTEST" "$O/pytest.log" "$PY" -m pytest -m cuda -v -rs --durations=10 -p no:cacheprovider \
   --continue-on-collection-errors "${PYTEST_SEL[@]}" tests
 
 # ------------------------------------------------------------------ bench_gpu.py

@@ -25,7 +25,7 @@ def test_gpu_check_smoke_writes_every_file(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["smoke"] is True and set(summary["phases"]) == {"pytest", "bench", "recipe"}
     assert summary["all_passed"], summary["phases"]
-    assert "1 passed" in (out / "pytest.log").read_text()
+    assert "1 passed" in (out / "pytest.log").read_text() and "PASSED" in (out / "pytest.log").read_text()
     bench = json.loads((out / "bench.json").read_text())
     assert bench["machine"]["model"] == "resnet20" and bench["machine"]["floor_s"] > 0
     rows = {(r["precision"], r["engine"]): r for r in bench["rows"]}
