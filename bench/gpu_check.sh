@@ -38,12 +38,12 @@ T0=$(date +%s)
 
 if [ "$SMOKE" = 1 ]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-  CUDA=""; T_PYTEST=600; T_BENCH=600; T_RECIPE=600
+  CUDA=""; T_PYTEST=600; T_BENCH=600; T_RECIPE=600; T_PROBE=120
   PYTEST_SEL=(-k "test_surface_on_the_gpu_equals_the_cpu and digits_cnn and smoke")
   BENCH=(--smoke)
   N_TRAIN=300; N_TEST=100; GRID=(--x=-1:1:3 --y=-1:1:3); MODEL=(--model resnet20)
 else
-  CUDA="--cuda"; T_PYTEST=190; T_BENCH=170; T_RECIPE=90
+  CUDA="--cuda"; T_PYTEST=190; T_BENCH=170; T_RECIPE=90; T_PROBE=30
   PYTEST_SEL=(-k "not smoke")
   # pytest-xdist (on the H200 image): 4 workers share the GPU and the CPU references
   "$PY" -c "import xdist" 2>/dev/null && PYTEST_SEL+=(-n 4)
@@ -89,7 +89,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   [ -d "$S/site" ] && export PYTHONPATH="$S/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-"$PY" - >>"$O/gpu_check.log" 2>&1 <<'EOF'
+timeout -k 5 60 "$PY" - >>"$O/gpu_check.log" 2>&1 <<'EOF'
 import importlib, sys
 import torch
 print("== torch", torch.__version__, "cuda", torch.version.cuda, "cudnn",
@@ -107,7 +107,7 @@ for m in ("numpy", "h5py", "mpi4py", "matplotlib", "scipy", "sklearn", "tqdm", "
 EOF
 
 mpi_ok() {  # mpi_ok MPIEXEC: two ranks that see each other
-  timeout -k 5 60 "$1" -n 2 "$PY" -c "from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 2" \
+  timeout -k 5 "$T_PROBE" "$1" -n 2 "$PY" -c "from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 2" \
     >>"$O/gpu_check.log" 2>&1
 }
 MPIEXEC=""
