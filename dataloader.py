@@ -49,6 +49,7 @@ class Data:
     test_y: torch.Tensor
     name: str
     num_classes: int
+    kind: str = "images"  # "tokens": windows of token ids, labelled by themselves (lm.py)
 
     def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of 'train' or 'test'."""
@@ -58,8 +59,9 @@ class Data:
 def add_data_args(parser: Any) -> Any:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="",
-                   help="digits (scikit-learn's embedded images), cifar10, or "
-                        "package.module:function; default: the one the model is made for "
+                   help="digits (scikit-learn's embedded images), cifar10, "
+                        "package.module:function, or for --model hf:DIR text:PATH (a UTF-8 file "
+                        "or folder) or tokens:FILE (.npy/.bin token ids); default: the one the model is made for "
                         "(the CIFAR zoo: cifar10; digits_* and package.module:factory "
                         "models: digits)%(default)s")  # '' (no '(default: )' suffix)
     g.add_argument("--datapath", default=DEFAULT_DATAPATH,
@@ -71,6 +73,10 @@ def add_data_args(parser: Any) -> Any:
     g.add_argument("--split_idx", type=int, default=0, help="use part I of --data_split")
     g.add_argument("--max_samples", type=int, default=0,
                    help="use only the first K images of each split (0: all)")
+    g.add_argument("--seq_len", type=int, default=0,
+                   help="text:/tokens: data: tokens per window (0: min(256, the model's context))")
+    g.add_argument("--max_tokens", type=int, default=0,
+                   help="text:/tokens: data: use only the first N tokens of each split (0: all)")
     g.add_argument("--trainloader", default="",
                    help="a torch file {'x': images, 'y': labels} to use as the training set")
     g.add_argument("--testloader", default="",
@@ -87,6 +93,8 @@ def resolve_dataset(dataset: str, model: str) -> str:
     if dataset:
         return dataset
     model = model or ""
+    if model.startswith("hf:"):
+        raise UserError(f"--model {model} is a language model: give --dataset text:PATH or tokens:FILE")
     if ":" in model or model.startswith("digits_") or not model:
         return "digits"
     from cifar10.models import MODELS
@@ -105,6 +113,10 @@ def load_data(args: Any) -> Data:
         data = _digits(args.raw_data)
     elif name == "cifar10":
         data = _cifar10(args.datapath, args.raw_data, args.download)
+    elif name.startswith(("text:", "tokens:")):
+        import lm
+        data = lm.load_text_data(name, getattr(args, "model", ""), getattr(args, "seq_len", 0),
+                                 getattr(args, "max_tokens", 0))
     elif ":" in name:
         data = _custom(name)
     else:

@@ -27,6 +27,7 @@ from dataloader import import_object
 from errors import UserError
 from flags import ENGINES, PRECISIONS  # noqa: F401 -- one definition, shared with the flags
 from inference import FusedModel, named_state
+from lm import logits_of, next_token_hits, next_token_loss, prediction_count
 
 
 def keep_freed_memory():
@@ -48,7 +49,10 @@ def keep_freed_memory():
 
 
 def _check_outputs(out, y, name):
-    """The built-in losses need (batch, classes) outputs and labels below the class count."""
+    """The built-in losses need (batch, classes) outputs and labels below the class count,
+    or (batch, tokens, vocabulary) logits of windows labelled by their tokens."""
+    if torch.is_tensor(out) and out.dim() == 3 and y.dim() == 2 and out.shape[:2] == y.shape:
+        return
     if not torch.is_tensor(out):
         raise UserError(f"the model returned {type(out).__name__}, not a tensor of shape "
                         "(batch, classes); --loss_name " + name + " needs logits")
@@ -67,12 +71,16 @@ def get_loss_fn(name):
     if name == "crossentropy":
         def crossentropy(out, y):
             _check_outputs(out, y, name)
+            if y.dim() == 2:  # windows of tokens: next-token prediction (lm.py)
+                return next_token_loss(out, y)
             return F.cross_entropy(out, y, reduction="sum")
         crossentropy.needs_classes, crossentropy.loss_name = True, name
         return crossentropy
     if name == "mse":
         def mse(out, y):
             _check_outputs(out, y, name)
+            if y.dim() == 2:
+                raise UserError("--loss_name mse is for classifiers; use crossentropy for language models")
             onehot = F.one_hot(y, out.shape[1]).to(out.dtype)
             return (F.softmax(out, dim=1) - onehot).pow(2).mean(dim=1).sum()
         mse.needs_classes, mse.loss_name = True, name
@@ -183,9 +191,12 @@ class Evaluator:
         self._fused = None
         self._compiled = None
         self._vmap_state = None
+        self.count = prediction_count(self.y)  # samples, or next-token predictions of windows
         t0 = time.perf_counter()
         example = self._check_model()
-        if engine != "eager":
+        if engine != "eager" and not self.x.is_floating_point():  # token ids: a language model
+            self.path = "eager (token inputs)"
+        elif engine != "eager":
             self._choose(engine, example)
         self._xin = self._fused.prepare_input(self.x) if self._fused else self.x  # same values
         self.setup_seconds = time.perf_counter() - t0
@@ -196,7 +207,7 @@ class Evaluator:
         example = self.x[:min(8, len(self.x))]
         yb = self.y[:len(example)]
         with torch.inference_mode(), precision_mode(self.precision, self.device):
-            out = self.net(example)
+            out = logits_of(self.net(example))
             if not torch.is_tensor(out):
                 raise UserError(f"the model returned {type(out).__name__}, not a tensor of shape "
                                 "(batch, classes)")
@@ -283,11 +294,11 @@ class Evaluator:
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
             for i in range(0, n, self.batch_size):
                 xb, yb = self._xin[i:i + self.batch_size], self.y[i:i + self.batch_size]
-                out = self._model_for(len(xb))(xb)
+                out = logits_of(self._model_for(len(xb))(xb))
                 loss += self.loss_fn(out.float(), yb).double()
                 correct += _hits(out, yb)
             loss, correct = loss.item(), correct.item()
-        return loss / n, 100.0 * correct / n
+        return loss / self.count, 100.0 * correct / self.count
 
     # -------------------------------------------------------- several points
     def _names_of(self, perturb) -> list[str] | None:
@@ -322,17 +333,18 @@ class Evaluator:
             return torch.func.functional_call(module, p, (xb,))
         batched = torch.func.vmap(forward, in_dims=(0, None))
         n = len(self.y) if rows is None else min(rows, len(self.y))
+        count = self.count if n == len(self.y) else prediction_count(self.y[:n])
         with torch.inference_mode(), precision_mode(self.precision, self.device):
             loss = torch.zeros(k, dtype=torch.float64, device=self.device)
             correct = torch.zeros(k, dtype=torch.int64, device=self.device)
             for i in range(0, n, self.batch_size):
                 xb, yb = self._xin[i:min(i + self.batch_size, n)], self.y[i:min(i + self.batch_size, n)]
-                out = batched(params, xb)
+                out = logits_of(batched(params, xb))
                 for j in range(k):
                     loss[j] += self.loss_fn(out[j].float(), yb).double()
                     correct[j] += _hits(out[j], yb)
             loss, correct = loss.tolist(), correct.tolist()
-        return [(a / n, 100.0 * c / n) for a, c in zip(loss, correct)]
+        return [(a / count, 100.0 * c / count) for a, c in zip(loss, correct)]
 
     def evaluate_points(self, perturb, points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
         """[(mean loss, accuracy %)] at each grid point (x, y) of ``points``, in order.
@@ -411,13 +423,16 @@ class Evaluator:
                 self._fused.refresh()
             with torch.inference_mode(), precision_mode(self.precision, self.device):
                 xb = self._xin[:rows]
-                out = self._model_for(len(xb))(xb)
+                out = logits_of(self._model_for(len(xb))(xb))
                 return self.loss_fn(out.float(), self.y[:rows]).item()
         return fn
 
 
 def _hits(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correct predictions in a batch (0 where the output is not (batch, classes))."""
+    """Correct predictions in a batch (0 where the output is not (batch, classes)); for
+    windows of tokens, the next tokens predicted."""
+    if out.dim() == 3 and y.dim() == 2 and out.shape[:2] == y.shape:
+        return next_token_hits(out, y)
     if out.dim() != 2 or out.shape[0] != len(y):
         return torch.zeros((), dtype=torch.int64, device=y.device)
     return (out.argmax(dim=1) == y).sum()

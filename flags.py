@@ -54,8 +54,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "1e-6); auto: chosen by a short timing probe")
     dataloader.add_data_args(p)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="digits_cnn", help="zoo name (vgg9, resnet56, ..., digits_cnn) or "
-                   "package.module:factory")
+    g.add_argument("--model", default="digits_cnn", help="zoo name (vgg9, resnet56, ..., digits_cnn), "
+                   "package.module:factory, or hf:DIR (a local HuggingFace folder; --model_file* then name "
+                   "HF folders, --model_file defaults to DIR)")
     g.add_argument("--model_folder", default="", help="folder of the checkpoint files (prefix for --model_file*)")
     g.add_argument("--model_file", default="", help="checkpoint of the model at (0, 0); without it the "
                    "network is randomly initialised (--seed), which is said in the output")
@@ -148,6 +149,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
             setattr(args, f, os.path.join(args.model_folder, v))
     if args.model_file3 and args.y is None:
         raise UserError("--model_file3 sets the y direction: give --y too")
+    if args.model.startswith("hf:"):  # a HuggingFace folder is its own checkpoint
+        args.model_file = args.model_file or args.model[3:]
+        for f in ("model_file", "model_file2", "model_file3"):
+            if getattr(args, f):
+                setattr(args, f, os.path.normpath(getattr(args, f)))
     if (args.model_file2 or args.model_file3) and not args.model_file:
         raise UserError("--model_file2/--model_file3 need --model_file (the model at (0, 0))")
     for a, b in (("model_file", "model_file2"), ("model_file", "model_file3"), ("model_file2", "model_file3")):

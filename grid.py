@@ -193,7 +193,7 @@ def load_run(args: Any, comm: Any) -> tuple[torch.device, Any, torch.nn.Module]:
     (``args``: a RunSpec or the parsed flags)."""
     for flag in ("model_file", "model_file2", "model_file3"):
         path = getattr(args, flag)
-        if path and not os.path.isfile(path):
+        if path and not (os.path.isfile(path) or args.model.startswith("hf:") and os.path.isdir(path)):
             raise UserError(f"checkpoint not found: {path} (--{flag})")
     keep_freed_memory()
     set_threads(args.threads, comm)
@@ -213,6 +213,8 @@ def load_inputs(spec: RunSpec, comm: Any) -> Loaded:
     """The command line's inputs: ``load_run`` and the other checkpoints, all checked."""
     device, data, net = load_run(spec, comm)
     others = {f: _load(spec, getattr(spec, f)) for f in ("model_file2", "model_file3") if getattr(spec, f)}
+    for flag, other in others.items():
+        model_loader.check_same_architecture(net, other, f"--{flag}", "--model_file")
     identity = {"model": spec.model, "model_hash": _hash_or_init(spec, spec.model_file),
                 "model_file": _short(spec.model_file), "model_file2": _short(spec.model_file2),
                 "model_file3": _short(spec.model_file3)}

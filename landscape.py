@@ -9,7 +9,10 @@
 ``model`` is any ``torch.nn.Module`` (it is copied, never modified); ``data`` is an
 ``(images, labels)`` pair of tensors or arrays, a ``torch.utils.data.Dataset`` of
 ``(image, label)`` items, or a ``DataLoader`` (read once into memory); ``test_data``
-likewise adds ``test_loss``/``test_acc``. ``loss`` is ``"crossentropy"``, ``"mse"`` or
+likewise adds ``test_loss``/``test_acc``. For a HuggingFace model (lm.py) ``data`` is token
+ids: a 1-D stream (cut into windows of min(256, context) tokens), (N, T) windows of a causal
+LM (loss and accuracy of next-token prediction, token-weighted), or ``(input_ids, labels)``
+for a sequence classifier. ``loss`` is ``"crossentropy"``, ``"mse"`` or
 any callable ``loss(outputs, targets)`` returning per-sample losses (shape (B,)) or
 their batch mean. Values are exact means over the whole set, the model in eval mode.
 
@@ -35,6 +38,7 @@ import torch
 
 import dataloader
 import grid
+import lm
 import mpi4pytorch
 from errors import UserError
 from evaluation import get_loss_fn, summed_loss
@@ -136,23 +140,17 @@ def _loaded(model: torch.nn.Module, model2: Any, model3: Any, data: Any, test_da
     for i, other in ((2, model2), (3, model3)):
         if other is not None:
             _check_model(other, f"model{i}")
-            _same_architecture(net, other, f"model{i}")
+            model_loader.check_same_architecture(net, other, f"model{i}")
             grid.check_finite(other, f"model{i}")
             others[f"model_file{i}"] = other
             identity[f"model_hash{i}"] = dataloader.tensor_hash(*other.state_dict().values())
-    loaded_data = _as_data(data, test_data)
+    if lm.is_hf_model(net):
+        net.config.use_cache = False  # the copy: no key/value cache to build at every evaluation
+        loaded_data = lm.as_token_data(net, data, test_data)
+    else:
+        loaded_data = _as_data(data, test_data)
     model_loader.check_fits(net, loaded_data, None, loss_fn=loss_fn, loss_name="loss")
     return grid.Loaded(device, loaded_data, net, others, identity)
-
-
-def _same_architecture(net: torch.nn.Module, other: torch.nn.Module, name: str) -> None:
-    a = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    b = {k: tuple(v.shape) for k, v in other.state_dict().items()}
-    if a != b:
-        diff = next((k for k in a if b.get(k) != a[k]), None) or next(k for k in b if k not in a)
-        raise UserError(f"{name} is not the same architecture as model (its '{diff}' is "
-                        f"{b.get(diff, 'absent')}, the model's {a.get(diff, 'absent')}); the direction "
-                        "between them needs two checkpoints of one network")
 
 
 def _as_data(train, test):

@@ -2,7 +2,8 @@
 
 ``build_model(name)``: a name of the zoo (``cifar10/models``: vgg9, resnet56, ...,
 digits_cnn, digits_mlp) or ``package.module:factory`` for your own model
-(``factory()`` returns an ``nn.Module``).
+(``factory()`` returns an ``nn.Module``). ``load("hf:DIR", FOLDER)`` loads a HuggingFace
+folder (lm.py); its checkpoints are folders, hashed by ``file_hash`` too.
 
 ``load_state_dict(path)`` accepts the original code's ``{'acc', 'epoch',
 'state_dict'}`` checkpoints, bare state_dicts, DataParallel ``module.``-prefixed keys
@@ -74,6 +75,9 @@ def check_fits(net: nn.Module, data: Any, model: str | None = None, loss_fn: Any
     those outputs too: it must give one finite number, whatever it raises is one line.
     """
     name = model or getattr(net, _NAME_ATTR, "") or type(net).__name__
+    if getattr(data, "kind", "images") == "tokens" or _is_hf(net):
+        import lm
+        return lm.check_fits(net, data, name, loss_fn)
     x = data.train_x if len(data.train_x) else data.test_x
     if not len(x):
         raise UserError(f"the {data.name} data are empty; check --max_samples/--data_split")
@@ -112,6 +116,18 @@ def check_fits(net: nn.Module, data: Any, model: str | None = None, loss_fn: Any
                         f"{k} classes; use a model with {k} outputs or the data set it is made for")
     if loss_fn is not None:
         _check_loss(loss_fn, loss_name or "the loss", out, data)
+
+
+def check_same_architecture(net: nn.Module, other: nn.Module, name: str, base: str = "model") -> None:
+    """One UserError unless ``other`` has ``net``'s entries and shapes (``name``: how the
+    user gave ``other``; ``base``: how they gave ``net``)."""
+    a = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in other.state_dict().items()}
+    if a != b:
+        diff = next((k for k in a if b.get(k) != a[k]), None) or next(k for k in b if k not in a)
+        raise UserError(f"{name} is not the same architecture as {base} (its '{diff}' is "
+                        f"{b.get(diff, 'absent')}, the model's {a.get(diff, 'absent')}); the direction "
+                        "between them needs two checkpoints of one network")
 
 
 def _check_loss(loss_fn: Any, loss_name: str, out: torch.Tensor, data: Any) -> None:
@@ -250,8 +266,17 @@ def apply_state_dict(net: nn.Module, state: dict, path: str) -> nn.Module:
     return net
 
 
+def _is_hf(net: Any) -> bool:
+    import lm
+    return lm.is_hf_model(net)
+
+
 def load(model_name: str, model_file: str | None = None, allow_unsafe: bool = False) -> nn.Module:
-    """Build ``model_name`` and, if given, load ``model_file`` into it; eval mode."""
+    """Build ``model_name`` and, if given, load ``model_file`` into it; eval mode. For
+    ``hf:DIR`` the model of the folder ``model_file`` (default DIR)."""
+    if model_name.startswith("hf:"):
+        import lm
+        return lm.load_hf(model_file or model_name[3:], "--model_file" if model_file else "--model")
     net = build_model(model_name)
     if model_file:
         apply_state_dict(net, load_state_dict(model_file, allow_unsafe), model_file)
@@ -259,7 +284,11 @@ def load(model_name: str, model_file: str | None = None, allow_unsafe: bool = Fa
 
 
 def file_hash(path: str) -> str:
-    """SHA-256 of a file's content (first 16 hex digits): identifies a checkpoint."""
+    """SHA-256 of a file's content (first 16 hex digits): identifies a checkpoint (an HF
+    folder: its config and weight files, lm.folder_hash)."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        import lm
+        return lm.folder_hash(path)
     if not os.path.isfile(path):
         what = "a folder, not a file" if os.path.isdir(path) else "not found"
         raise UserError(f"checkpoint {path}: {what}")

@@ -7,12 +7,13 @@ included (``dir_type='states'``). Integer entries (``num_batches_tracked``) alwa
 a zero direction and are never perturbed.
 
 Random directions are Gaussian per entry, then normalized (``norm``):
-``filter``  each slice along dim 0 scaled to the norm of the matching weight slice
-            (zero-norm filters get a zero direction) -- the paper's method;
+``filter``  each filter (output unit: a slice along dim 0; a column of transformers'
+            Conv1D, whose weight is (in, out)) scaled to the norm of the matching weight
+            filter (zero-norm filters get a zero direction) -- the paper's method;
 ``layer``   the whole entry scaled to the entry's norm;  ``weight``  d * w;
 ``dfilter`` each slice along dim 0 to unit norm;  ``dlayer``  the entry to unit norm;
 ``''``      left as drawn.
-Entries with <= 1 dimension (biases, BN) are zeroed with ``ignore='biasbn'`` and
+Entries with <= 1 dimension (biases, BN, LayerNorm/RMSNorm weights) are zeroed with ``ignore='biasbn'`` and
 otherwise set to the weights themselves, as in the original code.
 
 Direction file (HDF5): groups ``xdirection`` and, for 2D, ``ydirection``, each holding
@@ -40,17 +41,28 @@ FORMAT_VERSION = 2
 def get_entries(net, dir_type):
     """[(name, tensor)] that a direction of ``dir_type`` covers, in model order.
 
-    The tensors share storage with the model: writing into them moves the model.
+    The tensors share storage with the model: writing into them moves the model. A tensor
+    the model holds under two names (tied weights: GPT-2's ``lm_head`` is its ``wte``) is
+    one entry, under its first name, as ``named_parameters`` gives it.
     """
     if dir_type == "weights":
         return [(n, p.data) for n, p in net.named_parameters()]
     if dir_type == "states":
-        return list(net.state_dict().items())
+        seen, out = set(), []
+        for n, t in net.state_dict().items():
+            key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+            if key is None or key not in seen:
+                out.append((n, t))
+                seen.add(key)
+        return out
     raise UserError(f"unknown --dir_type '{dir_type}'; use weights or states")
 
 
-def normalize_direction(d, w, norm):
-    """Scale direction entry ``d`` (in place) to weight entry ``w`` by ``norm``."""
+def normalize_direction(d, w, norm, axis=0):
+    """Scale direction entry ``d`` (in place) to weight entry ``w`` by ``norm``; the filters
+    are the slices along ``axis`` (lm.filter_axis: 1 for a (in, out) Conv1D weight)."""
+    if axis and (norm == "filter" or norm == "dfilter"):
+        d, w = d.movedim(axis, 0), w.movedim(axis, 0)  # views: d is scaled in place
     if norm == "filter" or norm == "dfilter":
         dn = d.reshape(len(d), -1).norm(dim=1)
         target = w.reshape(len(w), -1).norm(dim=1) if norm == "filter" else torch.ones_like(dn)
@@ -69,8 +81,9 @@ def normalize_direction(d, w, norm):
 
 def random_direction(net, dir_type="weights", norm="filter", ignore="biasbn", generator=None):
     """A normalized Gaussian direction for every entry of ``net``."""
+    from lm import filter_axis
     out = []
-    for _name, w in get_entries(net, dir_type):
+    for name, w in get_entries(net, dir_type):
         if not w.is_floating_point():
             out.append(torch.zeros_like(w))
             continue
@@ -78,7 +91,7 @@ def random_direction(net, dir_type="weights", norm="filter", ignore="biasbn", ge
         if d.dim() <= 1:
             d = torch.zeros_like(w) if ignore == "biasbn" else w.detach().clone()
         else:
-            normalize_direction(d, w, norm)
+            normalize_direction(d, w, norm, filter_axis(net, name))
         out.append(d)
     return out
 
