@@ -215,7 +215,9 @@ def load_inputs(spec: RunSpec, comm: Any) -> Loaded:
     others = {f: _load(spec, getattr(spec, f)) for f in ("model_file2", "model_file3") if getattr(spec, f)}
     for flag, other in others.items():
         model_loader.check_same_architecture(net, other, f"--{flag}", "--model_file")
-    identity = {"model": spec.model, "model_hash": _hash_or_init(spec, spec.model_file),
+    # an HF folder is named by its architecture (its path is --model_file's): a moved folder resumes
+    model = f"hf:{type(net).__name__}" if spec.model.startswith("hf:") else spec.model
+    identity = {"model": model, "model_hash": _hash_or_init(spec, spec.model_file),
                 "model_file": _short(spec.model_file), "model_file2": _short(spec.model_file2),
                 "model_file3": _short(spec.model_file3)}
     for i, flag in ((2, "model_file2"), (3, "model_file3")):

@@ -168,6 +168,29 @@ def test_stream_cut_into_windows_of_the_default_length():
     assert s.settings["n_train"] == n
 
 
+def test_text_with_the_folders_tokenizer(tmp_path):
+    """A folder with a tokenizer: the text is its tokens (not bytes), even for a vocabulary
+    below 256; windows of --seq_len, the first 90 % train, --max_tokens per split."""
+    import lm
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([TEXT], trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    folder = str(tmp_path / "m")
+    gpt2(0, vocab=64).save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    ids = torch.tensor(transformers.AutoTokenizer.from_pretrained(folder)(TEXT, add_special_tokens=False)["input_ids"])
+    cut = int(len(ids) * 0.9)
+    data = lm.load_text_data(f"text:{tmp_path / 't.txt'}", f"hf:{folder}", seq_len=8)
+    n = cut // 8
+    assert torch.equal(data.train_x, ids[:n * 8].view(n, 8)) and torch.equal(data.train_y, data.train_x)
+    m = (len(ids) - cut) // 8
+    assert torch.equal(data.test_x, ids[cut:cut + m * 8].view(m, 8))
+    data = lm.load_text_data(f"text:{tmp_path / 't.txt'}", f"hf:{folder}", seq_len=8, max_tokens=20)
+    assert torch.equal(data.train_x, ids[:16].view(2, 8)) and torch.equal(data.test_x, ids[cut:cut + 16].view(2, 8))
+
+
 # --------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
@@ -292,3 +315,25 @@ def test_bad_inputs_one_error_line_nothing_written(folders, tmp_path):
         assert p.returncode == 2, (what, p.stderr)
         assert words in line, (what, line)
         assert snapshot_files(str(tmp_path)) == before, what
+
+
+@pytest.mark.slow
+def test_readme_language_model_blocks_run(tmp_path):
+    import re
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    section = text[text.index("## Language models"):]
+    section = section[:section.index("\n## ")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "make.py").write_text(code)
+    run_script([str(tmp_path / "make.py")], cwd=str(tmp_path), check=True)
+    for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines():
+        args = line.split()
+        assert args[0] == "python"
+        run_script([os.path.join(REPO, args[1]), *args[2:], "--no_progress"], cwd=str(tmp_path), check=True)
+    surf = [f for f in os.listdir(tmp_path) if f.endswith("x[-1.0,1.0,7].h5")]
+    assert len(surf) == 1
+    loss = surface_values(str(tmp_path / surf[0]))
+    assert loss.shape == (7, 7) and np.isfinite(loss).all()
+    model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "tiny_lm")).eval()
+    w = byte_windows((tmp_path / "prose.txt").read_text(encoding="utf-8"), 64)
+    assert loss[3, 3] == pytest.approx(hf_loss(model, w), abs=1e-5)
