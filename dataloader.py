@@ -61,7 +61,8 @@ def add_data_args(parser: Any) -> Any:
     g.add_argument("--dataset", default="",
                    help="digits (scikit-learn's embedded images), cifar10, "
                         "package.module:function, or for --model hf:DIR text:PATH (a UTF-8 file "
-                        "or folder) or tokens:FILE (.npy/.bin token ids); default: the one the model is made for "
+                        "or folder), tokens:FILE (.npy/.bin token ids) or pydoc (the prose of the "
+                        "standard library's pydoc_data); default: the one the model is made for "
                         "(the CIFAR zoo: cifar10; digits_* and package.module:factory "
                         "models: digits)%(default)s")  # '' (no '(default: )' suffix)
     g.add_argument("--datapath", default=DEFAULT_DATAPATH,
@@ -94,7 +95,7 @@ def resolve_dataset(dataset: str, model: str) -> str:
         return dataset
     model = model or ""
     if model.startswith("hf:"):
-        raise UserError(f"--model {model} is a language model: give --dataset text:PATH or tokens:FILE")
+        raise UserError(f"--model {model} is a language model: give --dataset text:PATH, tokens:FILE or pydoc")
     if ":" in model or model.startswith("digits_") or not model:
         return "digits"
     from cifar10.models import MODELS
@@ -113,7 +114,7 @@ def load_data(args: Any) -> Data:
         data = _digits(args.raw_data)
     elif name == "cifar10":
         data = _cifar10(args.datapath, args.raw_data, args.download)
-    elif name.startswith(("text:", "tokens:")):
+    elif name == "pydoc" or name.startswith(("text:", "tokens:")):
         import lm
         data = lm.load_text_data(name, getattr(args, "model", ""), getattr(args, "seq_len", 0),
                                  getattr(args, "max_tokens", 0))

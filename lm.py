@@ -7,6 +7,8 @@ sequence classifier (``...ForSequenceClassification``) loads too and is mapped t
 Python API with ``(input_ids, labels)``. ``--model_file``/``2``/``3`` name HF folders of the
 same architecture (``--model_file`` defaults to DIR).
 
+``--dataset pydoc``: the English prose of the standard library's ``pydoc_data.topics``
+(embedded in every CPython: nothing to download), as ``text:`` reads a file.
 ``--dataset text:PATH``: a UTF-8 file or a folder of text files (sorted by name and
 concatenated), tokenized with the model folder's tokenizer when it has one, else as bytes
 (token = byte value; refused for a vocabulary below 256). ``--dataset tokens:FILE``: a
@@ -93,7 +95,7 @@ def is_causal_lm(net: Any) -> bool:
         type(net).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -119,7 +121,7 @@ def check_folder(path: str, flag: str = "--model") -> str:
 def load_config(path: str, flag: str = "--model") -> Any:
     """The folder's config (checked: a model type transformers knows)."""
     check_folder(path, flag)
-    _quiet_transformers()
+    quiet_transformers()
     from transformers import AutoConfig
     try:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
@@ -192,7 +194,7 @@ def filter_axis(net: torch.nn.Module, name: str) -> int:
 
 # --------------------------------------------------------------------------- data
 def is_text_dataset(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(("text:", "tokens:"))
+    return isinstance(name, str) and (name == "pydoc" or name.startswith(("text:", "tokens:")))
 
 
 def _line(e: BaseException) -> str:
@@ -226,7 +228,7 @@ def _tokenize(text: str, model_dir: str | None, vocab: int) -> torch.Tensor:
     """The token stream of ``text``: the model folder's tokenizer, else its UTF-8 bytes."""
     import numpy as np
     if model_dir and any(os.path.isfile(os.path.join(model_dir, f)) for f in TOKENIZER_FILES):
-        _quiet_transformers()
+        quiet_transformers()
         from transformers import AutoTokenizer
         try:
             tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -283,21 +285,28 @@ def seq_len_for(config: Any, requested: int) -> int:
     return requested
 
 
-def load_text_data(name: str, model: str, seq_len: int = 0, max_tokens: int = 0) -> Any:
-    """The Data of ``text:PATH`` / ``tokens:FILE`` for the model ``hf:DIR`` (windows as
-    inputs and labels)."""
-    from dataloader import Data
-    if not is_hf_name(model):
-        raise UserError(f"--dataset {name} is text for a language model, but --model {model or '(none)'} "
-                        "is not one; give --model hf:DIR (a HuggingFace causal LM folder)")
+def pydoc_text() -> str:
+    """English prose every CPython ships: the help topics of ``pydoc_data.topics`` (about
+    465 KB), concatenated in the order of their names."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise UserError("--dataset pydoc needs the standard library's pydoc_data (missing in this Python); "
+                        "give --dataset text:PATH")
+    return "".join(topics[k] for k in sorted(topics))
+
+
+def token_splits(name: str, tokenizer_dir: str | None, vocab: int, seq_len: int,
+                 max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) windows of ``--dataset name`` (``text:PATH``, ``tokens:FILE`` or
+    ``pydoc``): the first 90 % of the tokens train, the rest test, ``max_tokens`` of each."""
     if max_tokens < 0:
         raise UserError(f"--max_tokens must be >= 0 (got {max_tokens})")
-    model_dir = model[3:]
-    config = load_config(model_dir)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    length = seq_len_for(config, seq_len)
     kind, _, path = name.partition(":")
-    stream = _tokenize(_read_text(path), model_dir, vocab) if kind == "text" else _read_tokens(path, vocab)
+    if kind == "tokens":
+        stream = _read_tokens(path, vocab)
+    else:
+        stream = _tokenize(pydoc_text() if kind == "pydoc" else _read_text(path), tokenizer_dir, vocab)
     if len(stream) and (int(stream.max()) >= vocab or int(stream.min()) < 0):
         raise UserError(f"--dataset {name} holds token ids up to {int(stream.max())} but the model's "
                         f"vocabulary has {vocab}; use the model's tokenizer")
@@ -305,11 +314,25 @@ def load_text_data(name: str, model: str, seq_len: int = 0, max_tokens: int = 0)
     train, test = stream[:cut], stream[cut:]
     if max_tokens:
         train, test = train[:max_tokens], test[:max_tokens]
-    tw, vw = windows(train, length), windows(test, length)
+    tw, vw = windows(train, seq_len), windows(test, seq_len)
     if not len(tw):
         raise UserError(f"--dataset {name}: the train split has {len(train)} tokens, fewer than one window "
-                        f"of --seq_len {length}; give more text, a larger --max_tokens or a smaller --seq_len")
-    return Data(tw, tw, vw, vw, kind, vocab, kind="tokens")
+                        f"of --seq_len {seq_len}; give more text, a larger --max_tokens or a smaller --seq_len")
+    return tw, vw
+
+
+def load_text_data(name: str, model: str, seq_len: int = 0, max_tokens: int = 0) -> Any:
+    """The Data of ``text:PATH`` / ``tokens:FILE`` / ``pydoc`` for the model ``hf:DIR``
+    (windows as inputs and labels)."""
+    from dataloader import Data
+    if not is_hf_name(model):
+        raise UserError(f"--dataset {name} is text for a language model, but --model {model or '(none)'} "
+                        "is not one; give --model hf:DIR (a HuggingFace causal LM folder)")
+    model_dir = model[3:]
+    config = load_config(model_dir)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    tw, vw = token_splits(name, model_dir, vocab, seq_len_for(config, seq_len), max_tokens)
+    return Data(tw, tw, vw, vw, name.partition(":")[0], vocab, kind="tokens")
 
 
 def as_token_data(net: torch.nn.Module, data: Any, test_data: Any = None) -> Any:

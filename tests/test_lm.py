@@ -329,11 +329,41 @@ def test_readme_language_model_blocks_run(tmp_path):
     for line in re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines():
         args = line.split()
         assert args[0] == "python"
-        run_script([os.path.join(REPO, args[1]), *args[2:], "--no_progress"], cwd=str(tmp_path), check=True)
-    surf = [f for f in os.listdir(tmp_path) if f.endswith("x[-1.0,1.0,7].h5")]
-    assert len(surf) == 1
+        extra = ["--no_progress"] if args[1] == "plot_surface.py" else []
+        run_script([os.path.join(REPO, args[1]), *args[2:], *extra], cwd=str(tmp_path), check=True)
+    surf = [f for f in os.listdir(tmp_path) if f.startswith("tiny_lm_") and f.endswith("x[-1.0,1.0,7].h5")]
+    trained = [f for f in os.listdir(tmp_path / "lm_run") if f.endswith("x[-1.0,1.0,7].h5")]
+    assert len(surf) == 1 and len(trained) == 1
+    trained = surface_values(str(tmp_path / "lm_run" / trained[0]))
+    corners = trained[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert trained[3, 3] < 4.0 and (trained[3, 3] < corners).all()  # a trained basin, below ln(256) = 5.5
     loss = surface_values(str(tmp_path / surf[0]))
     assert loss.shape == (7, 7) and np.isfinite(loss).all()
     model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "tiny_lm")).eval()
     w = byte_windows((tmp_path / "prose.txt").read_text(encoding="utf-8"), 64)
     assert loss[3, 3] == pytest.approx(hf_loss(model, w), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_train_lm_writes_folders_that_learn_and_fine_tune(tmp_path):
+    from safetensors.torch import load_file
+    base = ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--seq_len", "32", "--max_tokens", "8000",
+            "--batch_size", "8", "--lr", "0.01", "--threads", "1"]
+    run_script([os.path.join(REPO, "train_lm.py"), "--save_dir", "a", "--steps", "40", "--save_every", "20",
+                *base], cwd=str(tmp_path), check=True)
+    assert sorted(os.listdir(tmp_path / "a")) == ["final", "step_0", "step_20", "step_40"]
+    text = __import__("lm").pydoc_text()
+    w = byte_windows(text, 32)[:8000 // 32]
+    start = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "a" / "step_0")).eval()
+    end = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "a" / "final")).eval()
+    assert hf_loss(end, w) < hf_loss(start, w) - 0.5
+    # a fine-tune starts at its parent
+    run_script([os.path.join(REPO, "train_lm.py"), "--save_dir", "ft", "--init", "a/final", "--steps", "5",
+                "--save_every", "5", *base], cwd=str(tmp_path), check=True)
+    parent, child0 = (load_file(str(tmp_path / p / "model.safetensors")) for p in ("a/final", "ft/step_0"))
+    assert parent.keys() == child0.keys() and all(torch.equal(parent[k], child0[k]) for k in parent)
+    # an existing run is never mixed into: one error line, nothing written
+    before = snapshot_files(str(tmp_path))
+    p = run_script([os.path.join(REPO, "train_lm.py"), "--save_dir", "a", *base], cwd=str(tmp_path))
+    assert p.returncode == 2 and "already holds a run" in assert_one_line_error(p)
+    assert snapshot_files(str(tmp_path)) == before
