@@ -191,6 +191,43 @@ def test_text_with_the_folders_tokenizer(tmp_path):
     assert torch.equal(data.train_x, ids[:16].view(2, 8)) and torch.equal(data.test_x, ids[cut:cut + 16].view(2, 8))
 
 
+def test_text_folder_and_token_files_give_the_bytes(tmp_path):
+    """A folder of text files is read in name order; .npy and nanoGPT .bin token files hold
+    the same ids; the windows are the bytes, cut as written in the test."""
+    import lm
+    folder = str(tmp_path / "m")
+    gpt2(0).save_pretrained(folder)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "b.txt").write_text(TEXT[500:], encoding="utf-8")
+    (texts / "a.txt").write_text(TEXT[:500], encoding="utf-8")
+    ids = np.frombuffer(TEXT.encode(), dtype=np.uint8).astype(np.uint16)
+    np.save(tmp_path / "t.npy", ids)
+    ids.tofile(tmp_path / "t.bin")
+    want_train, want_test = byte_windows(TEXT, 16), byte_windows(TEXT, 16, "test")
+    for name in (f"text:{texts}", f"tokens:{tmp_path / 't.npy'}", f"tokens:{tmp_path / 't.bin'}"):
+        data = lm.load_text_data(name, f"hf:{folder}", seq_len=16)
+        assert torch.equal(data.train_x, want_train) and torch.equal(data.test_x, want_test), name
+
+
+def test_masked_labels_are_not_predictions():
+    """Labels -100 (padding) count neither in the loss nor in the accuracy: the HF loss
+    with the same labels is the oracle."""
+    model = gpt2()
+    w = byte_windows(TEXT, 32)
+    labels = w.clone()
+    labels[:, 20:] = -100
+    labels[0, 5:] = -100
+    s = landscape.surface(model, (w, labels), x=(0, 1, 2), batch_size=4)
+    with torch.no_grad():
+        logits = model(w).logits
+        want = model(w, labels=labels).loss.item()
+    assert s["train_loss"][0] == pytest.approx(want, abs=1e-5)
+    target = labels[:, 1:]
+    hits = ((logits[:, :-1].argmax(-1) == target) & (target != -100)).sum().item()
+    assert s["train_acc"][0] == pytest.approx(100.0 * hits / (target != -100).sum().item(), abs=1e-9)
+
+
 # --------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
@@ -367,3 +404,12 @@ def test_train_lm_writes_folders_that_learn_and_fine_tune(tmp_path):
     p = run_script([os.path.join(REPO, "train_lm.py"), "--save_dir", "a", *base], cwd=str(tmp_path))
     assert p.returncode == 2 and "already holds a run" in assert_one_line_error(p)
     assert snapshot_files(str(tmp_path)) == before
+
+
+@pytest.mark.slow
+def test_flags_parse_before_torch_and_transformers():
+    code = ("import sys, flags, train_lm; train_lm.build_parser(); "
+            "a = flags.parse_args(flags.build_parser(), ['--model', 'hf:runs/a/', '--dataset', 'text:t.txt']); "
+            "print(a.model_file, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert p.stdout.split() == [os.path.normpath("runs/a"), "False", "False"]
