@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 import mpi4pytorch
-import plot_hessian_eigen as phe
+import plot_hessian_eigen as phe  # ResultStore: being replaced by the shared store in round 3
 import flags
 import grid
 from errors import UserError, run_main
@@ -48,7 +48,7 @@ FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products",
 
 def build_parser():
     p = flags.build_parser(__doc__.splitlines()[0])
-    g = phe.add_hessian_args(p)
+    g = flags.add_hessian_group(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
     g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors per block")
@@ -61,7 +61,7 @@ def build_parser():
 
 
 def check_args(args):
-    phe.check_hessian_args(args)
+    flags.check_hessian(args)
     if args.trace_samples < 2:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
     if args.exact_trace_max < 0:
@@ -69,7 +69,7 @@ def check_args(args):
     args.groups = [g.strip() for item in args.group for g in item.split(",")]
     if any(not g for g in args.groups):
         raise UserError("--group needs module name prefixes, e.g. --group layer1 or --group layer1,layer2")
-    phe.one_point_only(args, "layer_curvature.py")
+    flags.one_point_only(args, "layer_curvature.py")
 
 
 def blocks_of(args, net):
@@ -99,10 +99,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
-    device, data, net, point = phe.load_point(args, comm)
+    device, data, net, point = grid.load_point(args, comm)
     blocks = blocks_of(args, net)
+    grid.hessian_of(args, net, data, device)  # a loss without a gradient is refused before any write
     names = [b for b, _ in blocks]
-    settings = {"kind": "layer_curvature", **phe.point_settings(args, data, point),
+    settings = {"kind": "layer_curvature", **grid.point_settings(args, data, point),
                 "eig_tol": args.eig_tol, "eig_maxiter": args.eig_maxiter, "seed": args.seed,
                 "trace_samples": args.trace_samples, "exact_trace_max": args.exact_trace_max,
                 "blocks": [[b, [n for n, _ in ps]] for b, ps in blocks]}
@@ -115,7 +116,7 @@ def main(argv=None):
 
     def compute(k):
         name, params = blocks[k]
-        op = phe.hessian_of(args, net, data, device, [p for _, p in params])
+        op = grid.hessian_of(args, net, data, device, [p for _, p in params])
         n = op.shape[0]
         progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
         t = time.perf_counter()
@@ -129,6 +130,10 @@ def main(argv=None):
         else:
             tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
         progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
+        if not (np.isfinite(lam) and np.isfinite(tr)):
+            raise UserError(f"block {name}: the Hessian is not finite (a Hessian-vector product is NaN/inf "
+                            "at this point, or Lanczos did not converge): block not recorded; check the "
+                            "model file and --at, or raise --eig_maxiter")
         return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
                 "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 
