@@ -283,9 +283,12 @@ def arpack(op: LinearOperator, k: int = 1, which: str = "LA", tol: float = DEFAU
     return vals, vecs * np.where(signs == 0, 1.0, signs)
 
 
-def _eig(op, which, tol, seed, maxiter, shift=0.0, k=1):
+def _eig(op, which, tol, seed, maxiter, shift=0.0, k=1, strict=False):
     """``arpack`` eigenvalues, or NaN (with a warning) where a product is not finite or
-    Lanczos gives nothing: one grid point's failure is recorded, not fatal."""
+    Lanczos gives nothing: one grid point's failure is recorded, not fatal. ``strict``:
+    raise instead (``NonFinite``, ``ArithmeticError``)."""
+    if strict:
+        return arpack(op, k, which, tol, seed, maxiter, shift)[0]
     try:
         return arpack(op, k, which, tol, seed, maxiter, shift)[0]
     except NonFinite:
@@ -296,21 +299,38 @@ def _eig(op, which, tol, seed, maxiter, shift=0.0, k=1):
 
 
 def min_max_eigs(op: LinearOperator, tol: float = DEFAULT_TOL, seed: int = 0,
-                 maxiter: int | None = None) -> tuple[float, float]:
-    """(λmax, λmin) of the symmetric operator ``op`` (see the module doc for the method)."""
-    first = _eig(op, "LM", tol, seed, maxiter)[0]
+                 maxiter: int | None = None, strict: bool = False) -> tuple[float, float]:
+    """(λmax, λmin) of the symmetric operator ``op`` (see the module doc for the method);
+    NaN where a product is not finite or Lanczos fails, unless ``strict`` (then raises)."""
+    first = _eig(op, "LM", tol, seed, maxiter, strict=strict)[0]
     if not np.isfinite(first):
         return np.nan, np.nan
     if first >= 0:
-        return first, min(first, _eig(op, "SA", tol, seed, maxiter, shift=first)[0])
-    return max(first, _eig(op, "LA", tol, seed, maxiter, shift=first)[0]), first
+        return first, min(first, _eig(op, "SA", tol, seed, maxiter, shift=first, strict=strict)[0])
+    return max(first, _eig(op, "LA", tol, seed, maxiter, shift=first, strict=strict)[0]), first
 
 
 def top_k(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
-          maxiter: int | None = None) -> np.ndarray:
+          maxiter: int | None = None, strict: bool = False) -> np.ndarray:
     """The ``k`` largest (algebraic) eigenvalues of ``op``, in decreasing order (NaN where
-    a product is not finite or Lanczos fails)."""
-    return _eig(op, "LA", tol, seed, maxiter, k=k)
+    a product is not finite or Lanczos fails, unless ``strict``: then raises)."""
+    return _eig(op, "LA", tol, seed, maxiter, k=k, strict=strict)
+
+
+def check_finite(op: LinearOperator, where: str = "at this point") -> None:
+    """Refuse (a ``UserError``) an operator whose product with the fixed start vector is
+    not finite, before a run writes anything: one product."""
+    if not np.isfinite(op.matvec(start_vector(op.shape[0]))).all():
+        raise user_error(NonFinite(), where)
+
+
+def user_error(e: ArithmeticError, where: str = "here") -> UserError:
+    """The one-line error of a Hessian computation that failed (``NonFinite`` or Lanczos
+    not converging), for the single-point scripts: nothing is recorded."""
+    if isinstance(e, NonFinite):
+        return UserError(f"the loss or a Hessian-vector product is not finite (NaN/inf) {where}: "
+                         "nothing recorded; check the model file and --at")
+    return UserError(f"{e} {where}: nothing recorded; raise --eig_maxiter or --eig_tol")
 
 
 def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,

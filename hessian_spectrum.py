@@ -39,7 +39,7 @@ import flags
 import grid
 from errors import UserError, run_main
 from fileio import check_output_path
-from hess_vec_prod import NonFinite, Progress, slq_start, spectral_density
+from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
 from plot_common import FORMATS
 from scheduler import Interrupted, run_grid
 
@@ -109,6 +109,7 @@ def main(argv=None):
     op = grid.hessian_of(args, net, data, device)
     n = op.shape[0]
     check_memory(args, n)
+    check_finite(op)
     settings = {"kind": "hessian_spectrum", **grid.point_settings(args, data, point),
                 "lanczos_steps": args.lanczos_steps, "seed": args.seed, "parameters": n}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, n, settings))

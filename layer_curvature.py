@@ -38,7 +38,8 @@ import flags
 import grid
 from errors import UserError, run_main
 from fileio import check_output_path
-from hess_vec_prod import Progress, exact_trace, hutchinson_trace, layer_blocks, top_k
+from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
+                           user_error)
 from plot_common import FORMATS
 from scheduler import Interrupted, run_grid
 
@@ -101,7 +102,7 @@ def main(argv=None):
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
     device, data, net, point = grid.load_point(args, comm)
     blocks = blocks_of(args, net)
-    grid.hessian_of(args, net, data, device)  # a loss without a gradient is refused before any write
+    check_finite(grid.hessian_of(args, net, data, device))  # refuse a loss without a gradient or NaN now
     names = [b for b, _ in blocks]
     settings = {"kind": "layer_curvature", **grid.point_settings(args, data, point),
                 "eig_tol": args.eig_tol, "eig_maxiter": args.eig_maxiter, "seed": args.seed,
@@ -121,7 +122,10 @@ def main(argv=None):
         progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
         t = time.perf_counter()
         progress.phase(f"{name} ({n} parameters): top eigenvalue")
-        lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter)[0])
+        try:
+            lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
+        except ArithmeticError as e:
+            raise user_error(e, f"in block {name}") from None
         progress.end(f"{lam:.6g}")
         exact = n <= args.exact_trace_max
         progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
@@ -130,10 +134,8 @@ def main(argv=None):
         else:
             tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
         progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
-        if not (np.isfinite(lam) and np.isfinite(tr)):
-            raise UserError(f"block {name}: the Hessian is not finite (a Hessian-vector product is NaN/inf "
-                            "at this point, or Lanczos did not converge): block not recorded; check the "
-                            "model file and --at, or raise --eig_maxiter")
+        if not np.isfinite(tr):
+            raise user_error(NonFinite(), f"in block {name}")
         return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
                 "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 

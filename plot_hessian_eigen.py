@@ -34,7 +34,7 @@ import flags
 import grid
 from errors import UserError, run_main
 from fileio import check_output_path, check_reuse, open_h5, written_atomically
-from hess_vec_prod import Progress, hutchinson_trace, min_max_eigs, top_k
+from hess_vec_prod import NonFinite, Progress, hutchinson_trace, min_max_eigs, top_k, user_error
 
 METRICS = ["max_eig", "min_eig"]
 
@@ -190,12 +190,11 @@ def single_point(args):
     if args.top_k >= op.shape[0]:
         raise UserError(f"--top_k must be below the number of parameters ({op.shape[0]}), got {args.top_k}")
     t = time.perf_counter()
-    result = compute_point(args, op)
+    try:
+        result = compute_point(args, op)
+    except ArithmeticError as e:
+        raise user_error(e, "at this point") from None
     seconds = time.perf_counter() - t
-    bad = [k for k, v in result.items() if k != "trace_samples" and not np.all(np.isfinite(v))]
-    if bad:
-        raise UserError(f"the Hessian is not finite here ({', '.join(bad)} NaN: the loss or a "
-                        "Hessian-vector product is NaN/inf at this point); nothing written")
     settings = {**grid.point_settings(args, data, point),
                 "dir_file": os.path.basename(args.dir_file) if point else "",
                 "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
@@ -209,15 +208,17 @@ def compute_point(args, op) -> dict:
     result = {}
     if args.top_k:
         progress.phase(f"top {args.top_k} eigenvalues")
-        result["top_eigenvalues"] = top_k(op, args.top_k, args.eig_tol, args.seed, args.eig_maxiter)
+        result["top_eigenvalues"] = top_k(op, args.top_k, args.eig_tol, args.seed, args.eig_maxiter, strict=True)
         progress.end(f"λ1 {result['top_eigenvalues'][0]:.6g}")
     progress.phase("λmax/λmin")
-    result["max_eig"], result["min_eig"] = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter)
+    result["max_eig"], result["min_eig"] = min_max_eigs(op, args.eig_tol, args.seed, args.eig_maxiter, strict=True)
     progress.end(f"max_eig {result['max_eig']:.6g}, min_eig {result['min_eig']:.6g}")
     if args.trace:
         progress.phase(f"trace ({args.trace_samples} Rademacher vectors)")
         result["trace"], result["trace_stderr"], result["trace_samples"] = \
             hutchinson_trace(op, args.trace_samples, args.seed)
+        if not np.all(np.isfinite(result["trace_samples"])):
+            raise NonFinite
         progress.end(f"trace {result['trace']:.6g} ± {result['trace_stderr']:.2g}")
     return result
 
