@@ -25,7 +25,6 @@ refused unless ``--overwrite``.
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -137,8 +136,8 @@ def main(argv: list[str] | None = None) -> str:
         raise UserError(f"checkpoint not found: {args.model_file}")
     device, data, net = load_run(args, None)
     net = net.to(device).eval()
-    params = [p for _, p in hessian_params(net)]
-    n_params = sum(p.numel() for p in params)
+    op = hessian_of(args, net, data, device)  # refuses a model without weights or a loss without a gradient
+    n_params = op.shape[0]
     if n_params <= args.k:
         raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
     settings = settings_of(args, data, n_params)
@@ -148,13 +147,25 @@ def main(argv: list[str] | None = None) -> str:
             vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
             print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
             return out
-    op = hessian_of(args, net, data, device, params)
     progress = Progress(op, not args.no_progress, args.progress_every)
     progress.phase(f"top {args.k} eigenpairs ({n_params} parameters)")
     t = time.perf_counter()
     vals, dirs = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed, args.eig_maxiter)
     seconds = time.perf_counter() - t
     progress.end(" ".join(f"{v:.6g}" for v in vals))
+    write(args, out, net, settings, vals, dirs, op.count)
+    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
+          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
+    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
+          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
+          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
+          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
+    return out
+
+
+def write(args: argparse.Namespace, out: str, net: torch.nn.Module, settings: dict, vals: np.ndarray,
+          dirs: list[list[torch.Tensor]], products: int) -> None:
+    """The direction file: x (and y) with the eigenvalues, settings and recipe."""
     names = [n for n, _ in net_plotter.get_entries(net, "weights")]
     norm_attr = "" if args.norm == "none" else args.norm
     recipe = {"dir_type": "weights", "model": args.model, "model_hash": settings["model_hash"],
@@ -165,15 +176,7 @@ def main(argv: list[str] | None = None) -> str:
                "ynorm": norm_attr if args.k == 2 else "", "xignore": "biasbn",
                "yignore": "biasbn" if args.k == 2 else "",
                "settings": json.dumps(settings, sort_keys=True), "recipe": json.dumps(recipe),
-               "hessian_products": op.count})
-    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
-          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
-    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
-          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
-          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
-          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
-    sys.stdout.flush()
-    return out
+               "hessian_products": products})
 
 
 if __name__ == "__main__":
