@@ -211,8 +211,8 @@ def test_a_zero_block_has_eigenvalue_zero(edge, tmp_path, capsys):
     finally:
         sys.path.remove(str(edge))
     assert v["top_eig"][0] == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-4)
-    # exact traces: the fp32 products are summed in float64; 1e-5 is the fp32 limit of a block
-    assert v["trace"][0] == pytest.approx(np.trace(H), rel=1e-5)
+    # exact traces: fp32 products summed in float64; 3e-5 is the fp32 limit (doc/curvature.md)
+    assert v["trace"][0] == pytest.approx(np.trace(H), rel=3e-5)
 
 
 def argparse_data(max_samples):
