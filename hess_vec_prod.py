@@ -206,7 +206,7 @@ def hessian_operator(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, los
     return Hessian(net, x, y, loss_sum, batch_size, params, cache_mb)
 
 
-def start_vector(n, seed=0):
+def start_vector(n: int, seed: int = 0) -> np.ndarray:
     """The fixed float64 start vector of every Lanczos run (same on every rank)."""
     return np.random.default_rng(seed).standard_normal(n)
 
@@ -343,7 +343,7 @@ def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: i
     return arpack(op, k, "LA", tol, seed, maxiter, vectors=True)
 
 
-def hutchinson_trace(op, samples, seed=0):
+def hutchinson_trace(op: LinearOperator, samples: int, seed: int = 0) -> tuple[float, float, np.ndarray]:
     """Hutchinson's estimate of tr(op): the mean of vᵀ·op·v over ``samples`` Rademacher
     vectors v; returns (estimate, standard error of the mean, the samples)."""
     rng = np.random.default_rng(seed)

@@ -27,6 +27,7 @@ steps, seed) is refused unless ``--overwrite``. With ``--mpi`` the starts are sh
 among the ranks (each start's vector depends only on ``--seed`` and its index, so the
 result does not depend on the number of ranks) and rank 0 writes the file.
 """
+import argparse
 import math
 import sys
 import time
@@ -52,7 +53,7 @@ MAX_STEPS = 100_000
 MAX_LANCZOS_BYTES = 64 * 2 ** 30
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = flags.build_parser(__doc__.splitlines()[0])
     g = flags.add_hessian_group(p, eig=False)
     g.add_argument("--n_v", type=int, default=4, help="random starts")
@@ -66,7 +67,7 @@ def build_parser():
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     flags.check_hessian(args)
     if args.n_v < 1:
         raise UserError(f"--n_v must be >= 1 (random starts), got {args.n_v}")
@@ -97,7 +98,7 @@ def open_store(args, out, n, settings):
     return store
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     check_args(args)
     out = spectrum_file(args)
@@ -154,7 +155,7 @@ def main(argv=None):
         plot(out, args.format, args.show)
 
 
-def check_memory(args, n: int) -> None:
+def check_memory(args: argparse.Namespace, n: int) -> None:
     """Refuse, before any work, Lanczos runs whose vectors (steps x parameters float64,
     with full reorthogonalisation) would not fit in memory."""
     m = min(args.lanczos_steps, n)

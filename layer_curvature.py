@@ -25,10 +25,13 @@ one with different settings is refused (``--overwrite`` starts afresh). ``--mpi`
 shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws the
 bar chart (log scale) next to the file.
 """
+import argparse
 import json
 import math
 import sys
 import time
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,11 +46,15 @@ from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutch
 from plot_common import FORMATS
 from scheduler import Interrupted, run_grid
 
+if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
+    import torch
+    from scipy.sparse.linalg import LinearOperator
+
 KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = flags.build_parser(__doc__.splitlines()[0])
     g = flags.add_hessian_group(p)
     g.add_argument("--group", action="append", default=[],
@@ -61,7 +68,7 @@ def build_parser():
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     flags.check_hessian(args)
     if args.trace_samples < 2:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
@@ -73,7 +80,7 @@ def check_args(args):
     flags.one_point_only(args, "layer_curvature.py")
 
 
-def blocks_of(args, net):
+def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
     model = net.module if hasattr(net, "module") else net
     try:
         blocks = layer_blocks(model, args.groups)
@@ -92,7 +99,7 @@ def open_store(args, out, settings, names):
     return store
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     check_args(args)
     out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
@@ -117,27 +124,7 @@ def main(argv=None):
 
     def compute(k):
         name, params = blocks[k]
-        op = grid.hessian_of(args, net, data, device, [p for _, p in params])
-        n = op.shape[0]
-        progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
-        t = time.perf_counter()
-        progress.phase(f"{name} ({n} parameters): top eigenvalue")
-        try:
-            lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
-        except ArithmeticError as e:
-            raise user_error(e, f"in block {name}") from None
-        progress.end(f"{lam:.6g}")
-        exact = n <= args.exact_trace_max
-        progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
-        if exact:
-            tr, se = exact_trace(op), 0.0
-        else:
-            tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
-        progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
-        if not np.isfinite(tr):
-            raise user_error(NonFinite(), f"in block {name}")
-        return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
-                "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
+        return block_curvature(args, name, grid.hessian_of(args, net, data, device, [p for _, p in params]), prefix)
 
     try:
         run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
@@ -156,6 +143,31 @@ def main(argv=None):
     print(f"saved {out}", flush=True)
     if args.plot:
         plot(out, args.format, args.show)
+
+
+def block_curvature(args: argparse.Namespace, name: str, op: "LinearOperator", prefix: str) -> dict:
+    """One block's row: top eigenvalue (Lanczos) and trace (exact or Hutchinson), with
+    progress lines; a NaN/inf product or Lanczos failing is one error line."""
+    n = op.shape[0]
+    progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
+    t = time.perf_counter()
+    progress.phase(f"{name} ({n} parameters): top eigenvalue")
+    try:
+        lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
+    except ArithmeticError as e:
+        raise user_error(e, f"in block {name}") from None
+    progress.end(f"{lam:.6g}")
+    exact = n <= args.exact_trace_max
+    progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
+    if exact:
+        tr, se = exact_trace(op), 0.0
+    else:
+        tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
+    progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
+    if not np.isfinite(tr):
+        raise user_error(NonFinite(), f"in block {name}")
+    return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
+            "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 
 
 def table(names, v, point=()):

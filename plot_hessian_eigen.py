@@ -22,9 +22,11 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 ``--trace``, Hutchinson's estimate of the trace with its standard error (``trace``,
 ``trace_stderr``, ``trace_samples``).
 """
+import argparse
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -36,10 +38,13 @@ from errors import UserError, run_main
 from fileio import check_output_path, check_reuse, open_h5, written_atomically
 from hess_vec_prod import NonFinite, Progress, hutchinson_trace, min_max_eigs, top_k, user_error
 
+if TYPE_CHECKING:  # annotations only
+    from scipy.sparse.linalg import LinearOperator
+
 METRICS = ["max_eig", "min_eig"]
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = flags.build_parser(__doc__.splitlines()[0])
     g = flags.add_hessian_group(p)
     g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
@@ -49,7 +54,7 @@ def build_parser():
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     flags.check_hessian(args)
     if args.top_k < 0:
         raise UserError(f"--top_k must be >= 0, got {args.top_k}")
@@ -146,7 +151,7 @@ class ResultStore:
 
 
 # --------------------------------------------------------------------------- grid
-def grid_mode(args):
+def grid_mode(args: argparse.Namespace) -> None:
     ctx = prepare_grid(args)
     op = grid.hessian_of(args, ctx.net, ctx.data, ctx.device)
     progress = Progress(op, not args.no_progress, args.progress_every,
@@ -166,7 +171,7 @@ def grid_mode(args):
             grid.plot(args, ctx, "eig_ratio")
 
 
-def prepare_grid(args):
+def prepare_grid(args: argparse.Namespace) -> grid.Run:
     """grid.prepare with our metrics; the surface file gets a ``_hessian`` name. The
     Hessian is checked (a differentiable loss, parameters to take it of) before any file
     is written."""
@@ -178,7 +183,7 @@ def prepare_grid(args):
 
 
 # ---------------------------------------------------------------- single point
-def single_point(args):
+def single_point(args: argparse.Namespace) -> None:
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
     out = args.spectrum_file or grid.model_stem(args) + "_hessian.h5"
@@ -202,7 +207,7 @@ def single_point(args):
     report(result, point, op, seconds, out)
 
 
-def compute_point(args, op) -> dict:
+def compute_point(args: argparse.Namespace, op: "LinearOperator") -> dict:
     """Top-k eigenvalues, λmax/λmin and the trace at one point, with progress lines."""
     progress = Progress(op, not args.no_progress, args.progress_every)
     result = {}
@@ -223,7 +228,7 @@ def compute_point(args, op) -> dict:
     return result
 
 
-def write_spectrum(path, result, settings):
+def write_spectrum(path: str, result: dict, settings: dict) -> None:
     with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
         for k, v in result.items():
             f[k] = np.asarray(v, dtype=np.float64)
@@ -235,7 +240,7 @@ def ratio(a: float, b: float) -> float:
     return 0.0 if a == 0 and b == 0 else abs(a / b) if b != 0 else float("inf")
 
 
-def report(result, point, op, seconds, out):
+def report(result: dict, point: list[float], op: "LinearOperator", seconds: float, out: str) -> None:
     where = f"at {tuple(point)}" if point else "at the model"
     print(f"Hessian of the mean training loss {where} ({op.shape[0]} parameters, "
           f"{op.count} products, {seconds:.1f} s):")
@@ -249,7 +254,7 @@ def report(result, point, op, seconds, out):
     print(f"saved {out}", flush=True)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     check_args(args)
     if args.top_k or args.trace:
