@@ -28,15 +28,13 @@ bar chart (log scale) next to the file.
 import argparse
 import json
 import math
-import sys
 import time
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 import mpi4pytorch
-import plot_hessian_eigen as phe  # ResultStore: being replaced by the shared store in round 3
+import runner
 import flags
 import grid
 from errors import UserError, run_main
@@ -44,7 +42,7 @@ from fileio import check_output_path
 from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
                            user_error)
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
+from store import ResultStore
 
 if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
     import torch
@@ -92,8 +90,8 @@ def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
 
 
 def open_store(args, out, settings, names):
-    store = phe.ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
-                            overwrite=args.overwrite)
+    store = ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
+                        overwrite=args.overwrite, inputs=runner.inputs_of(args))
     store.attrs["layers"] = json.dumps(names)
     store.save()
     return store
@@ -116,29 +114,17 @@ def main(argv: list[str] | None = None) -> None:
                 "trace_samples": args.trace_samples, "exact_trace_max": args.exact_trace_max,
                 "blocks": [[b, [n for n, _ in ps]] for b, ps in blocks]}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, settings, names))
-    todo = mpi4pytorch.bcast(comm, store.todo() if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {len(blocks)} blocks, {len(blocks) - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     prefix = f"rank {rank}" if size > 1 else "hessian"
 
     def compute(k):
         name, params = blocks[k]
         return block_curvature(args, name, grid.hessian_of(args, net, data, device, [p for _, p in params]), prefix)
 
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="layers")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} of {len(blocks)} blocks saved in {out}; "
-                  "rerun the same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    runner.run(comm, store if rank == 0 else None, compute, what="blocks", desc="layers",
+               save_every=args.save_every, progress=not args.no_progress, setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo().size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
+    store.close()
     print(table(names, store.values, point))
     print(f"saved {out}", flush=True)
     if args.plot:

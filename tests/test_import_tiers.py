@@ -18,8 +18,8 @@ COMMANDS = {"plot_surface", "plot_1D", "plot_2D", "h52vtp", "plot_hessian_eigen"
             "plot_trajectory", "demo", "cifar10.main", "align"}
 TIERS = [  # top to bottom: a module may import its own tier and the tiers below it
     ("command", COMMANDS),
-    ("runtime", {"grid", "landscape", "scheduler", "flags", "store", "runner", "spec"}),
-    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader",
+    ("runtime", {"grid", "landscape", "scheduler", "flags", "runner", "spec"}),
+    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader", "store",
                 "surface", "inference", "plot_common", "cifar10", "cifar10.models", "cifar10.models.densenet",
                 "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
     ("base", {"errors", "fileio", "mpi4pytorch"}),
@@ -30,8 +30,6 @@ ALLOWED = {
     ("demo", "cifar10.main"),  # being removed in round 3: the training folder name out of cifar10/main.py
     ("grid", "plot_1D"), ("grid", "plot_2D"),  # being removed in round 3: figure builders out of the plot scripts
     ("plot_trajectory", "plot_2D"), ("plot_trajectory", "projection"),  # being removed in round 3: likewise
-    ("hessian_spectrum", "plot_hessian_eigen"),  # being removed in round 3: ResultStore -> the shared store
-    ("layer_curvature", "plot_hessian_eigen"),  # being removed in round 3: ResultStore -> the shared store
     ("evaluation", "flags"), ("net_plotter", "flags"),  # being removed in round 3: constants owned by the libraries
 }
 SKIP_DIRS = {"tests", "bench", "doc", "script", ".git", ".ci", "__pycache__"}
