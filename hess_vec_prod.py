@@ -317,11 +317,14 @@ def top_k(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
     return _eig(op, "LA", tol, seed, maxiter, k=k, strict=strict)
 
 
-def check_finite(op: LinearOperator, where: str = "at this point") -> None:
+def check_finite(op: LinearOperator, where: str = "at this point") -> np.ndarray:
     """Refuse (a ``UserError``) an operator whose product with the fixed start vector is
-    not finite, before a run writes anything: one product."""
-    if not np.isfinite(op.matvec(start_vector(op.shape[0]))).all():
+    not finite, before a run writes anything: one product, returned (exactly zero, with
+    probability 1, only when the operator is zero)."""
+    product = op.matvec(start_vector(op.shape[0]))
+    if not np.isfinite(product).all():
         raise user_error(NonFinite(), where)
+    return product
 
 
 def user_error(e: ArithmeticError, where: str = "here") -> UserError:

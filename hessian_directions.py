@@ -39,7 +39,7 @@ import mpi4pytorch
 import net_plotter
 import runner
 from errors import UserError, run_main
-from hess_vec_prod import Hessian, NonFinite, Progress, hessian_params, top_eigenpairs
+from hess_vec_prod import Hessian, NonFinite, Progress, check_finite, hessian_params, top_eigenpairs
 
 from fileio import check_not_input, check_output_path, check_reuse, open_h5, parse_settings
 from flags import add_hessian_group, check_hessian
@@ -50,6 +50,8 @@ from store import ResultStore, damaged
 
 FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
+ZERO = ("the Hessian is exactly zero here (the loss does not depend on these parameters): every direction "
+        "has curvature 0, so there is no sharpest one")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +113,7 @@ def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: 
     except ArithmeticError as e:
         raise UserError(f"{e}; raise --eig_maxiter or --eig_tol")
     if not np.any(vals):
-        raise UserError("the Hessian is exactly zero here (the loss does not depend on these parameters): "
-                        "every direction has curvature 0, so there is no sharpest one")
+        raise UserError(ZERO)
     return vals, vectors_to_directions(net, vecs, norm)
 
 
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> str:
         vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
         print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
         return out
+    if not np.any(check_finite(op, "at this checkpoint")):
+        raise UserError(ZERO)
     progress = Progress(op, not args.no_progress, args.progress_every)
     found = ResultStore(None, FORMAT_KIND, "direction file", (), {}, settings)  # in memory: one solve
     t = time.perf_counter()
