@@ -39,7 +39,7 @@ from evaluation import Evaluator, get_loss_fn, keep_freed_memory
 from fileio import check_not_input, check_output_path, check_reuse, parse_settings
 import runner
 from spec import RunSpec
-from surface import SurfaceStore
+from surface import SurfaceStore, settings_record
 
 
 @dataclass(frozen=True)
@@ -313,26 +313,9 @@ def grid_coords(spec: Any) -> tuple[np.ndarray, np.ndarray | None]:
 
 def surface_settings(spec: Any, loaded: Loaded, metrics: list[str], kind: str, xdir: list, ydir: list | None,
                      dir_attrs: dict, extra: dict | None = None) -> dict:
-    """Everything that defines the surface; a resume must match it exactly (the one
-    settings builder of surface files; surface.read_surface reads them back)."""
-    ident = loaded.identity
-    settings = {
-        "kind": kind, "model": ident["model"],
-        "model_file": ident["model_file"], "model_hash": ident["model_hash"],
-        "model_file2": ident["model_file2"], "model_file3": ident["model_file3"],
-        **dataloader.data_settings(spec, loaded.data),
-        "loss_name": spec.loss_name, "dir_type": spec.dir_type,
-        "directions_hash": net_plotter.directions_hash(xdir, ydir),
-        "xnorm": str(dir_attrs.get("xnorm", "")), "ynorm": str(dir_attrs.get("ynorm", "")),
-        "xignore": str(dir_attrs.get("xignore", "")), "yignore": str(dir_attrs.get("yignore", "")),
-        "seed": spec.seed, "idx": spec.idx,
-        "x": [spec.xmin, spec.xmax, spec.xnum],
-        "y": [spec.ymin, spec.ymax, spec.ynum] if spec.y is not None else None,
-        "precision": spec.precision, "metrics": list(metrics), **(extra or {}),
-    }
-    if ident.get("random_init"):
-        settings["random_init"] = True
-    return settings
+    """Everything that defines the surface (surface.settings_record, next to its reader)."""
+    return settings_record(spec, loaded.identity, dataloader.data_settings(spec, loaded.data),
+                           net_plotter.directions_hash(xdir, ydir), dir_attrs, metrics, kind, extra)
 
 
 def _check_outputs(spec: Any, dir_file: str, surf_file: str | None) -> None:
