@@ -212,7 +212,7 @@ def spec_of(args: argparse.Namespace, **changes):
 # ======================================================================== Hessian
 # The Hessian flag group of plot_hessian_eigen.py, hessian_spectrum.py, layer_curvature.py
 # and hessian_directions.py, and its checks (standard library only, like the rest of this
-# module). The defaults are those of hess_vec_prod (tests/test_hessian.py checks they agree).
+# module). The defaults are those of hess_vec_prod (tests/test_hessian_edges.py checks they agree).
 HESSIAN_TOL = 1e-3            # hess_vec_prod.DEFAULT_TOL
 HESSIAN_CACHE_MB = 2048       # hess_vec_prod.DEFAULT_CACHE_MB
 HESSIAN_BATCH_MB = 256        # hess_vec_prod.DEFAULT_BATCH_MB
