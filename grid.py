@@ -1,22 +1,26 @@
-"""The grid runtime: from checked flags (or in-memory objects) to a finished surface file.
+"""The grid runtime: from a run specification (spec.RunSpec) to a finished surface file.
 
 A run goes through four steps, the same for plot_surface.py, plot_hessian_eigen.py and
-the Python API (landscape.py):
+the Python API (landscape.py); the command line and the API differ only in step 1:
 
-1. **Inputs** (``load_run``): threads, device, the data (once, into memory) and the
-   model at (0, 0); the model must fit the data.
-2. **Files** (``prepare``): the directions (made in memory, or read from the direction
-   file), the settings that define the surface, and the surface file to resume. Every
-   input and output path is checked *before* anything is written, so a failed run never
-   leaves a file that blocks the corrected one; then rank 0 writes the direction file (if
-   new) and the surface file. A ``--dir_file`` the user gave is never modified.
-3. **Grid** (``compute_grid``): every rank takes grid points from the shared counter
-   (scheduler.run_grid), moves the weights there in place (``move_to``) and computes;
-   rank 0 gathers the results and saves the file periodically and at the end.
+1. **Inputs** (``load_inputs`` from the checkpoints; the API builds its ``Loaded`` from
+   in-memory models): threads, device, the data (once, into memory), the model at (0, 0)
+   and the other checkpoints' models, each with finite weights; the model must fit the
+   data. ``Loaded.identity`` is what the files record of the models.
+2. **Files** (``prepare_loaded``): the directions (made in memory, or read from the
+   direction file), the settings that define the surface (surface.settings_record), and
+   the surface store to resume. Every input and output path is checked *before* anything
+   is written, so a failed run never leaves a file that blocks the corrected one; then
+   rank 0 writes the direction file (if new) and the surface file. A ``--dir_file`` the
+   user gave is never modified.
+3. **Grid** (``compute_grid``/``execute``: runner.run): every rank takes grid points from
+   the shared counter (scheduler.run_grid), moves the weights there in place (``move_to``)
+   and computes; rank 0 gathers the results and saves the file periodically and at the end.
 4. **Plots** (``plot``): the original's ``--plot``, as function calls.
 
-``Run`` holds what a running grid needs; ``loss_compute`` is the per-point evaluation
-of loss and accuracy that plot_surface.py and landscape.py share.
+``Run`` (frozen) holds what a running grid needs; ``loss_compute`` is the per-point
+evaluation of loss and accuracy that plot_surface.py and landscape.py share (a
+``PointCompute``: the function, how many points it takes per call, and its note).
 """
 from __future__ import annotations
 
@@ -392,11 +396,15 @@ def prepare_loaded(spec: Any, comm: Any, loaded: Loaded, metrics: list[str], kin
     return start(comm, spec, loaded, opened, t0)
 
 
-def prepare(spec: RunSpec, metrics: list[str], kind: str = "loss", extra_settings: dict | None = None) -> Run:
-    """Everything a grid run of the command line needs (see the module doc)."""
+def prepare(spec: RunSpec, metrics: list[str], kind: str = "loss", extra_settings: dict | None = None,
+            check: Callable | None = None) -> Run:
+    """Everything a grid run of the command line needs (see the module doc); ``check(net,
+    data)`` refuses a model the run cannot use, before any file is written."""
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(spec.mpi)
     loaded = load_inputs(spec, comm)
+    if check is not None:
+        mpi4pytorch.check_all(comm, lambda: check(loaded.net, loaded.data))
     return prepare_loaded(spec, comm, loaded, metrics, kind, extra_settings, t0)
 
 
@@ -472,3 +480,39 @@ def metrics_for(splits: list[str]) -> list[str]:
     """The loss and accuracy quantities of the splits."""
     return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
 
+
+# ------------------------------------------------------------- single-point runs
+def move_to_at(args: Any, net: torch.nn.Module) -> list[float]:
+    """Move ``net`` to ``args.at_point`` (``--at x[,y]``, checked by flags.check_hessian)
+    along ``--dir_file``; returns the point ([] for the model itself)."""
+    point = list(getattr(args, "at_point", []) or [])
+    if point:
+        xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)
+        net_plotter.Perturbation(net, args.dir_type, xdir, ydir).set(*point)
+    return point
+
+
+def load_point(args: Any, comm: Any = None) -> tuple[torch.device, Any, torch.nn.Module, list[float]]:
+    """The shared set-up of the single-point scripts: (device, data, net, point), the
+    model on the device and moved to ``--at``."""
+    device, data, net = load_run(args, comm)
+    net = net.to(device)
+    return device, data, net, move_to_at(args, net)
+
+
+def point_settings(args: Any, data: Any, point: list[float]) -> dict:
+    """What identifies the point and the loss a single-point result belongs to."""
+    return {"model": args.model, "model_file": os.path.basename(args.model_file),
+            "model_hash": _hash_or_init(args, args.model_file),
+            **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+            "point": list(point), "dir_type": args.dir_type if point else "",
+            "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
+
+
+def hessian_of(args: Any, net: torch.nn.Module, data: Any, device: Any,
+               params: list | None = None) -> Any:
+    """The Hessian operator (hess_vec_prod.hessian_operator) of the mean training loss of
+    ``net`` with the run's Hessian flags; ``params`` default: the multi-dimensional ones."""
+    from hess_vec_prod import hessian_operator
+    return hessian_operator(net, data.train_x.to(device), data.train_y.to(device), args.loss_name,
+                            params=params, cache_mb=args.hess_cache_mb, batch_mb=args.hess_batch_mb)
