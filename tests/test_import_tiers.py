@@ -16,13 +16,13 @@ from conftest import REPO
 
 COMMANDS = {"plot_surface", "plot_1D", "plot_2D", "h52vtp", "plot_hessian_eigen", "hessian_spectrum",
             "layer_curvature", "hessian_directions", "sharpness", "mode_connectivity", "projection",
-            "plot_trajectory", "demo", "cifar10.main", "align"}
+            "plot_trajectory", "demo", "cifar10.main", "align", "train_lm"}
 TIERS = [  # top to bottom (doc/architecture.md): a module may import its own tier and the tiers below it
     ("entry point", COMMANDS | {"landscape"}),  # the commands and the Python API
     ("runtime", {"grid", "scheduler", "flags", "runner", "spec", "mpi4pytorch"}),
-    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader",
-                "surface", "inference", "plot_common", "cifar10", "cifar10.models", "cifar10.models.densenet",
-                "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
+    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader", "lm",
+                "lm_train", "surface", "inference", "plot_common", "cifar10", "cifar10.models",
+                "cifar10.models.densenet", "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
     ("base", {"errors", "fileio", "store"}),
 ]
 # Known exceptions, each being removed in round 3 by the change named (the lead drops them at merge).
