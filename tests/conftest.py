@@ -70,6 +70,35 @@ def exact_hessian(net, x, y, loss_sum, names=None):
     return torch.autograd.functional.hessian(mean_loss, w0).numpy()
 
 
+def repo_files_status(root=REPO):
+    """The repository's untracked and ignored files (``git status --porcelain --ignored``,
+    every file listed), without __pycache__ and .pytest_cache; None outside a git checkout."""
+    try:
+        p = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"],
+                           cwd=root, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    entries = [e for e in p.stdout.decode(errors="replace").split("\0") if e]
+    return {e[3:] for e in entries if e[:2] in ("??", "!!")
+            and "__pycache__/" not in e and not e[3:].startswith(".pytest_cache/")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_left_clean():
+    """The suite writes only into temporary folders: fails at the end of the session if the
+    repository gained an untracked or ignored file (e.g. an out/<model>... surface of a run
+    without --surf_file)."""
+    before = repo_files_status()
+    yield
+    after = repo_files_status()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, (f"the tests wrote {len(new)} file(s) into the repository {REPO} "
+                         f"(tests must write into tmp_path): {new[:20]}")
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (tiny Hessian products: fastest, and immune to a busy machine)."""
