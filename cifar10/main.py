@@ -69,12 +69,12 @@ def build_parser():
     p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     p.add_argument("--epochs", default=300, type=int, help="number of epochs to train")
     p.add_argument("--save", default=DEFAULT_SAVE,
-                   help="output root (cifar10/trained_nets of this repository); the run's folder "
-                        "is created inside it")
+                   help="output root: the run's folder is created inside it")
     p.add_argument("--save_epoch", default=10, type=int, help="save every K epochs")
     p.add_argument("--overwrite", action="store_true",
                    help="train from scratch into the run's folder even if it holds a run with other "
-                        "settings or checkpoints this script did not write (they are replaced)")
+                        "settings or checkpoints this script did not write (those of the epochs it "
+                        "saves are replaced)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads; 0: $OMP_NUM_THREADS when set, else the machine's cores")
     p.add_argument("--ngpu", type=int, default=1, help="number of GPUs (DataParallel) with --cuda")

@@ -187,3 +187,21 @@ def test_doc_recipes_run(doc, tmp_path):
     if doc == "README.md":
         # the own-model recipe's rerun resumed (the data are the same at every call)
         assert p.stdout.count("nothing to do: runs/mine/mywork_model_") == 1, tail(p.stdout)
+
+
+def test_demo_numbers_agree_across_the_docs():
+    """The sharpness ratios quoted in README.md and doc/demo.md are those of the demo's table
+    in doc/sharpness.md (one run, one set of numbers)."""
+    def read(path):
+        with open(os.path.join(REPO, path)) as f:
+            return " ".join(f.read().split())
+    table = read("doc/sharpness.md")
+    rows = {k: re.search(r"\| " + re.escape(k) + r" \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ±", table).groups()
+            for k in ("small batch (bs=16)", "large batch (bs=1024)")}
+    small, large = ([float(v) for v in rows[k]] for k in rows)
+    lam, trace = large[1] / small[1], large[2] / small[2]
+    readme = re.search(r"has (\d+)x the λmax, (\d+)x the trace", read("README.md")).groups()
+    assert [int(v) for v in readme] == [round(lam), round(trace)], (readme, lam, trace)
+    demo = re.search(r"ratios \(λmax ([\d.]+)x, trace ([\d.]+)x", read("doc/demo.md")).groups()
+    assert abs(float(demo[0]) - lam) < 0.1 and abs(float(demo[1]) - trace) < 0.1, (demo, lam, trace)
+    assert f"λmax {round(lam)}x, trace {round(trace)}x" in table
