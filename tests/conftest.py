@@ -127,7 +127,8 @@ def adapt_command(command, python=sys.executable):
 
 def repo_files_status(root=REPO):
     """The repository's untracked and ignored files (``git status --porcelain --ignored``,
-    every file listed), without __pycache__ and .pytest_cache; None outside a git checkout."""
+    every file listed), without the caches of Python and its tools (__pycache__,
+    .pytest_cache, .ruff_cache, ...); None outside a git checkout."""
     try:
         p = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"],
                            cwd=root, capture_output=True, timeout=120)
@@ -136,8 +137,8 @@ def repo_files_status(root=REPO):
     if p.returncode != 0:
         return None
     entries = [e for e in p.stdout.decode(errors="replace").split("\0") if e]
-    return {e[3:] for e in entries if e[:2] in ("??", "!!")
-            and "__pycache__/" not in e and not e[3:].startswith(".pytest_cache/")}
+    caches = re.compile(r"(^|/)(__pycache__|\.\w+_cache)/")
+    return {e[3:] for e in entries if e[:2] in ("??", "!!") and not caches.search(e[3:])}
 
 
 @pytest.fixture(scope="session", autouse=True)
