@@ -517,7 +517,7 @@ def train(args, state):
             record(epoch, train_loss, train_acc, test_loss, test_acc, time.time() - t)
             if epoch == 1 or epoch % args.save_epoch == 0 or epoch == args.epochs:
                 save_checkpoint(folder, epoch, test_acc, net, optimizer)
-    if start_epoch > args.epochs:
+    if resume_model and start_epoch > args.epochs:
         print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
               f"{args.epochs}", flush=True)
 
