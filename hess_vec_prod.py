@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-DEFAULT_TOL = 1e-3
-DEFAULT_CACHE_MB = 2048
+from hessian_options import DEFAULT_CACHE_MB, DEFAULT_TOL  # noqa: F401 -- owned here, light for the flags
 
 
 def hessian_params(net):

@@ -23,33 +23,28 @@ tolerance, seed). A rerun with the same settings reuses the file; other settings
 refused unless ``--overwrite``.
 """
 import argparse
-import json
-import os
-import sys
-import time
+import math
 
-import numpy as np
-import torch
-
-import dataloader
-import model_loader
+import flags
 import mpi4pytorch
-import net_plotter
 from errors import UserError, run_main
-from evaluation import get_loss_fn
-from hess_vec_prod import DEFAULT_CACHE_MB, Hessian, NonFinite, hessian_params, top_eigenpairs
+from hessian_options import DEFAULT_CACHE_MB
 
-from fileio import check_output_path, check_reuse
-from flags import build_parser as _base_parser
-from flags import parse_args as _parse_args
-from grid import load_run, model_stem
-
-FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _base_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    """The run, model, data and evaluation groups, --dir_file (the output) and the eigenvector flags."""
+    p = flags.ArgumentParser(flags.describe(__doc__))
+    flags.add_run_group(p, ngpu=False)
+    flags.add_grid_group(p, axes="", engine=False, precision=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints=1)
+    flags.add_directions_group(p, random=False, dir_file_help="the direction file to write (default: "
+                               "<model_file>_hessian_top<k>_norm=<norm>.h5)",
+                               seed_help="seed of the Lanczos start vector (and of a randomly initialised model)")
+    flags.add_output_group(p, surf_file=False, test=False, save_every=False,
+                           overwrite_help="replace a direction file made with other settings")
     g = p.add_argument_group("Hessian directions")
     g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y)")
     g.add_argument("--norm", default="none", help="none (unit vectors) or filter (the paper's filter-wise scaling)")
@@ -58,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
     g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
                    help="memory for the gradient graphs kept between products (0: none)")
+    flags.add_check(p, check_args)
     return p
 
 
@@ -66,7 +62,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--k must be 1 or 2 (got {args.k})")
     if args.norm not in ("none", "filter"):
         raise UserError(f"--norm must be none or filter (got '{args.norm}')")
-    if not np.isfinite(args.eig_tol) or args.eig_tol < 0:
+    if not math.isfinite(args.eig_tol) or args.eig_tol < 0:
         raise UserError("--eig_tol must be a finite number >= 0 (0: machine precision)")
     if args.eig_maxiter is not None and args.eig_maxiter < 1:
         raise UserError("--eig_maxiter must be >= 1")
@@ -78,6 +74,28 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("hessian_directions.py runs one Lanczos solve: run a single process, without --mpi")
     if args.model_file2 or args.model_file3:
         raise UserError("--model_file2/--model_file3 do not apply here: the directions are eigenvectors")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import dataloader
+import model_loader
+import net_plotter
+from evaluation import get_loss_fn
+from fileio import check_output_path, check_reuse
+from grid import load_run, model_stem
+from hess_vec_prod import Hessian, NonFinite, hessian_params, top_eigenpairs
+
+FORMAT_KIND = "hessian_eigenvectors"
 
 
 def default_dir_file(args: argparse.Namespace) -> str:
@@ -137,8 +155,7 @@ def stored_settings(path: str) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = _parse_args(build_parser(), argv)
-    check_args(args)
+    args = flags.parse_args(build_parser(), argv)
     out = args.dir_file or default_dir_file(args)
     check_output_path(out, "--dir_file")
     if args.model_file and not os.path.isfile(args.model_file):

@@ -39,7 +39,7 @@ import mpi4pytorch
 import net_plotter
 from errors import UserError
 from evaluation import get_loss_fn, summed_loss
-from flags import DIR_TYPES, IGNORES, NORMS
+from net_plotter import DIR_TYPES, IGNORES, NORMS
 from surface import SurfaceWriter
 
 Range = tuple[float, float, int]

@@ -69,8 +69,17 @@ def _add_eig_args(g):
                    help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
 
 
-def build_parser():
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    """plot_surface.py's groups less what the Hessian does not use (--engine,
+    --points_per_pass, --precision, --test), and the Hessian flags."""
+    p = flags.ArgumentParser(flags.describe(__doc__))
+    flags.add_run_group(p)
+    flags.add_grid_group(p, engine=False, precision=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints=3)
+    flags.add_directions_group(p)
+    flags.add_output_group(p, test=False)
+    flags.add_plot_group(p)
     g = add_hessian_args(p)
     g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
     g.add_argument("--trace", action="store_true", help="single point: Hutchinson estimate of the trace")
