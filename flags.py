@@ -77,6 +77,12 @@ def describe(doc: str | None) -> str:
     return "\n".join(line.strip() for line in (doc or "").strip().split("\n\n")[0].splitlines())
 
 
+def command_parser(module_file: str, doc: str | None) -> ArgumentParser:
+    """The parser of the command in ``module_file``, described by the first paragraph of ``doc``
+    (named after the file also when its ``main`` is called from another program)."""
+    return ArgumentParser(describe(doc), prog=os.path.basename(module_file))
+
+
 def parse_before_imports(build_parser: Callable[[], argparse.ArgumentParser]) -> None:
     """Parse and check ``sys.argv`` now (a command whose module imports torch calls this
     before those imports): ``--help`` and every flag error return at once, as one line
@@ -346,7 +352,7 @@ SURFACE_GROUPS = ("run", "data", "model", "directions", "grid", "output", "plot"
 def build_parser(description: str | None = None) -> ArgumentParser:
     """Every flag of plot_surface.py (the original's names and meanings, and ours): all the groups."""
     p = ArgumentParser(description or "Loss and accuracy of a network moved along one direction (1D) or "
-                       "two (2D grid).")
+                       "two (2D grid).", prog="plot_surface.py")
     add_run_group(p)
     add_grid_group(p)
     add_data_group(p)

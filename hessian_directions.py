@@ -35,7 +35,7 @@ DEFAULT_EIG_TOL = 1e-6
 
 def build_parser() -> flags.ArgumentParser:
     """The run, model, data and evaluation groups, --dir_file (the output) and the eigenvector flags."""
-    p = flags.ArgumentParser(flags.describe(__doc__))
+    p = flags.command_parser(__file__, __doc__)
     flags.add_run_group(p, ngpu=False)
     flags.add_grid_group(p, axes="", engine=False, precision=False)
     flags.add_data_group(p)

@@ -72,7 +72,7 @@ def _add_eig_args(g):
 def build_parser() -> flags.ArgumentParser:
     """plot_surface.py's groups less what the Hessian does not use (--engine,
     --points_per_pass, --precision, --test), and the Hessian flags."""
-    p = flags.ArgumentParser(flags.describe(__doc__))
+    p = flags.command_parser(__file__, __doc__)
     flags.add_run_group(p)
     flags.add_grid_group(p, engine=False, precision=False)
     flags.add_data_group(p)
