@@ -29,6 +29,7 @@ from typing import Callable, NoReturn
 import dataloader
 from direction_options import DIR_TYPES, IGNORES, NORMS, check_dir_type, check_ignore, check_norm
 from errors import SharedUserError, UserError
+from fileio import check_output_path
 from evaluation_options import ENGINES, PRECISIONS, check_engine, check_precision
 
 __all__ = ["DIR_TYPES", "IGNORES", "NORMS", "ENGINES", "PRECISIONS", "MAX_POINTS", "ArgumentParser",
@@ -344,6 +345,53 @@ def check_plot(args: argparse.Namespace) -> None:
             raise UserError(f"--{flag} must be a finite number (got {getattr(args, flag)})")
     if args.vlevel <= 0 or args.vmin >= args.vmax:
         raise UserError("--vlevel must be > 0 and --vmin below --vmax")
+
+
+def add_trajectory_group(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The checkpoints of a training run and the PCA/projection outputs (projection.py,
+    plot_trajectory.py; the original's names and meanings)."""
+    g = p.add_argument_group("trajectory")
+    g.add_argument("--model", default="digits_cnn", help="zoo name or package.module:factory")
+    g.add_argument("--dataset", default="", help="ignored (accepted for the original's command lines)")
+    g.add_argument("--model_folder", default="", help="folder of the checkpoints of one training run")
+    g.add_argument("--prefix", default="model_", help="checkpoint file name before the epoch")
+    g.add_argument("--suffix", default=".t7", help="checkpoint file name after the epoch")
+    g.add_argument("--start_epoch", default=0, type=int, help="first epoch")
+    g.add_argument("--max_epoch", default=300, type=int, help="last epoch (the final model)")
+    g.add_argument("--save_epoch", default=1, type=int, help="epochs between checkpoints")
+    g.add_argument("--model_files", nargs="+", default=None,
+                   help="checkpoint files or glob patterns instead of the folder flags; the last is the final model")
+    g.add_argument("--dir_type", default="weights", help="weights (parameters) or states (state_dict)")
+    g.add_argument("--ignore", default="", help="'biasbn': leave out entries with <= 1 dimension")
+    g.add_argument("--dir_file", default="", help="project onto this existing 2D direction file instead of PCA")
+    g.add_argument("--pca_file", default="", help="where to write the PCA directions (default: the original's "
+                   "path)")
+    g.add_argument("--proj_file", default="", help="where to write the projection (default: "
+                   "<dir_file>_proj_cos.h5)")
+    g.add_argument("--margin", default=0.1, type=float, help="margin of the suggested range, a fraction of the span")
+    g.add_argument("--overwrite", action="store_true", help="replace output files made with other settings")
+    g.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of trusted checkpoint files")
+    add_check(p, check_trajectory)
+    return g
+
+
+def check_trajectory(args: argparse.Namespace) -> None:
+    check_dir_type(args.dir_type, "--dir_type")
+    if args.ignore not in ("", "biasbn"):
+        raise UserError(f"unknown --ignore '{args.ignore}'; use biasbn or leave it out")
+    if args.save_epoch < 1:
+        raise UserError("--save_epoch must be >= 1")
+    if not math.isfinite(args.margin) or args.margin < 0:
+        raise UserError(f"--margin must be a finite number >= 0, got {args.margin}")
+    if args.dir_file and not os.path.isfile(args.dir_file):
+        what = "is a folder" if os.path.isdir(args.dir_file) else "not found"
+        raise UserError(f"--dir_file {args.dir_file} {what}; give a 2D direction file or leave "
+                        "it out to compute PCA directions")
+    if args.model_folder and not args.model_files and not os.path.isdir(args.model_folder):
+        raise UserError(f"--model_folder {args.model_folder} is not a folder")
+    for flag in ("pca_file", "proj_file"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), f"--{flag}")
 
 
 SURFACE_GROUPS = ("run", "data", "model", "directions", "grid", "output", "plot")

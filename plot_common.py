@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from errors import UserError
+from flags import ArgumentParser  # noqa: F401 -- the one parser class, for the plotting scripts
 from fileio import written_atomically
 from surface import Surface, read_surface
 
@@ -214,14 +215,6 @@ def quantity_label(name):
 
 
 # ---------------------------------------------------------------- figures
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a UserError, so that run_main prints it as
-    one ``error:`` line (plain argparse prints the usage too and exits by itself)."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
-
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     """The flags every plotting script takes for its outputs."""

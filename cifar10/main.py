@@ -14,7 +14,6 @@ runs' names come out: ``resnet56_sgd_lr=0.1_bs=128_wd=0.0005``,
 gets one line per epoch. The data sit in memory as tensors and are batched, shuffled and
 augmented there (no DataLoader workers). See doc/training.md.
 """
-import argparse
 import math
 import os
 import random
@@ -31,6 +30,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import dataloader  # noqa: E402
+import flags  # noqa: E402
 import model_loader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 
@@ -39,7 +39,7 @@ LR_DECAY_EPOCHS = (150, 225, 275)  # the original's decay epochs for a 300-epoch
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a model for loss-landscape plots")
+    p = flags.ArgumentParser("Train a model for loss-landscape plots", prog="cifar10/main.py")
     p.add_argument("--batch_size", default=128, type=int)
     p.add_argument("--lr", default=0.1, type=float, help="learning rate")
     p.add_argument("--lr_decay", default=0.1, type=float,
