@@ -394,7 +394,19 @@ def check_trajectory(args: argparse.Namespace) -> None:
             check_output_path(getattr(args, flag), f"--{flag}")
 
 
-SURFACE_GROUPS = ("run", "data", "model", "directions", "grid", "output", "plot")
+def add_point_groups(p: argparse.ArgumentParser) -> None:
+    """The groups of a computation at one point (the model, or --at along --dir_file): run, data,
+    one checkpoint, --dir_file/--dir_type/--seed, --batch_size, --overwrite/--save_every/--no_progress,
+    --plot/--show."""
+    add_run_group(p)
+    add_grid_group(p, axes="", engine=False, precision=False)
+    add_data_group(p)
+    add_model_group(p, checkpoints=1)
+    add_directions_group(p, random=False, dir_file_help="direction file that --at refers to",
+                         seed_help="seed of the random vectors (and of a randomly initialised model)")
+    add_output_group(p, surf_file=False, test=False, overwrite_help="recompute an existing output file "
+                     "from scratch")
+    add_plot_group(p, contours=False, log=False)
 
 
 def build_parser(description: str | None = None) -> ArgumentParser:

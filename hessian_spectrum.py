@@ -46,8 +46,9 @@ from scheduler import Interrupted, run_grid
 KIND = "loss-landscape-hessian-spectrum"
 
 
-def build_parser():
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_point_groups(p)
     g = phe.add_hessian_args(p, eig=False)
     g.add_argument("--n_v", type=int, default=4, help="random starts")
     g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start")

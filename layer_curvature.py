@@ -46,8 +46,9 @@ KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
 
 
-def build_parser():
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_point_groups(p)
     g = phe.add_hessian_args(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")

@@ -245,7 +245,7 @@ BAD = [  # (script, flags, a word the message must contain)
     ("hessian_spectrum.py", ["--sigma", "nan"], "--sigma"),
     ("hessian_spectrum.py", ["--n_grid", "1"], "--n_grid"),
     ("hessian_spectrum.py", ["--hess_cache_mb", "inf"], "--hess_cache_mb"),
-    ("hessian_spectrum.py", ["--y=-1:1:3"], "one point"),
+    ("hessian_spectrum.py", ["--y=-1:1:3"], "--y not used"),  # a flag of the grid scripts only
     ("hessian_spectrum.py", ["--at", "0.5"], "--dir_file"),
     ("hessian_spectrum.py", ["--spectrum_file", "{existing}", "--lanczos_steps", "7"], "different settings"),
     ("hessian_spectrum.py", ["--spectrum_file", "{text}"], "not a"),
