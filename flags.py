@@ -407,6 +407,13 @@ def add_point_groups(p: argparse.ArgumentParser) -> None:
     add_output_group(p, surf_file=False, test=False, overwrite_help="recompute an existing output file "
                      "from scratch")
     add_plot_group(p, contours=False, log=False)
+    add_check(p, _dir_file_needs_at)
+
+
+def _dir_file_needs_at(args: argparse.Namespace) -> None:
+    if args.dir_file and not getattr(args, "at", ""):
+        raise UserError("--dir_file is read only with --at x[,y] (a point along its directions): give --at, "
+                        "or drop --dir_file to compute at the model itself")
 
 
 def build_parser(description: str | None = None) -> ArgumentParser:

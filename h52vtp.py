@@ -164,7 +164,7 @@ def write_vtp(path, points, values, quads, show_points, ascii):
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Convert a surface file to a ParaView .vtp file")
+parser = ArgumentParser(description="Convert a surface file to a ParaView .vtp file", prog="h52vtp.py")
 parser.add_argument("--surf_file", "--file", "-f", dest="surf_file", required=True,
                     help="the 2D surface file (.h5)")
 parser.add_argument("--surf_name", default="train_loss",

@@ -327,7 +327,7 @@ def x_label(surfs):
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files")
+parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files", prog="plot_1D.py")
 parser.add_argument("--surf_file", "-f", nargs="+", default=[],
                     help="surface file(s) or quoted glob(s); several are overlaid")
 parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")

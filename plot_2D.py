@@ -379,7 +379,7 @@ def plot_trajectory(proj_file: str, dir_file: Optional[str] = None, show: bool =
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories")
+parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories", prog="plot_2D.py")
 parser.add_argument("--surf_file", "-f", default="", help="the surface file (.h5)")
 parser.add_argument("--dir_file", default="", help="the direction file (PCA axis labels)")
 parser.add_argument("--proj_file", default="", help="the projected trajectory file (.h5)")

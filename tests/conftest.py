@@ -107,3 +107,56 @@ def assert_one_line_error(p):
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert lines and lines[-1].startswith("error: "), p.stderr
     return lines[-1]
+
+
+def run_mpi(args, n=2, cwd=REPO, env=None, timeout=300):
+    """Run ``mpiexec -n N python <args...>`` (OMP_NUM_THREADS=1, unbuffered); returns CompletedProcess (text)."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if env:
+        e.update(env)
+    return subprocess.run(["mpiexec", "-n", str(n), sys.executable] + [str(a) for a in args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(stderr, only=False):
+    """Exactly one 'error: ...' line, the last one printed, and no traceback (``only``: and
+    nothing else on stderr); returns the line."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    errs = [line for line in lines if line.startswith("error:")]
+    assert len(errs) == 1 and lines[-1] == errs[0], stderr
+    assert not only or len(lines) == 1, stderr
+    return errs[0]
+
+
+def run_main_error(main, argv, capsys):
+    """``main(argv)`` as its script runs it (errors.run_main); returns (exit status, stderr)."""
+    from errors import run_main
+    with pytest.raises(SystemExit) as e:
+        run_main(main, argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def snapshot(folder):
+    """Every file (sha256 of its bytes) and folder ('<dir>') under ``folder``, by relative path:
+    equal before and after a run when the run changed and created nothing."""
+    import hashlib
+    state = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in dirs:
+            state[os.path.relpath(os.path.join(root, name), folder)] = "<dir>"
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                state[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return state
+
+
+def save_checkpoint(path, model="digits_mlp", seed=0):
+    """A checkpoint of zoo ``model`` initialised with ``seed``, in the training script's format."""
+    import torch
+
+    from cifar10.models import MODELS
+    torch.manual_seed(seed)
+    torch.save({"state_dict": MODELS[model]().state_dict()}, str(path))
+    return str(path)
