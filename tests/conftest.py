@@ -1,6 +1,7 @@
 """Shared test fixtures: the repository root on sys.path, a CIFAR-10-format data
 folder written in exactly the python-pickle batch format, and helpers to run the
 scripts as a user would (a real subprocess, from the repository root)."""
+import argparse
 import os
 import pickle
 import subprocess
@@ -132,6 +133,7 @@ def assert_one_error_line(stderr, only=False):
 def run_main_error(main, argv, capsys):
     """``main(argv)`` as its script runs it (errors.run_main); returns (exit status, stderr)."""
     from errors import run_main
+    capsys.readouterr()  # only this run's output
     with pytest.raises(SystemExit) as e:
         run_main(main, argv)
     return e.value.code, capsys.readouterr().err
@@ -160,3 +162,112 @@ def save_checkpoint(path, model="digits_mlp", seed=0):
     torch.manual_seed(seed)
     torch.save({"state_dict": MODELS[model]().state_dict()}, str(path))
     return str(path)
+
+
+# ------------------------------------------------- the tiny CNN of the curvature tests
+N_SAMPLES = 40
+TINY_SOURCE = '''"""A tiny CNN for the 8x8 digits (186 weights with > 1 dimension), for the tests."""
+from collections import OrderedDict
+
+import torch.nn as nn
+
+
+class TinyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3, stride=2), act=nn.Tanh()))
+        self.head = nn.Sequential(OrderedDict(fc1=nn.Linear(18, 6), act=nn.Tanh(), fc2=nn.Linear(6, 10)))
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def tiny_cnn():
+    return TinyCNN()
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(folder on PYTHONPATH with tinynets.py, checkpoint, the model, its data): the tiny CNN
+    of the curvature tests, once per test module."""
+    import importlib.util
+
+    import torch
+    folder = tmp_path_factory.mktemp("tiny")
+    (folder / "tinynets.py").write_text(TINY_SOURCE)
+    spec = importlib.util.spec_from_file_location("tinynets", folder / "tinynets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.tiny_cnn()
+    ckpt = str(folder / "tiny.t7")
+    torch.save({"state_dict": net.state_dict()}, ckpt)
+    return argparse.Namespace(folder=str(folder), ckpt=ckpt, net=net.eval(), data=digits_data(N_SAMPLES),
+                              env={"PYTHONPATH": str(folder)})
+
+
+def digits_data(n):
+    import dataloader
+    return dataloader.load_data(argparse.Namespace(
+        dataset="digits", datapath="", raw_data=False, download=False, data_split=1, split_idx=0,
+        max_samples=n, trainloader="", testloader=""))
+
+
+def data_hessian(net, data, names=None, loss_name="crossentropy"):
+    """exact_hessian over a data set's training split."""
+    from evaluation import get_loss_fn
+    return exact_hessian(net, data.train_x, data.train_y, get_loss_fn(loss_name), names)
+
+
+# ------------------------------------------------- surface files of the plotting tests
+SURFACE_SETTINGS = {"model": "digits_cnn", "dir_type": "weights", "xnorm": "filter",
+                    "dataset": "digits", "model_file": "model_10.pt", "model_file2": ""}
+
+
+@pytest.fixture
+def quick_dpi(monkeypatch):
+    """Figures at 100 dpi instead of 300: 9x fewer pixels to rasterize, same content."""
+    import plot_common
+    monkeypatch.setattr(plot_common, "DPI", 100)
+
+
+def write_ours(path, x, y, values, done=None, settings=None, dir_file="dirs.h5"):
+    """Our format via SurfaceWriter; ``values[name]`` is [i, j] = value at (x_i, y_j)."""
+    from surface import SurfaceWriter
+    shape = (len(x),) if y is None else (len(x), len(y))
+    done = np.ones(shape, bool) if done is None else done
+    w = SurfaceWriter(str(path), x, y, list(values), settings or SURFACE_SETTINGS,
+                      attrs={"dir_file": dir_file})
+    idx = np.flatnonzero(done.ravel())
+    w.record(idx, {k: np.asarray(v, float).ravel()[idx] for k, v in values.items()})
+    w.save()
+    return str(path)
+
+
+def write_original(path, x, y, values, done=None, dir_file="model_300.t7_weights.h5"):
+    """Exactly as the original wrote it: (nx, ny) arrays filled in meshgrid(x, y) order."""
+    shape = (len(x),) if y is None else (len(x), len(y))
+    done = np.ones(shape, bool) if done is None else done
+    import h5py
+    with h5py.File(path, "w") as f:
+        f["dir_file"] = dir_file
+        f["xcoordinates"] = np.asarray(x, float)
+        if y is not None:
+            f["ycoordinates"] = np.asarray(y, float)
+        for k, v in values.items():
+            v = np.where(done, np.asarray(v, float), -1.0)
+            f[k] = v if y is None else v.T.ravel().reshape(shape)   # meshgrid order
+    return str(path)
+
+
+def grid_points(nx, ny, x=(-1, 1), y=(-1, 1)):
+    xs, ys = np.linspace(*x, nx), np.linspace(*y, ny)
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    return xs, ys, X, Y
+
+
+def contour_set(fig):
+    """The contour set of a figure's first axes."""
+    from matplotlib.contour import ContourSet
+    return next(c for c in fig.axes[0].get_children() if isinstance(c, ContourSet))

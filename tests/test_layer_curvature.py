@@ -11,10 +11,9 @@ import pytest
 import layer_curvature
 from conftest import REPO
 from hess_vec_prod import layer_blocks
-import test_spectrum
-from test_spectrum import N_SAMPLES, exact_hessian
+from conftest import N_SAMPLES
+from conftest import data_hessian as exact_hessian
 
-tiny = test_spectrum.tiny  # the small network's fixture (module scope)
 
 BLOCKS = {"features.conv": ["features.conv.weight"], "head.fc1": ["head.fc1.weight"],
           "head.fc2": ["head.fc2.weight"]}
