@@ -30,6 +30,7 @@ import dataloader
 from direction_options import DIR_TYPES, IGNORES, NORMS, check_dir_type, check_ignore, check_norm
 from errors import SharedUserError, UserError
 from fileio import check_output_path
+from hessian_options import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL
 from evaluation_options import ENGINES, PRECISIONS, check_engine, check_precision
 
 __all__ = ["DIR_TYPES", "IGNORES", "NORMS", "ENGINES", "PRECISIONS", "MAX_POINTS", "ArgumentParser",
@@ -292,8 +293,10 @@ def check_grid(args: argparse.Namespace) -> None:
 
 def add_output_group(p: argparse.ArgumentParser, surf_file: bool = True, test: bool = True,
                      save_every: bool = True, overwrite_help: str = "recompute an existing surface file from "
-                     "scratch (a --dir_file you give is never touched)") -> argparse._ArgumentGroup:
-    """--surf_file, --overwrite, --test, --save_every, --no_progress (each optional but --overwrite)."""
+                     "scratch (a --dir_file you give is never touched)", progress: bool | None = None
+                     ) -> argparse._ArgumentGroup:
+    """--surf_file, --overwrite, --test, --save_every, --no_progress (each optional but --overwrite;
+    ``progress``: --no_progress, by default with --save_every)."""
     g = p.add_argument_group("output")
     if surf_file:
         g.add_argument("--surf_file", default="", help="surface file (default: named after the direction file)")
@@ -306,7 +309,10 @@ def add_output_group(p: argparse.ArgumentParser, surf_file: bool = True, test: b
         fixed(p, test=False)
     if save_every:
         g.add_argument("--save_every", type=float, default=10.0, help="seconds between saves of the output file")
+    if save_every if progress is None else progress:
         g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    else:
+        fixed(p, no_progress=False)
     add_check(p, check_output)
     return g
 
@@ -487,3 +493,83 @@ def _points_per_pass(text):
     if k < 1:
         raise UserError(f"--points_per_pass must be 'auto' or an integer >= 1 (got '{text}')")
     return k
+
+
+# ======================================================================== Hessian
+# The Hessian flag group of plot_hessian_eigen.py, hessian_spectrum.py, layer_curvature.py
+# and hessian_directions.py, and its checks (standard library only, like the rest of this
+# module). The defaults are those of hess_vec_prod (tests/test_hessian.py checks they agree).
+HESSIAN_TOL = DEFAULT_TOL             # owned by hess_vec_prod (in the light hessian_options.py)
+HESSIAN_CACHE_MB = DEFAULT_CACHE_MB
+HESSIAN_BATCH_MB = DEFAULT_BATCH_MB
+
+
+def add_hessian_group(p: argparse.ArgumentParser, eig: bool = True, single_point: bool = True,
+                      eig_tol: float = HESSIAN_TOL, title: str = "Hessian") -> argparse._ArgumentGroup:
+    """The Hessian flags: memory for the product batches and the kept gradient graphs,
+    progress lines, the Lanczos (ARPACK) flags when ``eig`` and ``--at`` when
+    ``single_point``; returns the group (the scripts add their own flags to it)."""
+    g = p.add_argument_group(title)
+    g.add_argument("--hess_cache_mb", type=float, default=HESSIAN_CACHE_MB,
+                   help="memory for the gradient graphs kept between products at a point (0: none)")
+    g.add_argument("--hess_batch_mb", type=float, default=HESSIAN_BATCH_MB,
+                   help="memory for one product batch's graph: the batch of Hessian-vector products is the "
+                        "largest that fits (at most the data set; --batch_size is for evaluation only)")
+    g.add_argument("--progress_every", type=float, default=5.0,
+                   help="seconds between progress lines on stderr (--no_progress: none)")
+    if eig:
+        g.add_argument("--eig_tol", type=float, default=eig_tol,
+                       help="Lanczos (ARPACK) tolerance, relative to the spectral radius")
+        g.add_argument("--eig_maxiter", type=int, default=None,
+                       help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
+    else:
+        g.set_defaults(eig_tol=eig_tol, eig_maxiter=None)
+    if single_point:
+        g.add_argument("--at", default="", help="x or x,y along --dir_file (default: the model)")
+    return g
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def check_hessian(args: argparse.Namespace) -> None:
+    """Refuse bad Hessian flags with one line, before any work; sets ``args.at_point``."""
+    if args.test:
+        raise UserError("--test is not used here: the Hessian is that of the training loss")
+    if args.precision != "fp32":
+        raise UserError("the Hessian is computed in fp32; drop --precision")
+    if not _finite(args.eig_tol) or args.eig_tol < 0:
+        raise UserError(f"--eig_tol must be a finite number >= 0 (0: machine precision), got {args.eig_tol}")
+    if args.eig_maxiter is not None and args.eig_maxiter < 1:
+        raise UserError(f"--eig_maxiter must be >= 1 (Lanczos restarts), got {args.eig_maxiter}")
+    if not _finite(args.hess_cache_mb) or args.hess_cache_mb < 0:
+        raise UserError(f"--hess_cache_mb must be a finite number >= 0 (MiB), got {args.hess_cache_mb}")
+    if not _finite(args.hess_batch_mb) or args.hess_batch_mb <= 0:
+        raise UserError(f"--hess_batch_mb must be a finite number > 0 (MiB), got {args.hess_batch_mb}")
+    if not _finite(args.progress_every) or args.progress_every < 0:
+        raise UserError(f"--progress_every must be a finite number >= 0 (seconds), got {args.progress_every}")
+    args.at_point = parse_at(args.at) if getattr(args, "at", "") else []
+    if args.at_point:
+        if not args.dir_file:
+            raise UserError("--at needs the --dir_file whose directions the point refers to")
+        if not os.path.isfile(args.dir_file):
+            raise UserError(f"direction file not found: {args.dir_file!r} (--at refers to an existing one)")
+
+
+def parse_at(text: str) -> list[float]:
+    """'x' or 'x,y' -> [x] or [x, y] (finite numbers), else a UserError."""
+    try:
+        point = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        point = []
+    if not 1 <= len(point) <= 2 or not all(math.isfinite(v) for v in point):
+        raise UserError(f"--at must be x or x,y with finite numbers (got '{text}')")
+    return point
+
+
+def one_point_only(args: argparse.Namespace, script: str) -> None:
+    """The single-point scripts take their point from --at, not from a grid or checkpoints."""
+    if args.y is not None or args.model_file2 or args.model_file3:
+        raise UserError(f"{script} computes one point: use --at x[,y] --dir_file D, "
+                        "not --y/--model_file2/--model_file3")

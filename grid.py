@@ -303,12 +303,15 @@ def start(comm, net, device, data, xdir, ydir, xcoords, ycoords, dir_type, dir_f
 
 
 def prepare(args: argparse.Namespace, metrics: list[str], kind: str = "loss",
-            extra_settings: dict | None = None) -> Run:
-    """Everything a grid run of the command line needs (see the module doc)."""
+            extra_settings: dict | None = None, check: Callable | None = None) -> Run:
+    """Everything a grid run of the command line needs (see the module doc); ``check(net,
+    data)`` refuses a model the run cannot use, before any file is written."""
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
     device, data, net = load_run(args, comm)
+    if check is not None:
+        mpi4pytorch.check_all(comm, lambda: check(net, data))
     opened = mpi4pytorch.check_all(comm, lambda: open_files(args, net, data, metrics, kind, extra_settings))
     if args.model_file2 and args.dir_type == "weights" and rank == 0:
         print("warning: --dir_type weights moves only the parameters; BatchNorm statistics stay "
@@ -412,3 +415,40 @@ def plot(args: argparse.Namespace, run: Run, surf_name: str = "train_loss") -> N
 def metrics_for(splits: list[str]) -> list[str]:
     return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
 
+
+
+# ------------------------------------------------------------- single-point runs
+def move_to_at(args: argparse.Namespace, net: torch.nn.Module) -> list[float]:
+    """Move ``net`` to ``args.at_point`` (``--at x[,y]``, checked by flags.check_hessian)
+    along ``--dir_file``; returns the point ([] for the model itself)."""
+    point = list(getattr(args, "at_point", []) or [])
+    if point:
+        xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)
+        net_plotter.Perturbation(net, args.dir_type, xdir, ydir).set(*point)
+    return point
+
+
+def load_point(args: argparse.Namespace, comm=None) -> tuple[torch.device, Any, torch.nn.Module, list[float]]:
+    """The shared set-up of the single-point scripts: (device, data, net, point), the
+    model on the device and moved to ``--at``."""
+    device, data, net = load_run(args, comm)
+    net = net.to(device)
+    return device, data, net, move_to_at(args, net)
+
+
+def point_settings(args: argparse.Namespace, data, point: list[float]) -> dict:
+    """What identifies the point and the loss a single-point result belongs to."""
+    return {"model": args.model, "model_file": os.path.basename(args.model_file),
+            "model_hash": _hash_or_init(args, args.model_file),
+            **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+            "point": list(point), "dir_type": args.dir_type if point else "",
+            "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
+
+
+def hessian_of(args: argparse.Namespace, net: torch.nn.Module, data, device: torch.device,
+               params: list | None = None):
+    """The Hessian operator (hess_vec_prod.hessian_operator) of the mean training loss of
+    ``net`` with the run's Hessian flags; ``params`` default: the multi-dimensional ones."""
+    from hess_vec_prod import hessian_operator
+    return hessian_operator(net, data.train_x.to(device), data.train_y.to(device), args.loss_name,
+                            params=params, cache_mb=args.hess_cache_mb, batch_mb=args.hess_batch_mb)

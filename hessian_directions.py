@@ -23,18 +23,16 @@ tolerance, seed). A rerun with the same settings reuses the file; other settings
 refused unless ``--overwrite``.
 """
 import argparse
-import math
 
 import flags
 import mpi4pytorch
 from errors import UserError, run_main
-from hessian_options import DEFAULT_CACHE_MB
 
 DEFAULT_EIG_TOL = 1e-6
 
 
 def build_parser() -> flags.ArgumentParser:
-    """The run, model, data and evaluation groups, --dir_file (the output) and the eigenvector flags."""
+    """The run, model, data and evaluation groups, --dir_file (the output) and the Hessian group."""
     p = flags.command_parser(__file__, __doc__)
     flags.add_run_group(p, ngpu=False)
     flags.add_grid_group(p, axes="", engine=False, precision=False)
@@ -43,16 +41,11 @@ def build_parser() -> flags.ArgumentParser:
     flags.add_directions_group(p, random=False, dir_file_help="the direction file to write (default: "
                                "<model_file>_hessian_top<k>_norm=<norm>.h5)",
                                seed_help="seed of the Lanczos start vector (and of a randomly initialised model)")
-    flags.add_output_group(p, surf_file=False, test=False, save_every=False,
+    flags.add_output_group(p, surf_file=False, test=False, save_every=False, progress=True,
                            overwrite_help="replace a direction file made with other settings")
-    g = p.add_argument_group("Hessian directions")
+    g = flags.add_hessian_group(p, single_point=False, eig_tol=DEFAULT_EIG_TOL, title="Hessian directions")
     g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y)")
     g.add_argument("--norm", default="none", help="none (unit vectors) or filter (the paper's filter-wise scaling)")
-    g.add_argument("--eig_tol", type=float, default=DEFAULT_EIG_TOL,
-                   help="Lanczos (ARPACK) tolerance")
-    g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
-    g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
-                   help="memory for the gradient graphs kept between products (0: none)")
     flags.add_check(p, check_args)
     return p
 
@@ -62,18 +55,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--k must be 1 or 2 (got {args.k})")
     if args.norm not in ("none", "filter"):
         raise UserError(f"--norm must be none or filter (got '{args.norm}')")
-    if not math.isfinite(args.eig_tol) or args.eig_tol < 0:
-        raise UserError("--eig_tol must be a finite number >= 0 (0: machine precision)")
-    if args.eig_maxiter is not None and args.eig_maxiter < 1:
-        raise UserError("--eig_maxiter must be >= 1")
+    flags.check_hessian(args)
     if args.dir_type != "weights":
         raise UserError("Hessian directions move the parameters: use --dir_type weights")
-    if args.precision != "fp32":
-        raise UserError("the Hessian is computed in fp32; drop --precision")
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("hessian_directions.py runs one Lanczos solve: run a single process, without --mpi")
-    if args.model_file2 or args.model_file3:
-        raise UserError("--model_file2/--model_file3 do not apply here: the directions are eigenvectors")
 
 
 if __name__ == "__main__":  # the flags and --help before torch is imported
@@ -81,7 +67,6 @@ if __name__ == "__main__":  # the flags and --help before torch is imported
 
 import json  # noqa: E402
 import os
-import sys
 import time
 
 import numpy as np
@@ -90,10 +75,9 @@ import torch
 import dataloader
 import model_loader
 import net_plotter
-from evaluation import get_loss_fn
 from fileio import check_output_path, check_reuse
-from grid import load_run, model_stem
-from hess_vec_prod import Hessian, NonFinite, hessian_params, top_eigenpairs
+from grid import hessian_of, load_run, model_stem
+from hess_vec_prod import Hessian, NonFinite, Progress, hessian_params, top_eigenpairs
 
 FORMAT_KIND = "hessian_eigenvectors"
 
@@ -134,6 +118,9 @@ def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: 
                         "holds NaN/inf): no eigenvectors")
     except ArithmeticError as e:
         raise UserError(f"{e}; raise --eig_maxiter or --eig_tol")
+    if not np.any(vals):
+        raise UserError("the Hessian is exactly zero here (the loss does not depend on these parameters): "
+                        "every direction has curvature 0, so there is no sharpest one")
     return vals, vectors_to_directions(net, vecs, norm)
 
 
@@ -162,8 +149,8 @@ def main(argv: list[str] | None = None) -> str:
         raise UserError(f"checkpoint not found: {args.model_file}")
     device, data, net = load_run(args, None)
     net = net.to(device).eval()
-    params = [p for _, p in hessian_params(net)]
-    n_params = sum(p.numel() for p in params)
+    op = hessian_of(args, net, data, device)  # refuses a model without weights or a loss without a gradient
+    n_params = op.shape[0]
     if n_params <= args.k:
         raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
     settings = settings_of(args, data, n_params)
@@ -173,11 +160,25 @@ def main(argv: list[str] | None = None) -> str:
             vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
             print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
             return out
-    op = Hessian(net, data.train_x.to(device), data.train_y.to(device), get_loss_fn(args.loss_name),
-                 args.batch_size, params, args.hess_cache_mb)
+    progress = Progress(op, not args.no_progress, args.progress_every)
+    progress.phase(f"top {args.k} eigenpairs ({n_params} parameters)")
     t = time.perf_counter()
     vals, dirs = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed, args.eig_maxiter)
     seconds = time.perf_counter() - t
+    progress.end(" ".join(f"{v:.6g}" for v in vals))
+    write(args, out, net, settings, vals, dirs, op.count)
+    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
+          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
+    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
+          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
+          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
+          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
+    return out
+
+
+def write(args: argparse.Namespace, out: str, net: torch.nn.Module, settings: dict, vals: np.ndarray,
+          dirs: list[list[torch.Tensor]], products: int) -> None:
+    """The direction file: x (and y) with the eigenvalues, settings and recipe."""
     names = [n for n, _ in net_plotter.get_entries(net, "weights")]
     norm_attr = "" if args.norm == "none" else args.norm
     recipe = {"dir_type": "weights", "model": args.model, "model_hash": settings["model_hash"],
@@ -188,15 +189,7 @@ def main(argv: list[str] | None = None) -> str:
                "ynorm": norm_attr if args.k == 2 else "", "xignore": "biasbn",
                "yignore": "biasbn" if args.k == 2 else "",
                "settings": json.dumps(settings, sort_keys=True), "recipe": json.dumps(recipe),
-               "hessian_products": op.count})
-    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
-          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
-    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
-          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
-          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
-          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
-    sys.stdout.flush()
-    return out
+               "hessian_products": products})
 
 
 if __name__ == "__main__":

@@ -28,28 +28,24 @@ among the ranks (each start's vector depends only on ``--seed`` and its index, s
 result does not depend on the number of ranks) and rank 0 writes the file.
 """
 import math
-import sys
-import time
 
-import numpy as np
-
-import mpi4pytorch
-import plot_hessian_eigen as phe
 import flags
-import grid
 from errors import UserError, run_main
-from fileio import check_output_path
-from hess_vec_prod import NonFinite, Progress, slq_start, spectral_density
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
 
 KIND = "loss-landscape-hessian-spectrum"
+# Sizes checked before any work: the density grid is evaluated for every Ritz node
+# (n_v x steps x n_grid operations) and stored; the Lanczos vectors are steps x parameters.
+MAX_GRID = 10_000_000
+MAX_STARTS = 100_000
+MAX_STEPS = 100_000
+MAX_LANCZOS_BYTES = 64 * 2 ** 30
 
 
 def build_parser() -> flags.ArgumentParser:
     p = flags.command_parser(__file__, __doc__)
     flags.add_point_groups(p)
-    g = phe.add_hessian_args(p, eig=False)
+    g = flags.add_hessian_group(p, eig=False)
     g.add_argument("--n_v", type=int, default=4, help="random starts")
     g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start")
     g.add_argument("--sigma", type=float, default=0.01,
@@ -58,11 +54,12 @@ def build_parser() -> flags.ArgumentParser:
     g.add_argument("--spectrum_file", default="", help="output file (empty: <model_file>_spectrum.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
                    help="--plot: figure format(s)")
+    flags.add_check(p, check_args)
     return p
 
 
 def check_args(args):
-    phe.check_hessian_args(args)
+    flags.check_hessian(args)
     if args.n_v < 1:
         raise UserError(f"--n_v must be >= 1 (random starts), got {args.n_v}")
     if args.lanczos_steps < 1:
@@ -71,7 +68,28 @@ def check_args(args):
         raise UserError(f"--sigma must be a finite number > 0, got {args.sigma}")
     if args.n_grid < 2:
         raise UserError(f"--n_grid must be >= 2, got {args.n_grid}")
-    phe.one_point_only(args, "hessian_spectrum.py")
+    if args.n_grid > MAX_GRID:
+        raise UserError(f"--n_grid must be at most {MAX_GRID:,} (the density is {args.n_grid:,} float64 values "
+                        f"per array, {args.n_grid * 8 / 2**30:.1f} GiB), got {args.n_grid:,}")
+    if args.n_v > MAX_STARTS or args.lanczos_steps > MAX_STEPS:
+        raise UserError(f"--n_v must be at most {MAX_STARTS:,} and --lanczos_steps at most {MAX_STEPS:,} "
+                        f"(the file holds n_v x lanczos_steps values), got {args.n_v:,} and {args.lanczos_steps:,}")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import sys  # noqa: E402
+import time
+
+import numpy as np
+
+import mpi4pytorch
+import plot_hessian_eigen as phe  # ResultStore: being replaced by the shared store in round 3
+import grid
+from fileio import check_output_path
+from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
+from scheduler import Interrupted, run_grid
 
 
 def spectrum_file(args):
@@ -88,16 +106,17 @@ def open_store(args, out, n, settings):
 
 def main(argv=None):
     args = flags.parse_args(build_parser(), argv)
-    check_args(args)
     out = spectrum_file(args)
     check_output_path(out, "--spectrum_file")
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
-    device, data, net, point = phe.load_point(args, comm)
-    op = phe.hessian_of(args, net, data, device)
+    device, data, net, point = grid.load_point(args, comm)
+    op = grid.hessian_of(args, net, data, device)
     n = op.shape[0]
-    settings = {"kind": "hessian_spectrum", **phe.point_settings(args, data, point),
+    check_memory(args, n)
+    check_finite(op)
+    settings = {"kind": "hessian_spectrum", **grid.point_settings(args, data, point),
                 "lanczos_steps": args.lanczos_steps, "seed": args.seed, "parameters": n}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, n, settings))
     todo = mpi4pytorch.bcast(comm, store.todo(args.n_v) if rank == 0 else None)
@@ -114,7 +133,8 @@ def main(argv=None):
         try:
             vals, weights = slq_start(op, args.lanczos_steps, args.seed, k)
         except NonFinite:
-            vals, weights = np.full(1, np.nan), np.zeros(1)
+            raise UserError(f"a Hessian-vector product is not finite (NaN/inf loss at this point): no "
+                            f"spectrum (start {k} not recorded); check the model file and --at")
         progress.end(f"Ritz values in [{vals.min():.6g}, {vals.max():.6g}]")
         pad = args.lanczos_steps - len(vals)
         return {"ritz_values": np.pad(vals, (0, pad), constant_values=np.nan),
@@ -138,6 +158,17 @@ def main(argv=None):
     report(args, result, point, n, store, time.perf_counter() - t, out)
     if args.plot:
         plot(out, args.format, args.show)
+
+
+def check_memory(args, n: int) -> None:
+    """Refuse, before any work, Lanczos runs whose vectors (steps x parameters float64,
+    with full reorthogonalisation) would not fit in memory."""
+    m = min(args.lanczos_steps, n)
+    need = m * n * 8
+    if need > MAX_LANCZOS_BYTES:
+        raise UserError(f"--lanczos_steps {args.lanczos_steps} keeps {m} vectors of {n:,} parameters "
+                        f"({need / 2**30:.1f} GiB) per start, more than {MAX_LANCZOS_BYTES / 2**30:.0f} GiB; "
+                        "use fewer steps")
 
 
 def density_of(values, weights, sigma_rel, n_grid):

@@ -25,22 +25,9 @@ one with different settings is refused (``--overwrite`` starts afresh). ``--mpi`
 shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws the
 bar chart (log scale) next to the file.
 """
-import json
-import math
-import sys
-import time
-
-import numpy as np
-
-import mpi4pytorch
-import plot_hessian_eigen as phe
 import flags
-import grid
 from errors import UserError, run_main
-from fileio import check_output_path
-from hess_vec_prod import Progress, exact_trace, hutchinson_trace, layer_blocks, top_k
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
 
 KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
@@ -49,7 +36,7 @@ FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products",
 def build_parser() -> flags.ArgumentParser:
     p = flags.command_parser(__file__, __doc__)
     flags.add_point_groups(p)
-    g = phe.add_hessian_args(p)
+    g = flags.add_hessian_group(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
     g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors per block")
@@ -58,11 +45,12 @@ def build_parser() -> flags.ArgumentParser:
     g.add_argument("--curvature_file", default="", help="output file (empty: <model_file>_layers.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
                    help="--plot: figure format(s)")
+    flags.add_check(p, check_args)
     return p
 
 
 def check_args(args):
-    phe.check_hessian_args(args)
+    flags.check_hessian(args)
     if args.trace_samples < 2:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
     if args.exact_trace_max < 0:
@@ -70,7 +58,25 @@ def check_args(args):
     args.groups = [g.strip() for item in args.group for g in item.split(",")]
     if any(not g for g in args.groups):
         raise UserError("--group needs module name prefixes, e.g. --group layer1 or --group layer1,layer2")
-    phe.one_point_only(args, "layer_curvature.py")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
+import math
+import sys
+import time
+
+import numpy as np
+
+import mpi4pytorch
+import plot_hessian_eigen as phe  # ResultStore: being replaced by the shared store in round 3
+import grid
+from fileio import check_output_path
+from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
+                           user_error)
+from scheduler import Interrupted, run_grid
 
 
 def blocks_of(args, net):
@@ -94,16 +100,16 @@ def open_store(args, out, settings, names):
 
 def main(argv=None):
     args = flags.parse_args(build_parser(), argv)
-    check_args(args)
     out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
     check_output_path(out, "--curvature_file")
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
-    device, data, net, point = phe.load_point(args, comm)
+    device, data, net, point = grid.load_point(args, comm)
     blocks = blocks_of(args, net)
+    check_finite(grid.hessian_of(args, net, data, device))  # refuse a loss without a gradient or NaN now
     names = [b for b, _ in blocks]
-    settings = {"kind": "layer_curvature", **phe.point_settings(args, data, point),
+    settings = {"kind": "layer_curvature", **grid.point_settings(args, data, point),
                 "eig_tol": args.eig_tol, "eig_maxiter": args.eig_maxiter, "seed": args.seed,
                 "trace_samples": args.trace_samples, "exact_trace_max": args.exact_trace_max,
                 "blocks": [[b, [n for n, _ in ps]] for b, ps in blocks]}
@@ -116,12 +122,15 @@ def main(argv=None):
 
     def compute(k):
         name, params = blocks[k]
-        op = phe.hessian_of(args, net, data, device, [p for _, p in params])
+        op = grid.hessian_of(args, net, data, device, [p for _, p in params])
         n = op.shape[0]
         progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
         t = time.perf_counter()
         progress.phase(f"{name} ({n} parameters): top eigenvalue")
-        lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter)[0])
+        try:
+            lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
+        except ArithmeticError as e:
+            raise user_error(e, f"in block {name}") from None
         progress.end(f"{lam:.6g}")
         exact = n <= args.exact_trace_max
         progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
@@ -130,6 +139,8 @@ def main(argv=None):
         else:
             tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
         progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
+        if not np.isfinite(tr):
+            raise user_error(NonFinite(), f"in block {name}")
         return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
                 "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 

@@ -20,7 +20,6 @@ from typing import Iterable, Optional
 import numpy as np
 
 from errors import UserError
-from flags import ArgumentParser  # noqa: F401 -- the one parser class, for the plotting scripts
 from fileio import written_atomically
 from surface import Surface, read_surface
 

@@ -23,9 +23,6 @@ COMMANDS = ["plot_surface.py", "plot_hessian_eigen.py", "hessian_spectrum.py", "
             "hessian_directions.py", "sharpness.py", "mode_connectivity.py", "projection.py",
             "plot_trajectory.py", "plot_1D.py", "plot_2D.py", "h52vtp.py", "demo.py"]
 COMMANDS += [s for s in ("align.py",) if os.path.exists(os.path.join(REPO, s))]
-# Their Hessian flags are built in plot_hessian_eigen.py (which imports torch) until the
-# Hessian flag group moves into flags.py.
-HESSIAN_GROUP_PENDING = ("plot_hessian_eigen.py", "hessian_spectrum.py", "layer_curvature.py")
 
 HELP_PROBE = """
 import json, runpy, sys
@@ -39,12 +36,7 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
 """
 
 
-def _command_params():
-    return [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="the Hessian group is not in flags.py yet"))
-            if s in HESSIAN_GROUP_PENDING else s for s in COMMANDS]
-
-
-@pytest.mark.parametrize("script", _command_params())
+@pytest.mark.parametrize("script", COMMANDS)
 def test_help_returns_before_torch_is_imported(script):
     p = subprocess.run([sys.executable, "-c", HELP_PROBE, script], cwd=REPO, capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))

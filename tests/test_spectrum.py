@@ -19,14 +19,14 @@ import errors
 import hess_vec_prod
 from conftest import N_SAMPLES, REPO, run_script, snapshot
 from conftest import data_hessian as exact_hessian
-from evaluation import get_loss_fn
-from hess_vec_prod import Hessian, lanczos, slq_nodes, slq_start, spectral_density
+from hess_vec_prod import hessian_operator, lanczos, slq_nodes, slq_start, spectral_density
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny products: one thread is fastest
 
 
 def operator(tiny):
-    return Hessian(tiny.net, tiny.data.train_x, tiny.data.train_y, get_loss_fn("crossentropy"), 16)
+    """The operator the scripts build (hessian_operator: the product batch chosen by memory)."""
+    return hessian_operator(tiny.net, tiny.data.train_x, tiny.data.train_y, "crossentropy")
 
 
 def test_gauss_quadrature_of_a_known_matrix_is_exact():
