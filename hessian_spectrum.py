@@ -27,6 +27,7 @@ steps, seed) is refused unless ``--overwrite``. With ``--mpi`` the starts are sh
 among the ranks (each start's vector depends only on ``--seed`` and its index, so the
 result does not depend on the number of ranks) and rank 0 writes the file.
 """
+import argparse
 import math
 
 import flags
@@ -58,7 +59,7 @@ def build_parser() -> flags.ArgumentParser:
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     flags.check_hessian(args)
     if args.n_v < 1:
         raise UserError(f"--n_v must be >= 1 (random starts), got {args.n_v}")

@@ -25,6 +25,8 @@ one with different settings is refused (``--overwrite`` starts afresh). ``--mpi`
 shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws the
 bar chart (log scale) next to the file.
 """
+import argparse
+
 import flags
 from errors import UserError, run_main
 from plot_common import FORMATS
@@ -49,7 +51,7 @@ def build_parser() -> flags.ArgumentParser:
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     flags.check_hessian(args)
     if args.trace_samples < 2:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")

@@ -6,7 +6,8 @@ Hessian spectrum at a single point.
         --y=-1:1:51 --model_file .../model_300.t7 --plot
     python plot_hessian_eigen.py --model digits_cnn --model_file M.t7 --top_k 10 --trace
 
-Grid mode takes every flag of plot_surface.py and shares its machinery (directions,
+Grid mode takes plot_surface.py's flags (not --engine, --points_per_pass, --precision,
+--test: the Hessian is that of the fp32 training loss) and shares its machinery (directions,
 MPI scheduling, resume, the stale-file guard, the surface file): at every grid point
 it stores ``max_eig`` and ``min_eig``, the largest and smallest eigenvalue of the
 Hessian of the mean training loss with respect to the parameters with more than one
@@ -22,6 +23,8 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 ``--trace``, Hutchinson's estimate of the trace with its standard error (``trace``,
 ``trace_stderr``, ``trace_samples``).
 """
+import argparse
+
 import flags
 from errors import UserError, run_main
 
@@ -48,7 +51,7 @@ def build_parser() -> flags.ArgumentParser:
     return p
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     flags.check_hessian(args)
     if args.top_k < 0:
         raise UserError(f"--top_k must be >= 0, got {args.top_k}")

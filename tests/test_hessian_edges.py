@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import errors
-from conftest import exact_hessian
+from conftest import exact_hessian, snapshot
 from evaluation import get_loss_fn
 from hess_vec_prod import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL, auto_batch, hessian_operator
 
@@ -150,11 +150,6 @@ BAD = (
         ("directions", "--progress_every", "nan"), ("directions", "--eig_tol", "nan"),
         ("map", "--hess_cache_mb", "-2"), ("directions", "--test", None))]
 )
-
-
-def snapshot(folder):
-    return {p: open(os.path.join(folder, p), "rb").read() for p in sorted(os.listdir(folder))
-            if os.path.isfile(os.path.join(folder, p))}
 
 
 def run_main_in_process(script, argv):
