@@ -27,14 +27,11 @@ import sys
 from typing import Callable, NoReturn
 
 import dataloader
-from direction_options import DIR_TYPES, IGNORES, NORMS, check_dir_type, check_ignore, check_norm
-from errors import SharedUserError, UserError
+from direction_options import check_dir_type, check_ignore, check_norm
+from errors import SharedUserError, UserError, run_main
 from fileio import check_output_path
 from hessian_options import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL
 from evaluation_options import ENGINES, PRECISIONS, check_engine, check_precision
-
-__all__ = ["DIR_TYPES", "IGNORES", "NORMS", "ENGINES", "PRECISIONS", "MAX_POINTS", "ArgumentParser",
-           "describe", "build_parser", "parse_args", "parse_range"]
 
 # One grid's arrays (one float64 per quantity and point, plus the done mask) must stay well
 # inside memory: 2**27 points is 1 GiB per quantity.
@@ -89,7 +86,6 @@ def parse_before_imports(build_parser: Callable[[], argparse.ArgumentParser]) ->
     """Parse and check ``sys.argv`` now (a command whose module imports torch calls this
     before those imports): ``--help`` and every flag error return at once, as one line
     (errors.run_main); ``main`` parses again, which costs nothing."""
-    from errors import run_main
     run_main(lambda argv: parse_args(build_parser(), argv))
 
 

@@ -191,3 +191,54 @@ def test_a_flag_error_under_mpiexec_without_mpi_prints_once(argv, tmp_path):
     assert p.returncode != 0
     assert_one_error_line(p.stderr)
     assert snapshot(str(tmp_path)) == before
+
+
+# ------------------------------------------------- choices owned by the libraries
+@pytest.mark.parametrize("check,value,library_says", [
+    ("evaluation_options.check_precision", "fp16", "precision must be fp32, tf32 or bf16"),
+    ("evaluation_options.check_engine", "jit", "engine must be auto, eager, fused or compiled"),
+    ("direction_options.check_norm", "l2", "unknown norm 'l2'"),
+    ("direction_options.check_ignore", "bn", "unknown ignore 'bn'"),
+    ("direction_options.check_dir_type", "grads", "unknown dir_type 'grads'"),
+])
+def test_library_errors_name_the_parameter_and_the_command_line_adds_the_dashes(check, value, library_says):
+    from errors import UserError
+    module, name = check.split(".")
+    fn = getattr(importlib.import_module(module), name)
+    with pytest.raises(UserError) as e:
+        fn(value)
+    assert str(e.value).startswith(library_says) or library_says in str(e.value), str(e.value)
+    parameter = name[len("check_"):]
+    with pytest.raises(UserError) as e:
+        fn(value, f"--{parameter}")
+    assert f"--{parameter}" in str(e.value)
+
+
+def test_the_libraries_and_the_flags_read_the_same_choices():
+    import direction_options
+    import evaluation
+    import evaluation_options
+    import hess_vec_prod
+    import hessian_options
+    import net_plotter
+    assert evaluation.PRECISIONS is evaluation_options.PRECISIONS and evaluation.ENGINES is evaluation_options.ENGINES
+    assert net_plotter.NORMS is direction_options.NORMS
+    assert hess_vec_prod.DEFAULT_TOL == hessian_options.DEFAULT_TOL
+
+
+def test_the_evaluator_refuses_an_unknown_precision_naming_the_parameter():
+    import torch
+
+    from errors import UserError
+    from evaluation import Evaluator, get_loss_fn
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(UserError, match="^precision must be fp32, tf32 or bf16"):
+        Evaluator(net, torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), get_loss_fn("crossentropy"), 2,
+                  torch.device("cpu"), precision="fp16")
+
+
+def test_flags_and_the_choice_modules_load_without_torch():
+    code = ("import sys, flags, evaluation_options, direction_options, hessian_options; "
+            "print('torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
