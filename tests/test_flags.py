@@ -46,7 +46,7 @@ def test_help_returns_before_torch_is_imported(script):
 
 
 def _parser(script):
-    module = importlib.import_module(script[:-3])
+    module = importlib.import_module(script[:-3].replace("/", "."))
     return module.build_parser() if hasattr(module, "build_parser") else module.parser
 
 
@@ -90,7 +90,7 @@ def test_description_is_the_whole_first_paragraph(script):
     assert shown == first and shown.endswith((".", ":", ")")), shown
 
 
-@pytest.mark.parametrize("script", COMMANDS)
+@pytest.mark.parametrize("script", COMMANDS + ["cifar10/main.py"])
 def test_every_command_uses_the_one_parser_class(script):
     import flags
     assert isinstance(_parser(script), flags.ArgumentParser)
