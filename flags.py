@@ -562,10 +562,3 @@ def parse_at(text: str) -> list[float]:
     if not 1 <= len(point) <= 2 or not all(math.isfinite(v) for v in point):
         raise UserError(f"--at must be x or x,y with finite numbers (got '{text}')")
     return point
-
-
-def one_point_only(args: argparse.Namespace, script: str) -> None:
-    """The single-point scripts take their point from --at, not from a grid or checkpoints."""
-    if args.y is not None or args.model_file2 or args.model_file3:
-        raise UserError(f"{script} computes one point: use --at x[,y] --dir_file D, "
-                        "not --y/--model_file2/--model_file3")

@@ -59,6 +59,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
     if (args.at or args.spectrum_file) and not (args.top_k or args.trace):
         raise UserError("--at and --spectrum_file belong to single-point mode: add --top_k K and/or --trace")
+    if (args.top_k or args.trace) and args.dir_file and not args.at:
+        raise UserError("single-point mode reads --dir_file only with --at x[,y] (a point along its directions): "
+                        "give --at, or drop --dir_file to compute at the model itself")
 
 
 if __name__ == "__main__":  # the flags and --help before torch is imported

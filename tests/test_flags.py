@@ -125,6 +125,7 @@ UNUSED = [  # (script, flags, what the line must name)
     ("plot_hessian_eigen.py", ["--engine", "eager"], "--engine"),
     ("plot_hessian_eigen.py", ["--points_per_pass", "4"], "--points_per_pass"),
     ("plot_hessian_eigen.py", ["--precision", "tf32"], "--precision"),
+    ("plot_hessian_eigen.py", ["--trace", "--dir_file", "d.h5"], "--at"),
     ("hessian_directions.py", ["--engine", "eager"], "--engine"),
     ("hessian_directions.py", ["--y=-1:1:3"], "--y"),
     ("hessian_directions.py", ["--model_file2", "b.t7"], "--model_file2"),
