@@ -17,7 +17,7 @@ from scipy.stats import wasserstein_distance
 
 import errors
 import hess_vec_prod
-from conftest import N_SAMPLES, REPO, run_script, snapshot
+from conftest import N_SAMPLES, REPO, run_mpi, run_script, snapshot
 from conftest import data_hessian as exact_hessian
 from hess_vec_prod import hessian_operator, lanczos, slq_nodes, slq_start, spectral_density
 
@@ -100,10 +100,8 @@ def test_script_one_rank_two_ranks_and_plot(tiny, tmp_path):
     assert np.trapezoid(r["density"], r["grid"]) == pytest.approx(1.0, abs=1e-9)
     assert r["negative_mass"] == pytest.approx((ev < -r["sigma"]).mean(), abs=0.15)
     # two MPI ranks: the same starts, the same file content
-    cmd = [sys.executable] + spectrum_cmd(tiny, two, "--n_v", "3", "--lanczos_steps", "40", "--mpi",
-                                          "--no_progress")
-    q = subprocess.run(["mpiexec", "-n", "2"] + cmd, cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", **tiny.env))
+    q = run_mpi(spectrum_cmd(tiny, two, "--n_v", "3", "--lanczos_steps", "40", "--mpi", "--no_progress"),
+                env=tiny.env)
     assert q.returncode == 0, q.stderr
     r2, attrs2 = read(two)
     assert attrs2["settings"] == attrs["settings"]
