@@ -11,8 +11,7 @@ import torch.nn as nn
 
 import model_loader
 import net_plotter
-from cifar10.models import MODELS
-from conftest import assert_one_line_error, exact_hessian, run_mpi, run_script
+from conftest import assert_one_line_error, exact_hessian, run_mpi, run_script, save_checkpoint
 from evaluation import get_loss_fn
 from hess_vec_prod import Hessian, hutchinson_trace, min_max_eigs, top_k
 from surface import read_surface
@@ -111,9 +110,7 @@ def test_graph_cache_follows_a_moving_model():
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("mlp") / "mlp.t7")
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, path)
+    path = save_checkpoint(tmp_path_factory.mktemp("mlp") / "mlp.t7", "digits_mlp", seed=0)
     return path
 
 

@@ -9,8 +9,7 @@ import torch.nn as nn
 
 import hessian_directions
 import net_plotter
-from cifar10.models import MODELS
-from conftest import assert_one_error_line, exact_hessian, run_main_error, run_script
+from conftest import assert_one_error_line, exact_hessian, run_main_error, run_script, save_checkpoint
 from evaluation import get_loss_fn
 from hess_vec_prod import Hessian, hessian_params, top_eigenpairs
 
@@ -79,9 +78,7 @@ def test_eigen_directions_unit_orthogonal_rayleigh_and_zero_biases():
 
 @pytest.fixture(scope="module")
 def cnn_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("cnn") / "cnn.t7")
-    torch.save({"state_dict": MODELS["digits_cnn"]().state_dict()}, path)
+    path = save_checkpoint(tmp_path_factory.mktemp("cnn") / "cnn.t7", "digits_cnn", seed=0)
     return path
 
 

@@ -15,8 +15,7 @@ import torch
 
 import net_plotter
 import sharpness
-from cifar10.models import MODELS
-from conftest import assert_one_error_line, run_main_error, run_mpi
+from conftest import assert_one_error_line, run_main_error, run_mpi, save_checkpoint
 
 QUADRATIC = textwrap.dedent('''
     """A linear model with a squared-error loss: the loss is exactly quadratic in the weights."""
@@ -114,9 +113,7 @@ def items(path):
 def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
     files = []
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        files.append(str(tmp_path / f"mlp{seed}.t7"))
-        torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, files[-1])
+        files.append(save_checkpoint(tmp_path / f"mlp{seed}.t7", "digits_mlp", seed))
     common = ["sharpness.py", "--model", "digits_mlp", "--model_file"] + files + [
         "--max_samples", "60", "--n_dirs", "3", "--trace_samples", "4", "--ascent_steps", "2",
         "--rho", "0.1,0.3", "--threads", "1", "--no_progress"]
@@ -156,9 +153,7 @@ def one_line_error(argv, capsys):
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("mlp") / "mlp.t7")
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, path)
+    path = save_checkpoint(tmp_path_factory.mktemp("mlp") / "mlp.t7", "digits_mlp", seed=0)
     return path
 
 

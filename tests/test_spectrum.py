@@ -17,7 +17,7 @@ from scipy.stats import wasserstein_distance
 
 import errors
 import hess_vec_prod
-from conftest import N_SAMPLES, REPO, run_mpi, run_script, snapshot
+from conftest import N_SAMPLES, REPO, run_mpi, run_script, save_checkpoint, snapshot
 from conftest import data_hessian as exact_hessian
 from hess_vec_prod import hessian_operator, lanczos, slq_nodes, slq_start, spectral_density
 
@@ -209,10 +209,8 @@ BAD = [  # (script, flags, a word the message must contain)
 def bad_input_files(tmp_path_factory):
     """A folder with a direction file, a finished spectrum file and a text file."""
     import plot_surface
-    from cifar10.models import MODELS
     tmp = tmp_path_factory.mktemp("bad")
-    torch.manual_seed(0)
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, str(tmp / "mlp.t7"))
+    save_checkpoint(tmp / "mlp.t7", "digits_mlp", seed=0)
     dirs = str(tmp / "dirs.h5")
     model = ["--model", "digits_mlp", "--model_file", str(tmp / "mlp.t7"), "--max_samples", "20", "--threads", "1"]
     plot_surface.main(model + ["--x=0:1:2", "--dir_file", dirs, "--surf_file", str(tmp / "surf.h5"), "--no_progress"])
