@@ -491,11 +491,21 @@ def _points_per_pass(text):
     return k
 
 
+def spec_of(args: argparse.Namespace, **changes):
+    """The typed run specification (spec.RunSpec) of parsed flags; ``changes`` replace fields."""
+    from spec import RunSpec
+    y = (args.ymin, args.ymax, args.ynum) if args.y is not None else None
+    fields = {name: getattr(args, name) for name in RunSpec.__dataclass_fields__
+              if name not in ("x", "y", "progress", "data_args") and hasattr(args, name)}
+    return RunSpec(**{**fields, "x": (args.xmin, args.xmax, args.xnum), "y": y,
+                      "progress": not args.no_progress, "data_args": args, **changes})
+
+
 # ======================================================================== Hessian
 # The Hessian flag group of plot_hessian_eigen.py, hessian_spectrum.py, layer_curvature.py
 # and hessian_directions.py, and its checks (standard library only, like the rest of this
-# module). The defaults are those of hess_vec_prod (tests/test_hessian.py checks they agree).
-HESSIAN_TOL = DEFAULT_TOL             # owned by hess_vec_prod (in the light hessian_options.py)
+# module). The defaults are owned by hess_vec_prod, in the light hessian_options.py.
+HESSIAN_TOL = DEFAULT_TOL
 HESSIAN_CACHE_MB = DEFAULT_CACHE_MB
 HESSIAN_BATCH_MB = DEFAULT_BATCH_MB
 

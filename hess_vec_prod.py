@@ -126,11 +126,11 @@ class Hessian(LinearOperator):
 
     def _check_cache(self):
         """Drop the cached graphs if the model has moved since they were made."""
-        state = list(self.net.state_dict().values())
+        state = [*self.net.parameters(), *self.net.buffers()]  # cheaper than state_dict()
         if self.state is None or len(state) != len(self.state) or \
                 not all(torch.equal(a, b) for a, b in zip(state, self.state)):
             self._drop_cache()
-            self.state = [t.clone() for t in state]
+            self.state = [t.detach().clone() for t in state]
 
     def _gradient(self, i):
         """Gradient of batch i's summed loss, with its graph; and the bytes it holds."""
@@ -204,7 +204,7 @@ def hessian_operator(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, los
     return Hessian(net, x, y, loss_sum, batch_size, params, cache_mb)
 
 
-def start_vector(n, seed=0):
+def start_vector(n: int, seed: int = 0) -> np.ndarray:
     """The fixed float64 start vector of every Lanczos run (same on every rank)."""
     return np.random.default_rng(seed).standard_normal(n)
 
@@ -315,11 +315,14 @@ def top_k(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
     return _eig(op, "LA", tol, seed, maxiter, k=k, strict=strict)
 
 
-def check_finite(op: LinearOperator, where: str = "at this point") -> None:
+def check_finite(op: LinearOperator, where: str = "at this point") -> np.ndarray:
     """Refuse (a ``UserError``) an operator whose product with the fixed start vector is
-    not finite, before a run writes anything: one product."""
-    if not np.isfinite(op.matvec(start_vector(op.shape[0]))).all():
+    not finite, before a run writes anything: one product, returned (exactly zero, with
+    probability 1, only when the operator is zero)."""
+    product = op.matvec(start_vector(op.shape[0]))
+    if not np.isfinite(product).all():
         raise user_error(NonFinite(), where)
+    return product
 
 
 def user_error(e: ArithmeticError, where: str = "here") -> UserError:
@@ -341,7 +344,7 @@ def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: i
     return arpack(op, k, "LA", tol, seed, maxiter, vectors=True)
 
 
-def hutchinson_trace(op, samples, seed=0):
+def hutchinson_trace(op: LinearOperator, samples: int, seed: int = 0) -> tuple[float, float, np.ndarray]:
     """Hutchinson's estimate of tr(op): the mean of vᵀ·op·v over ``samples`` Rademacher
     vectors v; returns (estimate, standard error of the mean, the samples)."""
     rng = np.random.default_rng(seed)

@@ -67,7 +67,9 @@ if __name__ == "__main__":  # the flags and --help before torch is imported
 
 import json  # noqa: E402
 import os
+import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,11 +77,15 @@ import torch
 import dataloader
 import model_loader
 import net_plotter
-from fileio import check_output_path, check_reuse
+import runner
+from fileio import check_not_input, check_output_path, check_reuse, open_h5, parse_settings
 from grid import hessian_of, load_run, model_stem
-from hess_vec_prod import Hessian, NonFinite, Progress, hessian_params, top_eigenpairs
+from hess_vec_prod import Hessian, NonFinite, Progress, check_finite, hessian_params, top_eigenpairs
+from store import ResultStore, damaged
 
 FORMAT_KIND = "hessian_eigenvectors"
+ZERO = ("the Hessian is exactly zero here (the loss does not depend on these parameters): every direction "
+        "has curvature 0, so there is no sharpest one")
 
 
 def default_dir_file(args: argparse.Namespace) -> str:
@@ -119,12 +125,11 @@ def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: 
     except ArithmeticError as e:
         raise UserError(f"{e}; raise --eig_maxiter or --eig_tol")
     if not np.any(vals):
-        raise UserError("the Hessian is exactly zero here (the loss does not depend on these parameters): "
-                        "every direction has curvature 0, so there is no sharpest one")
+        raise UserError(ZERO)
     return vals, vectors_to_directions(net, vecs, norm)
 
 
-def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
+def settings_of(args: argparse.Namespace, data: Any, n_params: int) -> dict:
     return {"kind": FORMAT_KIND, "model": args.model,
             "model_file": os.path.basename(args.model_file),
             "model_hash": model_loader.file_hash(args.model_file) if args.model_file else f"init(seed={args.seed})",
@@ -133,20 +138,32 @@ def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
             "seed": args.seed, "parameters": n_params}
 
 
-def stored_settings(path: str) -> dict | None:
-    attrs = net_plotter.read_direction_attrs(path)
-    try:
-        return json.loads(attrs.get("settings", "null"))
-    except (TypeError, ValueError):
-        return None
+def reusable(out: str, settings: dict, overwrite: bool) -> bool:
+    """May the existing ``out`` serve this run (the one reuse policy, fileio.check_reuse)? A
+    damaged file of ours (settings that do not parse, no eigenvectors or eigenvalues) is
+    refused with a line that says to pass --overwrite, which replaces it."""
+    def stored() -> dict | None:
+        attrs = net_plotter.read_direction_attrs(out)
+        return parse_settings(attrs["settings"], out) if "settings" in attrs else None
+    if not check_reuse(out, stored, settings, "direction file", overwrite,
+                       hint="pass --overwrite to replace it or choose another --dir_file"):
+        return False
+    attrs = net_plotter.read_direction_attrs(out)
+    with open_h5(out, "direction file") as f:
+        groups = [g for g in ("xdirection", "ydirection")[:settings["k"]] if g not in f]
+    if groups or "eigenvalues" not in attrs or np.size(attrs["eigenvalues"]) != settings["k"]:
+        raise damaged(out, f"it has no {groups[0] if groups else 'eigenvalues'} for --k {settings['k']}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> str:
+    t0 = time.perf_counter()
     args = flags.parse_args(build_parser(), argv)
     out = args.dir_file or default_dir_file(args)
     check_output_path(out, "--dir_file")
     if args.model_file and not os.path.isfile(args.model_file):
         raise UserError(f"checkpoint not found: {args.model_file}")
+    check_not_input(out, "--dir_file", runner.without(runner.inputs_of(args), "--dir_file"))
     device, data, net = load_run(args, None)
     net = net.to(device).eval()
     op = hessian_of(args, net, data, device)  # refuses a model without weights or a loss without a gradient
@@ -154,31 +171,27 @@ def main(argv: list[str] | None = None) -> str:
     if n_params <= args.k:
         raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
     settings = settings_of(args, data, n_params)
-    if os.path.exists(out):
-        if check_reuse(out, stored_settings(out), settings, "direction file", args.overwrite,
-                       hint="pass --overwrite to replace it or choose another --dir_file"):
-            vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
-            print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
-            return out
+    if reusable(out, settings, args.overwrite):
+        vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
+        print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
+        return out
+    if not np.any(check_finite(op, "at this checkpoint")):
+        raise UserError(ZERO)
     progress = Progress(op, not args.no_progress, args.progress_every)
-    progress.phase(f"top {args.k} eigenpairs ({n_params} parameters)")
+    found = ResultStore(None, FORMAT_KIND, "direction file", (), {}, settings)  # in memory: one solve
     t = time.perf_counter()
-    vals, dirs = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed, args.eig_maxiter)
+    solved = {}
+
+    def solve(k: int) -> dict:
+        progress.phase(f"top {args.k} eigenpairs ({n_params} parameters)")
+        solved["vals"], solved["dirs"] = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed,
+                                                          args.eig_maxiter)
+        progress.end(" ".join(f"{v:.6g}" for v in solved["vals"]))
+        return {}
+    runner.run(None, found, solve, what="point", desc="hessian", plan="one Lanczos solve",
+               progress=False, setup_seconds=time.perf_counter() - t0)
+    vals, dirs = solved["vals"], solved["dirs"]
     seconds = time.perf_counter() - t
-    progress.end(" ".join(f"{v:.6g}" for v in vals))
-    write(args, out, net, settings, vals, dirs, op.count)
-    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
-          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
-    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
-          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
-          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
-          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
-    return out
-
-
-def write(args: argparse.Namespace, out: str, net: torch.nn.Module, settings: dict, vals: np.ndarray,
-          dirs: list[list[torch.Tensor]], products: int) -> None:
-    """The direction file: x (and y) with the eigenvalues, settings and recipe."""
     names = [n for n, _ in net_plotter.get_entries(net, "weights")]
     norm_attr = "" if args.norm == "none" else args.norm
     recipe = {"dir_type": "weights", "model": args.model, "model_hash": settings["model_hash"],
@@ -189,7 +202,15 @@ def write(args: argparse.Namespace, out: str, net: torch.nn.Module, settings: di
                "ynorm": norm_attr if args.k == 2 else "", "xignore": "biasbn",
                "yignore": "biasbn" if args.k == 2 else "",
                "settings": json.dumps(settings, sort_keys=True), "recipe": json.dumps(recipe),
-               "hessian_products": products})
+               "hessian_products": op.count})
+    print(f"Hessian of the mean training loss ({n_params} parameters, {op.count} products, "
+          f"{seconds:.1f} s): top {args.k} eigenvalues " + " ".join(f"{v:.6g}" for v in vals))
+    print(f"wrote {out} (x = eigenvector of λ1{', y = eigenvector of λ2' if args.k == 2 else ''}"
+          f", norm {args.norm}); plot with: python plot_surface.py --model {args.model}"
+          f"{' --model_file ' + args.model_file if args.model_file else ''} --dir_file {out} "
+          f"--dir_type weights --x=-1:1:51{' --y=-1:1:51' if args.k == 2 else ''}", flush=True)
+    sys.stdout.flush()
+    return out
 
 
 if __name__ == "__main__":

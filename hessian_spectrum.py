@@ -80,17 +80,27 @@ def check_args(args: argparse.Namespace) -> None:
 if __name__ == "__main__":  # the flags and --help before torch is imported
     flags.parse_before_imports(build_parser)
 
-import sys  # noqa: E402
-import time
+import time  # noqa: E402
 
 import numpy as np
 
 import mpi4pytorch
-import plot_hessian_eigen as phe  # ResultStore: being replaced by the shared store in round 3
+import runner
 import grid
 from fileio import check_output_path
 from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
-from scheduler import Interrupted, run_grid
+from store import ResultStore
+
+
+def check_memory(args: argparse.Namespace, n: int) -> None:
+    """Refuse, before any work, Lanczos runs whose vectors (steps x parameters float64,
+    with full reorthogonalisation) would not fit in memory."""
+    m = min(args.lanczos_steps, n)
+    need = m * n * 8
+    if need > MAX_LANCZOS_BYTES:
+        raise UserError(f"--lanczos_steps {args.lanczos_steps} keeps {m} vectors of {n:,} parameters "
+                        f"({need / 2**30:.1f} GiB) per start, more than {MAX_LANCZOS_BYTES / 2**30:.0f} GiB; "
+                        "use fewer steps")
 
 
 def spectrum_file(args):
@@ -98,14 +108,14 @@ def spectrum_file(args):
 
 
 def open_store(args, out, n, settings):
-    store = phe.ResultStore(out, KIND, "spectrum file", args.n_v, {
+    store = ResultStore(out, KIND, "spectrum file", args.n_v, {
         "ritz_values": ((args.lanczos_steps,), np.nan), "ritz_weights": ((args.lanczos_steps,), 0.0),
-        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True)
+        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True, inputs=runner.inputs_of(args))
     store.save()
     return store
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     out = spectrum_file(args)
     check_output_path(out, "--spectrum_file")
@@ -116,15 +126,10 @@ def main(argv=None):
     op = grid.hessian_of(args, net, data, device)
     n = op.shape[0]
     check_memory(args, n)
-    check_finite(op)
+    check_finite(op)  # a NaN/inf product is refused before the file is made
     settings = {"kind": "hessian_spectrum", **grid.point_settings(args, data, point),
                 "lanczos_steps": args.lanczos_steps, "seed": args.seed, "parameters": n}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, n, settings))
-    todo = mpi4pytorch.bcast(comm, store.todo(args.n_v) if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos steps "
-              f"({n} parameters), {args.n_v - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     progress = Progress(op, not args.no_progress, args.progress_every,
                         prefix=f"rank {rank}" if size > 1 else "hessian")
 
@@ -141,35 +146,17 @@ def main(argv=None):
         return {"ritz_values": np.pad(vals, (0, pad), constant_values=np.nan),
                 "ritz_weights": np.pad(weights, (0, pad)), "products": op.count - count}
 
-    t = time.perf_counter()
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="spectrum")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} random starts saved in {out}; rerun the "
-                  "same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    seconds = runner.run(comm, store if rank == 0 else None, compute, what="random starts", desc="spectrum",
+                         n=args.n_v, plan=f"{args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos "
+                         f"steps ({n} parameters)", save_every=args.save_every, progress=not args.no_progress,
+                         setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo(args.n_v).size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
     result = finish(args, store, out)
-    report(args, result, point, n, store, time.perf_counter() - t, out)
+    store.close()
+    report(args, result, point, n, store, seconds, out)
     if args.plot:
         plot(out, args.format, args.show)
-
-
-def check_memory(args, n: int) -> None:
-    """Refuse, before any work, Lanczos runs whose vectors (steps x parameters float64,
-    with full reorthogonalisation) would not fit in memory."""
-    m = min(args.lanczos_steps, n)
-    need = m * n * 8
-    if need > MAX_LANCZOS_BYTES:
-        raise UserError(f"--lanczos_steps {args.lanczos_steps} keeps {m} vectors of {n:,} parameters "
-                        f"({need / 2**30:.1f} GiB) per start, more than {MAX_LANCZOS_BYTES / 2**30:.0f} GiB; "
-                        "use fewer steps")
 
 
 def density_of(values, weights, sigma_rel, n_grid):

@@ -26,10 +26,15 @@ shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws 
 bar chart (log scale) next to the file.
 """
 import argparse
+from typing import TYPE_CHECKING
 
 import flags
 from errors import UserError, run_main
 from plot_common import FORMATS
+
+if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
+    import torch
+    from scipy.sparse.linalg import LinearOperator
 
 KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
@@ -67,21 +72,20 @@ if __name__ == "__main__":  # the flags and --help before torch is imported
 
 import json  # noqa: E402
 import math
-import sys
 import time
 
 import numpy as np
 
 import mpi4pytorch
-import plot_hessian_eigen as phe  # ResultStore: being replaced by the shared store in round 3
+import runner
 import grid
 from fileio import check_output_path
 from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
                            user_error)
-from scheduler import Interrupted, run_grid
+from store import ResultStore
 
 
-def blocks_of(args, net):
+def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
     model = net.module if hasattr(net, "module") else net
     try:
         blocks = layer_blocks(model, args.groups)
@@ -93,14 +97,14 @@ def blocks_of(args, net):
 
 
 def open_store(args, out, settings, names):
-    store = phe.ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
-                            overwrite=args.overwrite)
+    store = ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
+                        overwrite=args.overwrite, inputs=runner.inputs_of(args))
     store.attrs["layers"] = json.dumps(names)
     store.save()
     return store
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
     check_output_path(out, "--curvature_file")
@@ -116,53 +120,46 @@ def main(argv=None):
                 "trace_samples": args.trace_samples, "exact_trace_max": args.exact_trace_max,
                 "blocks": [[b, [n for n, _ in ps]] for b, ps in blocks]}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, settings, names))
-    todo = mpi4pytorch.bcast(comm, store.todo() if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {len(blocks)} blocks, {len(blocks) - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     prefix = f"rank {rank}" if size > 1 else "hessian"
 
     def compute(k):
         name, params = blocks[k]
-        op = grid.hessian_of(args, net, data, device, [p for _, p in params])
-        n = op.shape[0]
-        progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
-        t = time.perf_counter()
-        progress.phase(f"{name} ({n} parameters): top eigenvalue")
-        try:
-            lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
-        except ArithmeticError as e:
-            raise user_error(e, f"in block {name}") from None
-        progress.end(f"{lam:.6g}")
-        exact = n <= args.exact_trace_max
-        progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
-        if exact:
-            tr, se = exact_trace(op), 0.0
-        else:
-            tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
-        progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
-        if not np.isfinite(tr):
-            raise user_error(NonFinite(), f"in block {name}")
-        return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
-                "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
+        return block_curvature(args, name, grid.hessian_of(args, net, data, device, [p for _, p in params]), prefix)
 
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="layers")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} of {len(blocks)} blocks saved in {out}; "
-                  "rerun the same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    runner.run(comm, store if rank == 0 else None, compute, what="blocks", desc="layers",
+               save_every=args.save_every, progress=not args.no_progress, setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo().size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
+    store.close()
     print(table(names, store.values, point))
     print(f"saved {out}", flush=True)
     if args.plot:
         plot(out, args.format, args.show)
+
+
+def block_curvature(args: argparse.Namespace, name: str, op: "LinearOperator", prefix: str) -> dict:
+    """One block's row: top eigenvalue (Lanczos) and trace (exact or Hutchinson), with
+    progress lines; a NaN/inf product or Lanczos failing is one error line."""
+    n = op.shape[0]
+    progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
+    t = time.perf_counter()
+    progress.phase(f"{name} ({n} parameters): top eigenvalue")
+    try:
+        lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
+    except ArithmeticError as e:
+        raise user_error(e, f"in block {name}") from None
+    progress.end(f"{lam:.6g}")
+    exact = n <= args.exact_trace_max
+    progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
+    if exact:
+        tr, se = exact_trace(op), 0.0
+    else:
+        tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
+    progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
+    if not np.isfinite(tr):
+        raise user_error(NonFinite(), f"in block {name}")
+    return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
+            "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 
 
 def table(names, v, point=()):

@@ -21,12 +21,17 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 ``--spectrum_file`` (default ``<model_file>_hessian.h5``) the K largest eigenvalues
 (``top_eigenvalues``), λmax and λmin (``max_eig``, ``min_eig``) and, with
 ``--trace``, Hutchinson's estimate of the trace with its standard error (``trace``,
-``trace_stderr``, ``trace_samples``).
+``trace_stderr``, ``trace_samples``), with ``done`` and the ``settings`` (a
+store.ResultStore of one item: an interrupted run is computed again by the same command).
 """
 import argparse
+from typing import TYPE_CHECKING
 
 import flags
 from errors import UserError, run_main
+
+if TYPE_CHECKING:  # annotations only
+    from scipy.sparse.linalg import LinearOperator
 
 METRICS = ["max_eig", "min_eig"]
 
@@ -67,107 +72,21 @@ def check_args(args: argparse.Namespace) -> None:
 if __name__ == "__main__":  # the flags and --help before torch is imported
     flags.parse_before_imports(build_parser)
 
-import json  # noqa: E402
-import os
+import os  # noqa: E402
 import time
 
-import h5py
 import numpy as np
 
 import mpi4pytorch
+import runner
 import grid
-from fileio import check_output_path, check_reuse, open_h5, written_atomically
-from hess_vec_prod import NonFinite, Progress, hutchinson_trace, min_max_eigs, top_k, user_error
-
-
-class ResultStore:
-    """Rank 0's copy of a resumable single-point result file (spectrum, layer table):
-    ``n`` items (random starts, layers), each with the same fields, a ``done`` mask and
-    the settings. Implements what scheduler.run_grid needs of a writer (record, save,
-    todo, n_done, done). Saved atomically; an existing file is resumed only if its
-    settings equal this run's (else a one-line error), unless ``overwrite``.
-
-    ``fields``: {name: (shape of one item, fill value)}; ``extra``: datasets written
-    as they are (the derived results: density, table columns, ...).
-    """
-
-    def __init__(self, path, kind, what, n, fields, settings, overwrite=False, grow=False):
-        self.path, self.kind, self.what, self.fields = path, kind, what, dict(fields)
-        self.settings = json.loads(json.dumps(settings))
-        self.extra, self.attrs = {}, {}
-        self.resumed = False
-        stored = None
-        if os.path.exists(path) and not overwrite:
-            stored = self._read()
-        if stored is not None and check_reuse(path, stored[0], self.settings, what, overwrite):
-            _, values, done = stored
-            m = max(n, len(done)) if grow else n
-            bad = [k for k in self.fields if k not in values
-                   or values[k].shape != (len(done), *self.fields[k][0])]
-            if (len(done) != m and not grow) or bad:
-                raise UserError(f"{path} does not hold the items of this run ({len(done)} stored, "
-                                f"{n} wanted{', fields ' + ', '.join(bad) if bad else ''}); rerun with "
-                                "--overwrite or choose another output file")
-            self.values = {k: self._blank(m, k) for k in self.fields}
-            for k in self.fields:
-                self.values[k][:len(done)] = values[k]
-            self.done = np.zeros(m, dtype=bool)
-            self.done[:len(done)] = done
-            self.resumed = True
-        else:
-            self.values = {k: self._blank(n, k) for k in self.fields}
-            self.done = np.zeros(n, dtype=bool)
-        self.n = n
-        self.dirty = True
-
-    def _blank(self, m, k):
-        shape, fill = self.fields[k]
-        return np.full((m, *shape), fill, dtype=np.float64)
-
-    def _read(self):
-        with open_h5(self.path, self.what) as f:
-            if f.attrs.get("format") != self.kind or "settings" not in f.attrs or "done" not in f:
-                raise UserError(f"{self.path} exists but is not a {self.what} ({self.kind}); pass "
-                                "--overwrite to replace it or choose another output file")
-            settings = json.loads(f.attrs["settings"])
-            done = f["done"][()].astype(bool)
-            values = {k: f[k][()] for k in self.fields if k in f}
-        return settings, values, done
-
-    @property
-    def n_done(self):
-        return int(self.done.sum())
-
-    def todo(self, n=None):
-        """Indices of the items (of the first ``n``) still to compute."""
-        return np.flatnonzero(~self.done[:self.n if n is None else n])
-
-    def record(self, indices, values):
-        for j, i in enumerate(indices):
-            for k in self.fields:
-                v = np.asarray(values[k][j] if isinstance(values[k], list) else values[k], dtype=np.float64)
-                self.values[k][i] = v
-            self.done[i] = True
-        self.dirty = True
-
-    def save(self):
-        if not self.dirty:
-            return
-        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = self.kind
-            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
-            for k, v in self.attrs.items():
-                f.attrs[k] = v
-            for k, v in self.values.items():
-                f[k] = v
-            f["done"] = self.done.astype(np.uint8)
-            for k, v in self.extra.items():
-                f[k] = v
-        self.dirty = False
+from fileio import check_output_path
+from store import ResultStore
+from hess_vec_prod import NonFinite, Progress, check_finite, hutchinson_trace, min_max_eigs, top_k, user_error
 
 
 # --------------------------------------------------------------------------- grid
-def grid_mode(args):
+def grid_mode(args: argparse.Namespace) -> None:
     ctx = prepare_grid(args)
     op = grid.hessian_of(args, ctx.net, ctx.data, ctx.device)
     progress = Progress(op, not args.no_progress, args.progress_every,
@@ -180,52 +99,71 @@ def grid_mode(args):
         progress.end(f"max_eig {lmax:.6g} min_eig {lmin:.6g}")
         return {"max_eig": lmax, "min_eig": lmin}
 
-    grid.compute_grid(args, ctx, compute, desc="hessian")
+    grid.compute_grid(ctx.spec, ctx, compute, desc="hessian")
     if ctx.rank == 0:
         print(f"done: {ctx.surf_file}", flush=True)
         if args.plot:
             grid.plot(args, ctx, "eig_ratio")
 
 
-def prepare_grid(args):
+def prepare_grid(args: argparse.Namespace) -> grid.Run:
     """grid.prepare with our metrics; the surface file gets a ``_hessian`` name. The
     Hessian is checked (a differentiable loss, parameters to take it of) before any file
     is written."""
-    if not args.surf_file:
-        dir_file = grid.name_direction_file(args)
-        args.surf_file = grid.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
-    return grid.prepare(args, METRICS, kind="hessian", extra_settings={"eig_tol": args.eig_tol, "seed": args.seed},
+    spec = flags.spec_of(args)
+    if not spec.surf_file:
+        dir_file = grid.name_direction_file(spec)
+        spec = flags.spec_of(args, surf_file=grid.name_surface_file(spec, dir_file)[:-len(".h5")] + "_hessian.h5")
+    return grid.prepare(spec, METRICS, kind="hessian", extra_settings={"eig_tol": args.eig_tol, "seed": args.seed},
                         check=lambda net, data: grid.hessian_of(args, net, data, "cpu"))
 
 
 # ---------------------------------------------------------------- single point
-def single_point(args):
+POINT_KIND = "loss-landscape-hessian-point"
+
+
+def single_point(args: argparse.Namespace) -> None:
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
     out = args.spectrum_file or grid.model_stem(args) + "_hessian.h5"
     check_output_path(out, "--spectrum_file")
-    if os.path.exists(out) and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
+    t0 = time.perf_counter()
     device, data, net, point = grid.load_point(args)
     op = grid.hessian_of(args, net, data, device)
     if args.top_k >= op.shape[0]:
         raise UserError(f"--top_k must be below the number of parameters ({op.shape[0]}), got {args.top_k}")
-    t = time.perf_counter()
+    check_finite(op)  # a NaN/inf product is refused before the file is made
+    settings = {**grid.point_settings(args, data, point), "dir_file": os.path.basename(args.dir_file) if point else "",
+                "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
+    fields = {"max_eig": ((), np.nan), "min_eig": ((), np.nan)}
+    if args.top_k:
+        fields["top_eigenvalues"] = ((args.top_k,), np.nan)
+    if args.trace:
+        fields.update(trace=((), np.nan), trace_stderr=((), np.nan), trace_samples=((args.trace_samples,), np.nan))
+    store = ResultStore(out, POINT_KIND, "spectrum file", (), fields, settings, overwrite=args.overwrite,
+                        inputs=runner.inputs_of(args), hint="pass --overwrite to replace it or choose --spectrum_file")
+    if store.resumed and not store.todo().size:
+        store.close()
+        raise UserError(f"{out} holds this point's results already; pass --overwrite to recompute them or "
+                        "choose --spectrum_file")
+    progress = Progress(op, not args.no_progress, args.progress_every)
+    seconds = runner.run(None, store, lambda k: point_spectrum(args, op, progress), what="point", desc="hessian",
+                         plan="one point", save_every=args.save_every, progress=False,
+                         setup_seconds=time.perf_counter() - t0)
+    store.close()
+    report({k: store.values[k] for k in fields}, point, op, seconds, out)
+
+
+def point_spectrum(args: argparse.Namespace, op: "LinearOperator", progress: Progress) -> dict:
+    """The single point's results: top-k eigenvalues, λmax/λmin and the trace, as asked;
+    a NaN/inf product or Lanczos failing is one error line (nothing recorded)."""
     try:
-        result = compute_point(args, op)
+        return _point_spectrum(args, op, progress)
     except ArithmeticError as e:
         raise user_error(e, "at this point") from None
-    seconds = time.perf_counter() - t
-    settings = {**grid.point_settings(args, data, point),
-                "dir_file": os.path.basename(args.dir_file) if point else "",
-                "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
-    write_spectrum(out, result, settings)
-    report(result, point, op, seconds, out)
 
 
-def compute_point(args, op) -> dict:
-    """Top-k eigenvalues, λmax/λmin and the trace at one point, with progress lines."""
-    progress = Progress(op, not args.no_progress, args.progress_every)
+def _point_spectrum(args, op, progress):
     result = {}
     if args.top_k:
         progress.phase(f"top {args.top_k} eigenvalues")
@@ -244,19 +182,12 @@ def compute_point(args, op) -> dict:
     return result
 
 
-def write_spectrum(path, result, settings):
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
-        for k, v in result.items():
-            f[k] = np.asarray(v, dtype=np.float64)
-        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
-
-
 def ratio(a: float, b: float) -> float:
     """|a / b|, 0 when both are 0 (a Hessian that is exactly zero)."""
     return 0.0 if a == 0 and b == 0 else abs(a / b) if b != 0 else float("inf")
 
 
-def report(result, point, op, seconds, out):
+def report(result: dict, point: list[float], op: "LinearOperator", seconds: float, out: str) -> None:
     where = f"at {tuple(point)}" if point else "at the model"
     print(f"Hessian of the mean training loss {where} ({op.shape[0]} parameters, "
           f"{op.count} products, {seconds:.1f} s):")
@@ -270,7 +201,7 @@ def report(result, point, op, seconds, out):
     print(f"saved {out}", flush=True)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     if args.top_k or args.trace:
         single_point(args)

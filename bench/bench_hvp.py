@@ -12,8 +12,8 @@ set (its single-batch mode, the gradient kept). If PyHessian is not installed, t
 product is written out here. Both take the Hessian with respect to every parameter
 (PyHessian's choice), so the products are the same numbers; ours also with respect to
 the multi-dimensional parameters only (its default). Ours runs at its default batch,
-chosen by memory (``hess_vec_prod.auto_batch``), and at 128. Reported: the median of
-``--repeat`` timed products after two warm-up products, and the largest relative
+chosen by memory (``hess_vec_prod.auto_batch``), and at 128. Reported: the minimum and the median of
+``--repeat`` timed products after two warm-up products (all variants timed in turn), and the largest relative
 difference between our product and the peer's.
 """
 import argparse
@@ -59,15 +59,19 @@ def peer_product(model, criterion, batches, single):
     return product, "PyHessian's product (written out)"
 
 
-def seconds(fn, repeat):
-    fn()
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
+def interleaved(fns, repeat):
+    """(min, median) seconds of each function, timed in turn (so a busy machine slows all
+    alike; the minimum is the least disturbed run)."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [(min(t), statistics.median(t)) for t in times]
 
 
 def case(name, x, y, repeat):
@@ -78,20 +82,21 @@ def case(name, x, y, repeat):
     n = sum(p.numel() for p in params)
     v = np.random.default_rng(0).standard_normal(n)
     vt = [t.view_as(p).float() for t, p in zip(torch.from_numpy(v).split([p.numel() for p in params]), params)]
-    rows = []
+    rows, fns = [], []
     for label, batch in (("batch 128", 128), (f"one batch of {len(y)}", len(y))):
         batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)]
         peer, peer_name = peer_product(net, criterion, batches, single=len(batches) == 1)
         ref = torch.cat([h.reshape(-1) for h in peer(vt)]).double().numpy()
-        rows.append((f"{peer_name}, {label}", seconds(lambda peer=peer: peer(vt), repeat), 0.0))
+        rows.append((f"{peer_name}, {label}", 0.0))
+        fns.append(lambda peer=peer: peer(vt))
         ours = hessian_operator(net, x, y, "crossentropy", batch if batch == 128 else None, params)
         diff = np.abs(ours.matvec(v) - ref).max() / np.abs(ref).max()
-        rows.append((f"ours, {label if batch == 128 else f'batch {ours.batch_size} (by memory)'}",
-                     seconds(lambda ours=ours: ours.matvec(v), repeat), diff))
+        rows.append((f"ours, {label if batch == 128 else f'batch {ours.batch_size} (by memory)'}", diff))
+        fns.append(lambda ours=ours: ours.matvec(v))
     ours = hessian_operator(net, x, y, "crossentropy")
-    rows.append((f"ours, >1-D parameters ({ours.shape[0]}), batch {ours.batch_size}",
-                 seconds(lambda: ours.matvec(v[:ours.shape[0]]), repeat), float("nan")))
-    return n, rows
+    rows.append((f"ours, >1-D parameters ({ours.shape[0]}), batch {ours.batch_size}", float("nan")))
+    fns.append(lambda: ours.matvec(v[:ours.shape[0]]))
+    return n, [(label, s, diff) for (label, diff), s in zip(rows, interleaved(fns, repeat))]
 
 
 def main():
@@ -105,11 +110,12 @@ def main():
     dataloader.add_data_args(a)
     data = dataloader.load_data(a.parse_args([]))
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average {os.getloadavg()[0]:.1f}")
-    print("\n| model | parameters | product | ms/product | max rel. diff to peer |\n|---|---|---|---|---|")
+    print("\n| model | parameters | product | ms/product (min) | (median) | max rel. diff to peer |\n"
+          "|---|---|---|---|---|---|")
     for name in args.models:
         n, rows = case(name, data.train_x, data.train_y, args.repeat)
         for label, s, diff in rows:
-            print(f"| {name} | {n} | {label} | {1000 * s:.1f} | {diff:.1e} |", flush=True)
+            print(f"| {name} | {n} | {label} | {1000 * s[0]:.2f} | {1000 * s[1]:.2f} | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
