@@ -40,7 +40,6 @@ import torch
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from errors import UserError
-
 from hessian_options import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL  # noqa: F401 -- owned here, light for the flags
 
 
