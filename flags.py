@@ -88,12 +88,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("plotting (with --plot)")
     g.add_argument("--proj_file", default="", help="projected trajectory to draw on the contours")
-    g.add_argument("--loss_max", type=float, default=5, help="maximum loss shown in 1D plots")
-    g.add_argument("--vmin", type=float, default=0.1, help="minimum contour level")
-    g.add_argument("--vmax", type=float, default=10, help="maximum contour level")
-    g.add_argument("--vlevel", type=float, default=0.5, help="contour spacing")
+    g.add_argument("--loss_max", type=float, default=None, help="maximum loss shown in 1D plots "
+                   "(default: every loss; the original's was 5)")
+    g.add_argument("--vmin", type=float, default=None, help="minimum contour level (default: the data's "
+                   "minimum; the original's was 0.1)")
+    g.add_argument("--vmax", type=float, default=None, help="maximum contour level (default: the data's "
+                   "95%% quantile; the original's was 10)")
+    g.add_argument("--vlevel", type=float, default=None, help="contour spacing (default: 10 to 24 levels; "
+                   "the original's was 0.5)")
     g.add_argument("--show", action="store_true", help="show the plots")
-    g.add_argument("--log", action="store_true", help="logarithmic loss axis")
+    g.add_argument("--log", action=argparse.BooleanOptionalAction, default=None, help="logarithmic loss "
+                   "axis (default: when the values span 3 decades or more)")
     g.add_argument("--plot", action="store_true", help="plot the surface when done")
     return p
 
@@ -179,10 +184,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     if not (math.isfinite(args.save_every) and args.save_every > 0):
         raise UserError(f"--save_every must be a positive number of seconds (got {args.save_every})")
     for flag in ("loss_max", "vmin", "vmax", "vlevel"):
-        if not math.isfinite(getattr(args, flag)):
+        if getattr(args, flag) is not None and not math.isfinite(getattr(args, flag)):
             raise UserError(f"--{flag} must be a finite number (got {getattr(args, flag)})")
-    if args.vlevel <= 0 or args.vmin >= args.vmax:
-        raise UserError("--vlevel must be > 0 and --vmin below --vmax")
+    if args.vlevel is not None and args.vlevel <= 0:
+        raise UserError("--vlevel must be > 0")
+    if args.vmin is not None and args.vmax is not None and args.vmin >= args.vmax:
+        raise UserError("--vmin must be below --vmax")
     args.points_per_pass = _points_per_pass(args.points_per_pass)
     return args
 

@@ -68,6 +68,109 @@ def check_finite(**flags: Optional[float]) -> None:
             raise UserError(f"--{flag} must be a finite number, got {value!r}")
 
 
+# ---------------------------------------------------------------- scales from the data
+
+LOG_DECADES = 3.0       # values spanning this many decades (or more) get a log scale
+TOP_QUANTILE = 0.95     # contour maps: the top of the range (a few huge corners are not the map)
+LEVELS = 24             # contour levels aimed at: a round step gives 10 to 24
+MAX_LEVELS = 500
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The range of values shown, ``lo`` to ``hi`` (values, not log10), and whether it is
+    a log scale; ``auto`` says the log scale was chosen because the values span decades."""
+    lo: float
+    hi: float
+    log: bool
+    auto: bool = False
+
+    @property
+    def decades(self) -> float:
+        return float(np.log10(self.hi / self.lo)) if self.lo > 0 else 0.0
+
+    def title(self) -> str:
+        """' (log scale)', with the reason when chosen from the data; '' for linear."""
+        if not self.log:
+            return ""
+        return f" (log scale: values span {self.decades:.1f} decades)" if self.auto else " (log scale)"
+
+
+def value_scale(values, vmin: Optional[float] = None, vmax: Optional[float] = None,
+                log: Optional[bool] = None, top_quantile: float = 1.0) -> Scale:
+    """The one rule every plot uses for its value range: ``vmin``/``vmax`` when given,
+    else the data's minimum and its ``top_quantile`` quantile (1.0: the maximum), over
+    the finite values (the positive ones on a log scale). ``log`` None: a log scale when
+    the positive range spans LOG_DECADES decades or more. Bad values are UserErrors."""
+    check_finite(vmin=vmin, vmax=vmax)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise UserError(f"--vmin ({vmin:g}) must be below --vmax ({vmax:g})")
+    data = np.asarray(values, dtype=float).ravel()
+    data = data[np.isfinite(data)]
+    if not data.size:
+        raise UserError("nothing to plot: no finite values")
+    auto = log is None
+    if auto:
+        positive = data[data > 0]
+        lo = vmin if vmin is not None else (data.min() if positive.size == data.size else 0.0)
+        hi = vmax if vmax is not None else (np.quantile(positive, top_quantile) if positive.size else 0.0)
+        log = bool(lo > 0 and hi > 0 and np.log10(hi / lo) >= LOG_DECADES)
+    if log:
+        if (vmin is not None and vmin <= 0) or (vmax is not None and vmax <= 0):
+            raise UserError("--log needs --vmin and --vmax above 0")
+        data = data[data > 0]
+        if not data.size:
+            raise UserError("--log: no values above 0 to plot")
+    lo = float(data.min()) if vmin is None else float(vmin)
+    hi = float(np.quantile(data, top_quantile)) if vmax is None else float(vmax)
+    if not hi > lo:
+        hi = lo * 10 if log else lo + max(1.0, abs(lo))
+        if vmax is not None:
+            lo = hi / 10 if log else hi - 1.0
+    return Scale(lo, hi, bool(log), auto and bool(log))
+
+
+def contour_levels(Z, vmin: Optional[float] = None, vmax: Optional[float] = None,
+                   vlevel: Optional[float] = None, log: Optional[bool] = None):
+    """(levels, norm, scale): contour levels and the colour normalization of a map.
+    Levels run from vmin to vmax *inclusive* every vlevel
+    (``np.arange(vmin, vmax + vlevel/2, vlevel)``); unset values come from the data
+    (value_scale with TOP_QUANTILE, extended to a round step that gives 10 to 24
+    levels). On a log scale the levels are even in log10(value): vmin/vmax are values,
+    vlevel is in decades. ``log`` None: chosen from the data (linear when vlevel is
+    given, since a step in values needs a linear scale)."""
+    from matplotlib.colors import LogNorm, Normalize
+    check_finite(vlevel=vlevel)
+    if vlevel is not None and vlevel <= 0:
+        raise UserError(f"--vlevel must be positive, got {vlevel}")
+    scale = value_scale(Z, vmin, vmax, False if log is None and vlevel is not None else log,
+                        TOP_QUANTILE)
+    to_axis = np.log10 if scale.log else float
+    lo, hi = float(to_axis(scale.lo)), float(to_axis(scale.hi))
+    step = vlevel if vlevel is not None else round_step((hi - lo) / LEVELS)
+    if vmin is None:
+        lo = np.floor(lo / step + 1e-9) * step
+    if vmax is None:
+        hi = np.ceil(hi / step - 1e-9) * step
+    if (hi - lo) / step > MAX_LEVELS:
+        raise UserError(f"--vlevel {step:g} gives more than {MAX_LEVELS} contour levels "
+                        f"between {lo:g} and {hi:g}; use a larger --vlevel")
+    levels = np.arange(lo, hi + step / 2, step)
+    if len(levels) < 2:
+        raise UserError(f"--vlevel {step:g} leaves fewer than 2 contour levels between "
+                        f"--vmin and --vmax; use a smaller --vlevel")
+    if scale.log:
+        levels = 10.0 ** levels
+        return levels, LogNorm(levels[0], levels[-1]), scale
+    return levels, Normalize(levels[0], levels[-1]), scale
+
+
+def round_step(raw: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that is >= raw."""
+    power = 10.0 ** np.floor(np.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
 # ---------------------------------------------------------------- names
 
 def sanitize(name):
@@ -115,79 +218,132 @@ def write_output(path: str, write) -> str:
 # ---------------------------------------------------------------- titles
 
 INIT = "randomly initialised network (no --model_file)"
+IN_MEMORY = "model given in Python"
 
 
-def describe(surf: Surface, width: int = 80) -> str:
-    """Up to four lines saying which surface this is -- what tells runs apart: the
-    network (model, checkpoint folder/name, or a random init), the directions (type,
-    normalization, ignore, seed/idx, a prefix of the directions hash), the data (set,
-    size, split) and the grid; from the settings plot_surface.py stores. Files written
+def describe(surf: Surface, width: int = 70) -> str:
+    """A few lines saying which surface this is -- what tells runs apart: the network
+    (model, checkpoint folder/name, a model given to the Python API, or a random init),
+    the directions (kind, normalization, ignore, seed/idx of random ones, a prefix of
+    the directions hash), the data (set, size, split) and the grid; from the settings
+    plot_surface.py (or the API) stores. Long lines are wrapped, never cut. Files written
     by the original code have none: their file name (and direction file) instead."""
     s = surf.settings if isinstance(surf.settings, dict) else {}
     if not s:
-        text = os.path.basename(surf.path)
         d = surf.attrs.get("dir_file")
-        lines = [text] + ([f"directions: {os.path.basename(str(d))}"] if d else [])
-        return "\n".join(_shorten(line, width) for line in lines)
+        lines = [os.path.basename(surf.path)] + ([f"directions: {os.path.basename(str(d))}"] if d else [])
+        return "\n".join(wrap(line, width) for line in lines)
+    parts = [[network_text(s)], directions_text(s, direction_kind(surf)), data_text(s)]
+    return "\n".join(wrap(", ".join(part), width) for part in parts if part and part[0])
 
-    def get(k):
-        v = s.get(k)
-        return "" if v is None or v == "" else str(v)
 
-    model = get("model") or "model"
-    if get("model_file"):
-        net = f"{model} {get('model_file')}"
-    elif get("model_hash").startswith("init") or "model_hash" in s or "model_file" in s:
+def _get(s: dict, k: str) -> str:
+    v = s.get(k)
+    return "" if v is None or v == "" else str(v)
+
+
+def network_text(s: dict) -> str:
+    """The network: checkpoint(s); a random init when the settings say so (``random_init``
+    or a model hash ``init(...)``); otherwise (no checkpoint, a weight hash: the Python
+    API) a model given in Python."""
+    model = _get(s, "model") or "model"
+    if _get(s, "model_file"):
+        net = f"{model} {_get(s, 'model_file')}"
+    elif s.get("random_init") or _get(s, "model_hash").startswith("init"):
         net = f"{model}: {INIT}"
+    elif s.get("model_source") == "api" or _get(s, "model_hash"):
+        net = f"{model} ({IN_MEMORY}, weights {_get(s, 'model_hash')[:8]})"
     else:
         net = model
-    if get("model_file2"):
-        net += f" -> {get('model_file2')}"
-    if get("model_file3"):
-        net += f", {get('model_file3')}"
+    if _get(s, "model_file2"):
+        net += f" -> {_get(s, 'model_file2')}"
+    if _get(s, "model_file3"):
+        net += f", {_get(s, 'model_file3')}"
+    return net
 
+
+DIRECTION_KINDS = {"random": "random", "pca": "PCA", "hessian": "Hessian eigenvector"}
+
+
+def direction_kind(surf: Surface) -> str:
+    """'interpolation', 'random', 'pca', 'hessian' or '' (unknown): from the settings
+    (``dir_kind``) if stored, else from the direction file named in the surface file
+    when it can be read (PCA files say ``kind=pca``, Hessian ones hold ``eigenvalues``,
+    random ones a ``recipe`` with a seed)."""
+    s = surf.settings if isinstance(surf.settings, dict) else {}
+    if _get(s, "model_file2"):
+        return "interpolation"
+    if _get(s, "dir_kind"):
+        return _get(s, "dir_kind")
+    attrs = _direction_attrs(surf)
+    if attrs is None:
+        return ""
+    if str(attrs.get("kind", "")) == "pca":
+        return "pca"
+    if "eigenvalues" in attrs or "hessian_top" in str(attrs.get("recipe", "")):
+        return "hessian"
+    return "random" if '"seed"' in str(attrs.get("recipe", "")) else ""
+
+
+def _direction_attrs(surf: Surface) -> Optional[dict]:
+    """The attributes of the surface's direction file, or None when it cannot be read."""
+    name = str(surf.attrs.get("dir_file") or "")
+    if not name:
+        return None
+    for path in (name, os.path.join(os.path.dirname(os.path.abspath(surf.path)), os.path.basename(name))):
+        try:
+            import h5py
+            with h5py.File(path, "r") as f:
+                return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def directions_text(s: dict, kind: str = "") -> list:
+    """[kind and type (hash prefix), normalization, ignore, seed/idx of random ones]."""
     dirs = []
-    if get("model_file2"):
-        dirs.append("line between checkpoints" if not get("model_file3")
+    if _get(s, "model_file2"):
+        dirs.append("line between checkpoints" if not _get(s, "model_file3")
                     else "plane through checkpoints")
-        if get("dir_type"):
-            dirs.append(get("dir_type"))
+        if _get(s, "dir_type"):
+            dirs.append(_get(s, "dir_type"))
     else:
-        if get("dir_type"):
-            dirs.append(f"{get('dir_type')} directions")
-        norms = {get("xnorm"), get("ynorm")} - {""}
+        what = " ".join(w for w in (DIRECTION_KINDS.get(kind, ""), _get(s, "dir_type")) if w)
+        if what:
+            dirs.append(f"{what} directions")
+        norms = {_get(s, "xnorm"), _get(s, "ynorm")} - {""}
         if norms:
             dirs.append("/".join(sorted(norms)) + "-normalized")
-        ignores = {get("xignore"), get("yignore")} - {""}
+        ignores = {_get(s, "xignore"), _get(s, "yignore")} - {""}
         if ignores:
             dirs.append("ignore " + "/".join(sorted(ignores)))
-    if get("directions_hash") and dirs:
-        dirs[0] += f" ({get('directions_hash')[:8]})"
-    for k in ("seed", "idx"):
-        if get(k):
-            dirs.append(f"{k}={get(k)}")
+    if _get(s, "directions_hash") and dirs:
+        dirs[0] += f" ({_get(s, 'directions_hash')[:8]})"
+    if kind in ("random", ""):                  # seed/idx make only random directions
+        dirs += [f"{k}={_get(s, k)}" for k in ("seed", "idx") if _get(s, k)]
+    return dirs
 
+
+def data_text(s: dict) -> list:
+    """[data set, size, split, sample cap, loss, grid, precision]."""
     data = []
-    if get("dataset"):
-        data.append(get("dataset") + (" raw" if s.get("raw_data") else ""))
-    if get("n_train"):
-        data.append(f"n={get('n_train')}" + (f"/{get('n_test')} test" if get("n_test") else ""))
+    if _get(s, "dataset"):
+        data.append(_get(s, "dataset") + (" raw" if s.get("raw_data") else ""))
+    if _get(s, "n_train"):
+        data.append(f"n={_get(s, 'n_train')}" + (f"/{_get(s, 'n_test')} test" if _get(s, "n_test") else ""))
     if s.get("data_split") and int(s.get("data_split") or 0) > 1:
-        data.append(f"split {get('split_idx')}/{get('data_split')}")
-    if get("max_samples"):
-        data.append(f"max {get('max_samples')}")
-    if get("loss_name") and get("loss_name") != "crossentropy":
-        data.append(get("loss_name"))
+        data.append(f"split {_get(s, 'split_idx')}/{_get(s, 'data_split')}")
+    if _get(s, "max_samples"):
+        data.append(f"max {_get(s, 'max_samples')}")
+    if _get(s, "loss_name") and _get(s, "loss_name") != "crossentropy":
+        data.append(_get(s, "loss_name"))
     grid = _grid_text(s.get("x"), "x") + ("  " + _grid_text(s.get("y"), "y") if s.get("y") else "")
     if grid.strip():
         data.append(grid.strip())
-    if get("precision") and get("precision") != "fp32":
-        data.append(get("precision"))
-
-    import textwrap
-    lines = [_shorten(net, width)] + [textwrap.fill(", ".join(part), width, break_on_hyphens=False)
-                                      for part in (dirs, data) if part]
-    return "\n".join(line for line in lines if line)
+    if _get(s, "precision") and _get(s, "precision") != "fp32":
+        data.append(_get(s, "precision"))
+    return data
 
 
 def _grid_text(r, axis):
@@ -198,9 +354,28 @@ def _grid_text(r, axis):
         return ""
 
 
-def _shorten(line, width):
-    """Keep the end of a long line (checkpoint names end in what differs)."""
-    return line if len(line) <= width else "..." + line[-(width - 3):]
+def wrap(line: str, width: int) -> str:
+    """Wrap at spaces; a word longer than ``width`` (a path) is broken after '/' or '_'.
+    Nothing is dropped."""
+    pieces = []                                      # (text, joined to the previous piece)
+    for word in line.split(" "):
+        glue = False
+        while len(word) > width:
+            cut = max(word.rfind("/", 0, width), word.rfind("_", 0, width))
+            cut = cut + 1 if cut > 0 else width
+            pieces.append((word[:cut], glue))
+            word, glue = word[cut:], True
+        pieces.append((word, glue))
+    out, current = [], ""
+    for text, glue in pieces:
+        joined = current + text if glue else (f"{current} {text}" if current else text)
+        if current and len(joined) > width:
+            out.append(current)
+            current = text
+        else:
+            current = joined
+    out.append(current)
+    return "\n".join(x for x in out if x.strip())
 
 
 def quantity_label(name):

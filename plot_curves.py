@@ -1,249 +1,295 @@
-"""Plot 1D surfaces: loss and accuracy along one direction (or along the line
-between two checkpoints), one file or several overlaid.
-
-    python plot_1D.py --surf_file surf.h5 [--log] [--xmin -1 --xmax 1 --loss_max 5]
-    python plot_1D.py --surf_file 'runs/seed*.h5' other.h5 --labels a b c   # overlay
-    python plot_1D.py --prefix runs/surf --idx_min 1 --idx_max 10           # runs/surf_1.h5 ...
+"""The 1D figures of surface files (a library: plot_1D.py and plot_surface.py --plot
+call it): loss and accuracy along one direction (or along the line between two
+checkpoints), one file or several overlaid.
 
 Figures (each ``<surface file>_<what>.<format>``, see plot_common for the naming):
 ``1d_loss_acc`` loss (left axis) and accuracy (right axis), train solid, test dashed;
 ``1d_loss`` loss alone; ``1d_err`` error = 100 - accuracy; with --log the loss figures
 get ``_log``. Hessian files (max_eig/min_eig) add ``1d_eig`` and ``1d_eig_abs_ratio``.
 Several files are overlaid in one set of figures named ``<common prefix>overlay<N>_...``.
+The loss axis shows every loss (no cap unless asked), on a log scale when the losses
+span decades (plot_common.value_scale, the rule of every plot).
+
+The work is split in two: ``layout_1d`` reads and checks everything and decides what
+is shown (limits, scale, titles, labels); the figure builders draw one figure each.
 """
-import glob
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from errors import UserError, run_main
-from plot_common import (ArgumentParser, Plots, add_output_args, check_finite, describe,
-                         ensure_folder, finish, html_curves, load_surface, optional_float,
-                         output_base, pyplot, save_figure, write_html)
+from errors import UserError
+from plot_common import (Plots, Scale, check_finite, describe, ensure_folder, finish, html_curves,
+                         load_surface, output_base, pyplot, save_figure, value_scale, write_html)
 
 CHECKPOINT = re.compile(r"\.(t7|pth?|ckpt)(?![A-Za-z0-9])")
 LABEL_KEYS = ("model", "model_file", "model_file2", "dataset", "dir_type", "xnorm", "xignore")
+WHAT = {"loss": "loss", "acc": "accuracy", "err": "error"}
+
+
+@dataclass
+class Layout:
+    """What the 1D figures show, decided once for all of them."""
+    surfs: list
+    labels: list
+    source: str                 # outputs are named after it (output_name)
+    title: str
+    xlabel: str
+    marks: list                 # [(x, text)]: checkpoint positions of an interpolation
+    x_range: tuple
+    loss_range: tuple           # (bottom, top) of the loss axis
+    scale: Scale                # of the loss axis
+    tag: str                    # '_log' in the loss figures' names with --log
+
+    @property
+    def single(self) -> bool:
+        return len(self.surfs) == 1
+
+    def has(self, kind: str) -> bool:
+        return any(f"{sp}_{kind}" in s.values for s in self.surfs for sp in ("train", "test"))
+
+    @property
+    def eig_surfs(self) -> list:
+        return [(k, s) for k, s in enumerate(self.surfs) if "eig_ratio" in s.names()]
 
 
 def plot_1d_loss_err(surf_files: Union[str, Sequence[str]], xmin: Optional[float] = None,
                      xmax: Optional[float] = None, loss_max: Optional[float] = None,
-                     log: bool = False, show: bool = False,
+                     log: Optional[bool] = None, show: bool = False,
                      labels: Optional[Sequence[str]] = None, out_dir: Optional[str] = None,
                      formats: Iterable[str] = ("pdf",), html: bool = False) -> Plots:
     """Plot one surface file or overlay several; returns the figures and files (Plots).
     ``xmin``/``xmax``/``loss_max``/``log`` apply to the static figures and the
-    interactive page alike. Bad input raises UserError before anything is written."""
+    interactive page alike; unset, they come from the data (``log`` None: a log loss
+    axis when the losses span decades). Bad input raises UserError before anything is
+    written."""
+    lay = layout_1d(surf_files, xmin, xmax, loss_max, log, labels)
+    ensure_folder(out_dir or os.path.dirname(os.path.abspath(lay.source)))
+    plt = pyplot(show)
+    plots = Plots()
+    for key, what, fig in curve_figures(plt, lay):
+        save_figure(fig, output_base(lay.source, what, out_dir), formats, plots, key, show)
+    if html:
+        write_html(curves_page(lay), output_base(lay.source, "1d_interactive", out_dir), plots)
+    return finish(plots, show)
+
+
+def layout_1d(surf_files: Union[str, Sequence[str]], xmin: Optional[float] = None,
+              xmax: Optional[float] = None, loss_max: Optional[float] = None,
+              log: Optional[bool] = None, labels: Optional[Sequence[str]] = None) -> Layout:
+    """Read and check the files and flags; decide limits, scale, title and labels."""
     check_finite(xmin=xmin, xmax=xmax, loss_max=loss_max)
     paths = [surf_files] if isinstance(surf_files, str) else list(surf_files)
     if not paths:
         raise UserError("no surface file given; use --surf_file FILE [FILE ...] or --prefix")
     surfs = [load_surface(p, ndim=1) for p in paths]
     labels = curve_labels(surfs, labels)
-    plots = Plots()
-    name = output_name(paths)
-    base = lambda what: output_base(name, what, out_dir)
-    log_tag = "_log" if log else ""
-
     x_lo = min(s.x.min() for s in surfs) if xmin is None else xmin
     x_hi = max(s.x.max() for s in surfs) if xmax is None else xmax
     if not x_lo < x_hi:
         raise UserError(f"--xmin ({x_lo:g}) must be below --xmax ({x_hi:g})")
-    single = len(surfs) == 1
-    colors = {"loss": "b", "acc": "r", "err": "r"} if single else None
-    descriptions = [describe(s).split("\n") for s in surfs]
-    # an overlay's title keeps what all its files share (the legend tells them apart)
-    title = "\n".join(line for line in descriptions[0]
-                      if all(line in d for d in descriptions[1:]))
-    if not single:
-        title = f"{title}\n{len(surfs)} surfaces".strip()
-    xlabel = x_label(surfs)
-    marks = interpolation_marks(surfs)
-
-    def style(k, split, kind):
-        color = colors[kind] if single else f"C{k % 10}"
-        return dict(color=color, linestyle="-" if split == "train" else "--",
-                    linewidth=1.5 if kind == "loss" or single else 0.8,
-                    alpha=1.0 if kind == "loss" or single else 0.7)
-
-    def curve_label(k, split, kind):
-        what = {"loss": "loss", "acc": "accuracy", "err": "error"}[kind]
-        return f"{'Training' if split == 'train' else 'Test'} {what}" if single else \
-            (labels[k] if split == "train" and kind != "acc" else None)
-
-    def draw(ax, kind):
-        """The train and test lines of one kind (loss / acc / err) for every file."""
-        for k, s in enumerate(surfs):
-            for split in ("train", "test"):
-                name_ = f"{split}_err" if kind == "err" else f"{split}_{kind}"
-                if name_ in s.names():
-                    line, = ax.plot(s.x, s.get(name_), label=curve_label(k, split, kind),
-                                    **style(k, split, kind))
-                    line.split = split
-
-    def finish_axes(ax, ylabel, fig_title):
-        ax.set_xlim(x_lo, x_hi)
-        ax.set_xlabel(xlabel, fontsize="large")
-        ax.set_ylabel(ylabel, fontsize="x-large")
-        ax.tick_params(labelsize="large")
-        ax.set_title(fig_title, fontsize="medium")
-        for xm, text in marks:
-            if x_lo <= xm <= x_hi:
-                ax.axvline(xm, color="0.4", linestyle=":", linewidth=1)
-                ax.annotate(text, (xm, 0.98), xycoords=("data", "axes fraction"),
-                            xytext=(3, 0), textcoords="offset points", fontsize="x-small",
-                            color="0.3", rotation=90, va="top", ha="left")
-
-    def loss_range():
-        """(bottom, top) of the loss axis; checks --loss_max against the data."""
-        losses = [s.values[f"{sp}_loss"][(s.x >= x_lo) & (s.x <= x_hi)]
-                  for s in surfs for sp in ("train", "test") if f"{sp}_loss" in s.values]
-        losses = np.concatenate(losses) if losses else np.zeros(0)
-        losses = losses[np.isfinite(losses)]
-        if log:
-            positive = losses[losses > 0]
-            bottom = positive.min() / 2 if positive.size else 1e-3
-            top = loss_max if loss_max is not None else (positive.max() * 2 if positive.size else 1)
-            if not top > bottom:
-                raise UserError(f"--loss_max {loss_max:g} is below the smallest loss shown "
-                                f"({bottom * 2:.3g}); a log axis needs a larger --loss_max")
-        else:
-            bottom = min(0.0, losses.min()) if losses.size else 0.0
-            top = loss_max if loss_max is not None else \
-                (losses.max() * 1.05 if losses.size and losses.max() > bottom else bottom + 1)
-            if not top > bottom:
-                raise UserError(f"--loss_max {loss_max:g} must be above {bottom:g}")
-        return float(bottom), float(top)
-
-    def loss_limits(ax):
-        if log:
-            ax.set_yscale("log")
-        ax.set_ylim(*y_loss)
-
-    def legend(fig, *axes):
-        """Below the axes (never over a curve); says "dashed: test" only when a test
-        curve is drawn."""
-        handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
-        texts = [t for ax in axes for t in ax.get_legend_handles_labels()[1]]
-        has_test = any(getattr(line, "split", None) == "test" for ax in axes for line in ax.lines)
-        heading = None if single else ("solid: train, dashed: test" if has_test else None)
-        if handles:
-            fig.legend(handles, texts, fontsize="small", loc="outside lower center",
-                       ncols=min(len(handles), 3), title=heading, title_fontsize="small",
-                       frameon=False)
-
-    has_loss = any(f"{sp}_loss" in s.values for s in surfs for sp in ("train", "test"))
-    has_acc = any(f"{sp}_acc" in s.values for s in surfs for sp in ("train", "test"))
-    has_eig = any("eig_ratio" in s.names() for s in surfs)
-    if not (has_loss or has_acc or has_eig):
+    if not any(f"{sp}_{k}" in s.values for s in surfs for sp in ("train", "test")
+               for k in ("loss", "acc")) and not any("eig_ratio" in s.names() for s in surfs):
         raise UserError(f"{paths[0]} holds nothing plot_1D.py can draw "
                         f"(it has: {', '.join(surfs[0].names()) or 'no quantities'})")
-    y_loss = loss_range()                  # checked before anything is drawn or written
-    ensure_folder(out_dir or os.path.dirname(os.path.abspath(name)))
-    plt = pyplot(show)
+    losses = shown_losses(surfs, x_lo, x_hi)
+    scale = value_scale(losses, log=log) if losses.size else Scale(0.0, 1.0, bool(log))
+    descriptions = [describe(s).split("\n") for s in surfs]
+    # an overlay's title keeps what all its files share (the legend tells them apart)
+    title = "\n".join(line for line in descriptions[0] if all(line in d for d in descriptions[1:]))
+    if len(surfs) > 1:
+        title = f"{title}\n{len(surfs)} surfaces".strip()
+    if scale.log:
+        title = f"Loss{scale.title()}\n{title}"
+    return Layout(surfs, labels, output_name(paths), title, x_label(surfs), interpolation_marks(surfs),
+                  (x_lo, x_hi), loss_axis(losses, loss_max, scale.log), scale, "_log" if log else "")
 
-    # loss and accuracy, twin axes
-    if has_loss and has_acc:
-        fig, ax1 = plt.subplots(layout="constrained")
-        ax2 = ax1.twinx()
-        draw(ax1, "loss")
-        draw(ax2, "acc")
-        loss_limits(ax1)
-        finish_axes(ax1, "Loss", title)
-        ax1.set_ylabel("Loss", color="b" if single else "k", fontsize="x-large")
-        ax2.set_ylabel("Accuracy (%)" + ("" if single else " (thin lines)"),
-                       color="r" if single else "k", fontsize="x-large")
-        ax2.set_ylim(0, 100)
-        ax2.tick_params(labelsize="large")
-        if single:
-            ax1.tick_params("y", colors="b")
-            ax2.tick_params("y", colors="r")
-        legend(fig, ax1, ax2)
-        save_figure(fig, base("1d_loss_acc" + log_tag), formats, plots, "loss_acc", show)
 
-    # loss alone
-    if has_loss:
-        fig, ax = plt.subplots(layout="constrained")
-        draw(ax, "loss")
-        loss_limits(ax)
-        finish_axes(ax, "Loss", title)
-        legend(fig, ax)
-        save_figure(fig, base("1d_loss" + log_tag), formats, plots, "loss", show)
+def shown_losses(surfs: list, x_lo: float, x_hi: float) -> np.ndarray:
+    """The finite losses of every file inside the x range."""
+    losses = [s.values[f"{sp}_loss"][(s.x >= x_lo) & (s.x <= x_hi)]
+              for s in surfs for sp in ("train", "test") if f"{sp}_loss" in s.values]
+    losses = np.concatenate(losses) if losses else np.zeros(0)
+    return losses[np.isfinite(losses)]
 
-    # error alone
-    if has_acc:
-        fig, ax = plt.subplots(layout="constrained")
-        draw(ax, "err")
+
+def loss_axis(losses: np.ndarray, loss_max: Optional[float], log: bool) -> tuple:
+    """(bottom, top) of the loss axis: every loss shown (top: the largest, 5 % above on
+    a linear axis, twice it on a log axis; bottom: 0, or half the smallest on a log
+    axis); ``loss_max`` sets the top and is checked against the data."""
+    if log:
+        positive = losses[losses > 0]
+        bottom = positive.min() / 2 if positive.size else 1e-3
+        top = loss_max if loss_max is not None else (positive.max() * 2 if positive.size else 1)
+        if not top > bottom:
+            raise UserError(f"--loss_max {loss_max:g} is below the smallest loss shown "
+                            f"({bottom * 2:.3g}); a log axis needs a larger --loss_max")
+    else:
+        bottom = min(0.0, losses.min()) if losses.size else 0.0
+        top = loss_max if loss_max is not None else \
+            (losses.max() * 1.05 if losses.size and losses.max() > bottom else bottom + 1)
+        if not top > bottom:
+            raise UserError(f"--loss_max {loss_max:g} must be above {bottom:g}")
+    return float(bottom), float(top)
+
+
+# ---------------------------------------------------------------- figure builders
+
+def curve_figures(plt, lay: Layout) -> list:
+    """[(key, name suffix, figure)] of every figure the files call for."""
+    out = []
+    if lay.has("loss") and lay.has("acc"):
+        out.append(("loss_acc", "1d_loss_acc" + lay.tag, loss_acc_figure(plt, lay)))
+    if lay.has("loss"):
+        out.append(("loss", "1d_loss" + lay.tag, one_axis_figure(plt, lay, "loss")))
+    if lay.has("acc"):
+        out.append(("err", "1d_err", one_axis_figure(plt, lay, "err")))
+    if lay.eig_surfs:
+        out.append(("eig", "1d_eig", eig_figure(plt, lay)))
+        out.append(("eig_abs_ratio", "1d_eig_abs_ratio", eig_ratio_figure(plt, lay)))
+    return out
+
+
+def loss_acc_figure(plt, lay: Layout):
+    """Loss on the left axis, accuracy on the right (twin axes)."""
+    fig, ax1 = plt.subplots(layout="constrained")
+    ax2 = ax1.twinx()
+    draw(ax1, lay, "loss")
+    draw(ax2, lay, "acc")
+    loss_limits(ax1, lay)
+    finish_axes(ax1, lay, "Loss")
+    ax1.set_ylabel(loss_ylabel(lay), color="b" if lay.single else "k", fontsize="x-large")
+    ax2.set_ylabel("Accuracy (%)" + ("" if lay.single else " (thin lines)"),
+                   color="r" if lay.single else "k", fontsize="x-large")
+    ax2.set_ylim(0, 100)
+    ax2.tick_params(labelsize="large")
+    if lay.single:
+        ax1.tick_params("y", colors="b")
+        ax2.tick_params("y", colors="r")
+    legend(fig, lay, ax1, ax2)
+    return fig
+
+
+def one_axis_figure(plt, lay: Layout, kind: str):
+    """The loss alone or the error (100 - accuracy) alone."""
+    fig, ax = plt.subplots(layout="constrained")
+    draw(ax, lay, kind)
+    if kind == "loss":
+        loss_limits(ax, lay)
+        finish_axes(ax, lay, loss_ylabel(lay))
+    else:
         ax.set_ylim(0, 100)
-        finish_axes(ax, "Error (%)", title)
-        legend(fig, ax)
-        save_figure(fig, base("1d_err"), formats, plots, "err", show)
+        finish_axes(ax, lay, "Error (%)")
+    legend(fig, lay, ax)
+    return fig
 
-    # Hessian eigenvalues
-    eig_surfs = [(k, s) for k, s in enumerate(surfs) if "eig_ratio" in s.names()]
-    if eig_surfs:
-        fig, ax = plt.subplots(layout="constrained")
-        for k, s in eig_surfs:
-            c = f"C{k % 10}"
-            ax.plot(s.x, s.values["max_eig"], color=c, linestyle="-",
-                    label="max_eig" if single else f"{labels[k]} max")
-            ax.plot(s.x, s.values["min_eig"], color=c, linestyle="--",
-                    label="min_eig" if single else f"{labels[k]} min")
-        ax.axhline(0, color="0.6", linewidth=0.8)
-        finish_axes(ax, "Hessian eigenvalue", title)
-        legend(fig, ax)
-        save_figure(fig, base("1d_eig"), formats, plots, "eig", show)
 
-        fig, ax = plt.subplots(layout="constrained")
-        for k, s in eig_surfs:
-            ax.plot(s.x, s.get("eig_ratio"), color=f"C{k % 10}", label=None if single else labels[k])
-        ax.set_ylim(bottom=0)
-        finish_axes(ax, "|min_eig / max_eig|", title)
-        legend(fig, ax)
-        save_figure(fig, base("1d_eig_abs_ratio"), formats, plots, "eig_abs_ratio", show)
+def eig_figure(plt, lay: Layout):
+    fig, ax = plt.subplots(layout="constrained")
+    for k, s in lay.eig_surfs:
+        c = f"C{k % 10}"
+        ax.plot(s.x, s.values["max_eig"], color=c, linestyle="-",
+                label="max_eig" if lay.single else f"{lay.labels[k]} max")
+        ax.plot(s.x, s.values["min_eig"], color=c, linestyle="--",
+                label="min_eig" if lay.single else f"{lay.labels[k]} min")
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    finish_axes(ax, lay, "Hessian eigenvalue")
+    legend(fig, lay, ax)
+    return fig
 
-    if html:
-        curves = []
-        for k, s in enumerate(surfs):
-            for name_, values in s.values.items():
-                axis = "acc" if name_.endswith("_acc") else "loss"
-                tag = name_ if single else f"{labels[k]}: {name_}"
-                curves.append((s.x, values, tag, axis, name_.startswith("test")))
-        page = html_curves(curves, title, xlabel, log=log, xrange=(x_lo, x_hi),
-                           loss_range=y_loss if has_loss else None)
-        write_html(page, base("1d_interactive"), plots)
-    return finish(plots, show)
+
+def eig_ratio_figure(plt, lay: Layout):
+    fig, ax = plt.subplots(layout="constrained")
+    for k, s in lay.eig_surfs:
+        ax.plot(s.x, s.get("eig_ratio"), color=f"C{k % 10}",
+                label=None if lay.single else lay.labels[k])
+    ax.set_ylim(bottom=0)
+    finish_axes(ax, lay, "|min_eig / max_eig|")
+    legend(fig, lay, ax)
+    return fig
+
+
+def curves_page(lay: Layout):
+    """The interactive page: every quantity of every file, the same limits and scale."""
+    curves = []
+    for k, s in enumerate(lay.surfs):
+        for name, values in s.values.items():
+            axis = "acc" if name.endswith("_acc") else "loss"
+            tag = name if lay.single else f"{lay.labels[k]}: {name}"
+            curves.append((s.x, values, tag, axis, name.startswith("test")))
+    return html_curves(curves, lay.title, lay.xlabel, log=lay.scale.log, xrange=lay.x_range,
+                       loss_range=lay.loss_range if lay.has("loss") else None)
+
+
+# ---------------------------------------------------------------- drawing helpers
+
+def style(lay: Layout, k: int, split: str, kind: str) -> dict:
+    color = {"loss": "b", "acc": "r", "err": "r"}[kind] if lay.single else f"C{k % 10}"
+    return dict(color=color, linestyle="-" if split == "train" else "--",
+                linewidth=1.5 if kind == "loss" or lay.single else 0.8,
+                alpha=1.0 if kind == "loss" or lay.single else 0.7)
+
+
+def curve_label(lay: Layout, k: int, split: str, kind: str) -> Optional[str]:
+    if lay.single:
+        return f"{'Training' if split == 'train' else 'Test'} {WHAT[kind]}"
+    return lay.labels[k] if split == "train" and kind != "acc" else None
+
+
+def draw(ax, lay: Layout, kind: str) -> None:
+    """The train and test lines of one kind (loss / acc / err) for every file."""
+    for k, s in enumerate(lay.surfs):
+        for split in ("train", "test"):
+            name = f"{split}_err" if kind == "err" else f"{split}_{kind}"
+            if name in s.names():
+                line, = ax.plot(s.x, s.get(name), label=curve_label(lay, k, split, kind),
+                                **style(lay, k, split, kind))
+                line.split = split
+
+
+def loss_ylabel(lay: Layout) -> str:
+    return "Loss (log scale)" if lay.scale.log else "Loss"
+
+
+def loss_limits(ax, lay: Layout) -> None:
+    if lay.scale.log:
+        ax.set_yscale("log")
+    ax.set_ylim(*lay.loss_range)
+
+
+def finish_axes(ax, lay: Layout, ylabel: str) -> None:
+    """x range, labels, title, and the checkpoint marks of an interpolation."""
+    x_lo, x_hi = lay.x_range
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_xlabel(lay.xlabel, fontsize="large")
+    ax.set_ylabel(ylabel, fontsize="x-large")
+    ax.tick_params(labelsize="large")
+    ax.set_title(lay.title, fontsize="medium")
+    for xm, text in lay.marks:
+        if x_lo <= xm <= x_hi:
+            ax.axvline(xm, color="0.4", linestyle=":", linewidth=1)
+            ax.annotate(text, (xm, 0.98), xycoords=("data", "axes fraction"),
+                        xytext=(3, 0), textcoords="offset points", fontsize="x-small",
+                        color="0.3", rotation=90, va="top", ha="left")
+
+
+def legend(fig, lay: Layout, *axes) -> None:
+    """Below the axes (never over a curve); says "dashed: test" only when a test curve
+    is drawn."""
+    handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
+    texts = [t for ax in axes for t in ax.get_legend_handles_labels()[1]]
+    has_test = any(getattr(line, "split", None) == "test" for ax in axes for line in ax.lines)
+    heading = None if lay.single else ("solid: train, dashed: test" if has_test else None)
+    if handles:
+        fig.legend(handles, texts, fontsize="small", loc="outside lower center",
+                   ncols=min(len(handles), 3), title=heading, title_fontsize="small",
+                   frameon=False)
 
 
 # ---------------------------------------------------------------- files and labels
-
-def expand_files(patterns, prefix="", idx_min=1, idx_max=10, suffix=".h5"):
-    """Surface files from paths and quoted globs, plus the original's --prefix series:
-    ``<prefix>_<idx><suffix>`` for idx_min..idx_max (no '_' if prefix ends in '=', as in
-    the original plot_surface's ``..._idx=3`` names)."""
-    paths = []
-    for p in patterns or []:
-        if os.path.exists(p) or not glob.has_magic(p):
-            paths.append(p)
-        else:
-            found = sorted(glob.glob(p))
-            if not found:
-                raise UserError(f"no surface file matches {p!r}")
-            paths.extend(found)
-    if prefix:
-        sep = "" if prefix.endswith(("=", "_")) else "_"
-        series = [f"{prefix}{sep}{i}{suffix}" for i in range(idx_min, idx_max + 1)]
-        missing = [p for p in series if not os.path.exists(p)]
-        if missing:
-            raise UserError(f"{len(missing)} of the --prefix files are missing, e.g. "
-                            f"{missing[0]}; check --prefix/--idx_min/--idx_max/--suffix")
-        paths.extend(series)
-    if not paths:
-        raise UserError("no surface file given; use --surf_file FILE [FILE ...] or --prefix")
-    return list(dict.fromkeys(paths))
-
 
 def output_name(paths):
     """The 'source file' outputs are named after: the file itself, or for an overlay
@@ -323,34 +369,3 @@ def x_label(surfs):
     if all(is_interpolation(s) for s in surfs):
         return "α: weights = model_file + α (model_file2 − model_file)"
     return "step along the direction"
-
-
-# ---------------------------------------------------------------- command line
-
-parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files")
-parser.add_argument("--surf_file", "-f", nargs="+", default=[],
-                    help="surface file(s) or quoted glob(s); several are overlaid")
-parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")
-parser.add_argument("--log", action="store_true", default=False, help="log-scale loss axis")
-parser.add_argument("--xmin", type=optional_float, default=None, help="x axis minimum (default: data)")
-parser.add_argument("--xmax", type=optional_float, default=None, help="x axis maximum (default: data)")
-parser.add_argument("--loss_max", type=optional_float, default=None,
-                    help="loss axis maximum (default: from the data)")
-parser.add_argument("--prefix", default="",
-                    help="overlay <prefix>_<idx><suffix> for idx in idx_min..idx_max")
-parser.add_argument("--idx_min", default=1, type=int, help="first index for --prefix")
-parser.add_argument("--idx_max", default=10, type=int, help="last index for --prefix")
-parser.add_argument("--suffix", default=".h5", help="file name end for --prefix (default .h5)")
-add_output_args(parser)
-
-
-def main(argv=None):
-    args = parser.parse_args(argv)
-    paths = expand_files(args.surf_file, args.prefix, args.idx_min, args.idx_max, args.suffix)
-    plot_1d_loss_err(paths, args.xmin, args.xmax, args.loss_max, args.log, args.show,
-                     labels=args.labels, out_dir=args.out_dir, formats=args.format,
-                     html=args.html)
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,118 +1,158 @@
-"""Plot 2D surfaces: labelled contours, filled contours, a heat map and a 3D surface
-of one quantity; the optimization path projected onto PCA directions; Hessian
-eigenvalue maps.
-
-    python plot_2D.py --surf_file surf.h5 --surf_name train_loss [--vmin 0.1 --vmax 10 --vlevel 0.5]
-    python plot_2D.py --surf_file surf.h5 --proj_file proj.h5 --dir_file pca_dirs.h5
+"""The 2D figures of a surface file (a library: plot_2D.py and plot_surface.py --plot
+call it): labelled contours, filled contours, a heat map and a 3D surface of one
+quantity; the optimization path (or a mode-connectivity curve) projected onto the
+plane; Hessian eigenvalue maps.
 
 Figures (``<surface file>_<surf_name>_<kind>.<format>``, naming in plot_common):
-``2dcontour``, ``2dcontourf``, ``2dheat``, ``3dsurface``; with --proj_file
+``2dcontour``, ``2dcontourf``, ``2dheat``, ``3dsurface``; with a projection file
 ``<projection file>_<surf_name>_2dcontour_proj`` (or ``<projection file>_trajectory``
 without a surface); files holding max_eig/min_eig add ``max_eig_2dheat``,
-``min_eig_2dheat`` and ``eig_ratio_2dheat`` (|min_eig/max_eig|).
+``min_eig_2dheat`` and ``eig_ratio_2dheat`` (|min_eig/max_eig|). Levels, colours and
+the log scale come from plot_common.contour_levels (from the data unless given).
 """
 import os
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 
-from errors import UserError, run_main
+from errors import UserError
 from fileio import open_h5
-from plot_common import (ArgumentParser, Plots, add_output_args, check_finite, describe,
-                         ensure_folder, finish, html_surface, load_surface, optional_float,
-                         output_base, pyplot, quantity_label, save_figure, write_html)
+from surface import Surface
+from plot_common import (Plots, Scale, check_finite, contour_levels, describe, ensure_folder,
+                         finish, html_surface, load_surface, output_base, pyplot, quantity_label,
+                         save_figure, write_html)
 
 CMAP = "viridis"
-MAX_LEVELS = 500
+
+
+@dataclass
+class Map:
+    """One quantity of a 2D surface, ready to draw: grid, values, levels, scale, title."""
+    x: np.ndarray
+    y: np.ndarray
+    Z: np.ndarray
+    name: str
+    levels: np.ndarray
+    norm: object
+    scale: Scale
+    title: str
+    surf: Surface
+
+    @property
+    def label(self) -> str:
+        """The colour bar's label."""
+        return self.name + (" (log scale)" if self.scale.log else "")
+
+    def mesh(self):
+        """(X, Y, masked Z), [i, j] = (x_i, y_j)."""
+        X, Y = np.meshgrid(self.x, self.y, indexing="ij")
+        return X, Y, np.ma.masked_invalid(self.Z)
 
 
 def plot_2d_contour(surf_file: str, surf_name: Optional[str] = None,
                     vmin: Optional[float] = None, vmax: Optional[float] = None,
-                    vlevel: Optional[float] = None, show: bool = False, log: bool = False,
+                    vlevel: Optional[float] = None, show: bool = False, log: Optional[bool] = None,
                     zlim: Optional[float] = None, proj_file: Optional[str] = None,
                     dir_file: Optional[str] = None, out_dir: Optional[str] = None,
                     formats: Iterable[str] = ("pdf",), html: bool = False) -> Plots:
     """All 2D figures of one quantity of a surface file; returns Plots (figures, files).
 
     ``vmin``/``vmax``/``vlevel``: contour levels and colour range (values; ``vlevel`` in
-    decades with ``log``); the 3D surface is clipped at min(vmax, zlim). The
-    interactive page (``html``) shows exactly the same. Bad input raises UserError
-    before anything is written."""
+    decades on a log scale), from the data when not given; ``log`` None chooses the
+    scale from the data, True/False force it. The 3D surface is clipped at min(vmax,
+    zlim). The interactive page (``html``) shows exactly the same. Bad input raises
+    UserError before anything is written."""
     check_finite(vmin=vmin, vmax=vmax, vlevel=vlevel, zlim=zlim)
-    surf = load_surface(surf_file, ndim=2)
-    if min(surf.shape) < 2:
-        raise UserError(f"{surf_file} has a {surf.shape[0]} x {surf.shape[1]} grid; contours "
-                        "need at least 2 points along x and y")
-    name = surf_name or ("train_loss" if "train_loss" in surf.values else surf.names()[0])
-    Z = surf.get(name)
-    levels, norm = contour_levels(Z, vmin, vmax, vlevel, log)
-    clip = surface_clip(vmin, vmax, zlim, log)
+    m = read_map(surf_file, surf_name, vmin, vmax, vlevel, log)
+    clip = surface_clip(vmin, vmax, zlim, m.scale.log)
     ensure_folder(out_dir or os.path.dirname(os.path.abspath(surf_file)))
     if proj_file:
         read_projection(proj_file)                           # check it before writing anything
         check_readable(dir_file, "direction file")
     plt = pyplot(show)
     plots = Plots()
-    base = lambda what: output_base(surf_file, f"{name}_{what}", out_dir)
-    scale = " (log scale)" if log else ""
-    label = name + scale                                       # colour bars
-    title = f"{quantity_label(name)}{scale}\n{describe(surf)}"
-    X, Y = np.meshgrid(surf.x, surf.y, indexing="ij")      # [i, j] = (x_i, y_j), as Z
-    Zm = np.ma.masked_invalid(Z)
-
-    # labelled contours
-    fig, ax = plt.subplots()
-    cs = ax.contour(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP)
-    ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
-    decorate(fig, ax, cs, title, label)
-    save_figure(fig, base("2dcontour"), formats, plots, "2dcontour", show)
-
-    # filled contours
-    fig, ax = plt.subplots()
-    cs = ax.contourf(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP, extend="both")
-    decorate(fig, ax, cs, title, label)
-    save_figure(fig, base("2dcontourf"), formats, plots, "2dcontourf", show)
-
-    # heat map
-    fig, ax = plt.subplots()
-    mesh = heat_map(ax, surf.x, surf.y, Z, norm)
-    decorate(fig, ax, mesh, title, label)
-    save_figure(fig, base("2dheat"), formats, plots, "2dheat", show)
-
-    # 3D surface
-    fig = surface_3d(plt, X, Y, Z, name, title, norm, clip, log)
-    save_figure(fig, base("3dsurface"), formats, plots, "3dsurface", show)
-
-    # the optimization path on the contours
+    base = lambda what: output_base(surf_file, f"{m.name}_{what}", out_dir)  # noqa: E731
+    figures = {"2dcontour": contour_figure(plt, m), "2dcontourf": filled_figure(plt, m),
+               "2dheat": heat_figure(plt, m), "3dsurface": surface_3d(plt, m, clip)}
+    for kind, fig in figures.items():
+        save_figure(fig, base(kind), formats, plots, kind, show)
     if proj_file:
-        fig, ax = plt.subplots()
-        cs = ax.contour(X, Y, Zm, levels=levels, norm=norm, cmap=CMAP)
-        ax.clabel(cs, inline=True, fontsize=6, fmt="%.3g")
-        draw_trajectory(ax, proj_file, dir_file)
-        ax.set_title(title, fontsize="medium")
-        colorbar(fig, ax, cs, label)
-        save_figure(fig, output_base(proj_file, f"{name}_2dcontour_proj", out_dir), formats,
+        fig = contour_figure(plt, m, proj_file, dir_file)
+        save_figure(fig, output_base(proj_file, f"{m.name}_2dcontour_proj", out_dir), formats,
                     plots, "2dcontour_proj", show)
-
-    # Hessian eigenvalue maps
-    if "eig_ratio" in surf.names():
-        for eig in ("max_eig", "min_eig", "eig_ratio"):
-            if eig != name:
-                fig, ax = plt.subplots()
-                values = surf.get(eig)
-                mesh = heat_map(ax, surf.x, surf.y, values, None)
-                decorate(fig, ax, mesh, f"{quantity_label(eig)}\n{describe(surf)}", eig)
-                save_figure(fig, output_base(surf_file, f"{eig}_2dheat", out_dir), formats,
-                            plots, f"{eig}_2dheat", show)
-
+    for eig, fig in eig_figures(plt, m.surf, m.name):
+        save_figure(fig, output_base(surf_file, f"{eig}_2dheat", out_dir), formats, plots,
+                    f"{eig}_2dheat", show)
     if html:
-        page = html_surface(surf.x, surf.y, Z, name, title, log=log,
-                            color_range=(norm.vmin, norm.vmax), levels=levels, clip=clip)
+        page = html_surface(m.x, m.y, m.Z, m.name, m.title, log=m.scale.log,
+                            color_range=(m.norm.vmin, m.norm.vmax), levels=m.levels, clip=clip)
         write_html(page, base("interactive"), plots)
     return finish(plots, show)
 
 
-def surface_clip(vmin=None, vmax=None, zlim=None, log=False):
+def read_map(surf_file: str, surf_name: Optional[str] = None, vmin: Optional[float] = None,
+             vmax: Optional[float] = None, vlevel: Optional[float] = None,
+             log: Optional[bool] = None) -> Map:
+    """Load one quantity of a 2D surface file (default: train_loss, else the first) with
+    its levels and scale (plot_common.contour_levels) and title."""
+    surf = load_surface(surf_file, ndim=2)
+    if min(surf.shape) < 2:
+        raise UserError(f"{surf_file} has a {surf.shape[0]} x {surf.shape[1]} grid; contours "
+                        "need at least 2 points along x and y")
+    name = surf_name or ("train_loss" if "train_loss" in surf.values else surf.names()[0])
+    Z = surf.get(name)
+    levels, norm, scale = contour_levels(Z, vmin, vmax, vlevel, log)
+    title = f"{quantity_label(name)}{scale.title()}\n{describe(surf)}"
+    return Map(surf.x, surf.y, Z, name, levels, norm, scale, title, surf)
+
+
+def contour_figure(plt, m: Map, proj_file: Optional[str] = None, dir_file: Optional[str] = None):
+    """Labelled contour lines (labels in values), with the projected path when given."""
+    fig, ax = plt.subplots()
+    X, Y, Zm = m.mesh()
+    cs = ax.contour(X, Y, Zm, levels=m.levels, norm=m.norm, cmap=CMAP)
+    ax.clabel(cs, inline=True, fontsize=6 if proj_file else 7, fmt="%.3g")
+    if proj_file:
+        draw_trajectory(ax, proj_file, dir_file)
+        ax.set_title(m.title, fontsize="medium")
+        colorbar(fig, ax, cs, m.label)
+    else:
+        decorate(fig, ax, cs, m.title, m.label)
+    return fig
+
+
+def filled_figure(plt, m: Map):
+    fig, ax = plt.subplots()
+    X, Y, Zm = m.mesh()
+    cs = ax.contourf(X, Y, Zm, levels=m.levels, norm=m.norm, cmap=CMAP, extend="both")
+    decorate(fig, ax, cs, m.title, m.label)
+    return fig
+
+
+def heat_figure(plt, m: Map):
+    fig, ax = plt.subplots()
+    decorate(fig, ax, heat_map(ax, m.x, m.y, m.Z, m.norm), m.title, m.label)
+    return fig
+
+
+def eig_figures(plt, surf: Surface, shown: str):
+    """[(name, figure)]: heat maps of max_eig, min_eig and eig_ratio (files that hold
+    them), except the quantity already shown."""
+    if "eig_ratio" not in surf.names():
+        return []
+    out = []
+    for eig in ("max_eig", "min_eig", "eig_ratio"):
+        if eig != shown:
+            fig, ax = plt.subplots()
+            mesh = heat_map(ax, surf.x, surf.y, surf.get(eig), None)
+            decorate(fig, ax, mesh, f"{quantity_label(eig)}\n{describe(surf)}", eig)
+            out.append((eig, fig))
+    return out
+
+
+def surface_clip(vmin: Optional[float] = None, vmax: Optional[float] = None,
+                 zlim: Optional[float] = None, log: bool = False) -> Optional[tuple]:
     """(None, high): the 3D surface is clipped from above at the lower of --vmax and
     --zlim (values), so that a few huge losses do not flatten the rest; None when
     neither is given. (Values below --vmin keep their height; only their colour
@@ -125,35 +165,36 @@ def surface_clip(vmin=None, vmax=None, zlim=None, log=False):
     return (None, min(tops)) if tops else None
 
 
-def surface_3d(plt, X, Y, Z, name, title, norm, clip, log):
-    """The 3D surface: z clipped to ``clip``, log10(value) with ``log`` (ticks labelled
-    in values); at most 5 ticks per axis, fewer where their labels would overlap."""
+def surface_3d(plt, m: Map, clip: Optional[tuple]):
+    """The 3D surface: z clipped to ``clip``, log10(value) on a log scale (ticks
+    labelled in values); the z axis names the quantity once (the colour bar shows the
+    colours only); at most 5 ticks per axis, fewer where their labels would overlap."""
     fig = plt.figure(figsize=(8, 6.5))
     ax = fig.add_subplot(projection="3d")
-    Zs = Z if clip is None else np.clip(Z, -np.inf if clip[0] is None else clip[0],
-                                        np.inf if clip[1] is None else clip[1])  # NaN stays
+    X, Y, _ = m.mesh()
+    log = m.scale.log
+    Zs = m.Z if clip is None else np.clip(m.Z, -np.inf if clip[0] is None else clip[0],
+                                          np.inf if clip[1] is None else clip[1])  # NaN stays
     to = _log10 if log else (lambda v: v)
     Zs = to(Zs)
-    lo, hi = to(norm.vmin), to(norm.vmax)
-    surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=lo, vmax=hi,
-                              rcount=min(X.shape[0], 150), ccount=min(X.shape[1], 150),
-                              linewidth=0, antialiased=False)
+    surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=to(m.norm.vmin),
+                              vmax=to(m.norm.vmax), rcount=min(X.shape[0], 150),
+                              ccount=min(X.shape[1], 150), linewidth=0, antialiased=False)
     ax.xaxis.set_major_formatter(ValueFormatter())
     ax.yaxis.set_major_formatter(ValueFormatter())
     ax.zaxis.set_major_formatter(ValueFormatter(log))
     ax.tick_params(labelsize="small", pad=2)
     ax.set_xlabel("x", labelpad=8)
     ax.set_ylabel("y", labelpad=8)
-    ax.set_zlabel(f"{name} (log scale)" if log else name, labelpad=10)
+    ax.set_zlabel(m.label, labelpad=10)
     finite = Zs[np.isfinite(Zs)]
     if clip is not None and finite.size:
         z_lo = to(clip[0]) if clip[0] is not None else finite.min()
         z_hi = to(clip[1]) if clip[1] is not None else finite.max()
         if z_hi > z_lo:
             ax.set_zlim(z_lo, z_hi)
-    ax.set_title(title, fontsize="medium")
-    cb = fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.1,
-                      label=f"{name} (log scale)" if log else name)
+    ax.set_title(m.title, fontsize="medium")
+    cb = fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.1)
     cb.ax.yaxis.set_major_formatter(ValueFormatter(log))
     decades = log and finite.size and np.ptp(finite) >= 2
     thin_ticks(fig, (ax.xaxis, ax.yaxis, ax.zaxis), whole=(ax.zaxis,) if decades else ())
@@ -229,54 +270,6 @@ def _log10(v):
         return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
 
 
-def contour_levels(Z, vmin=None, vmax=None, vlevel=None, log=False):
-    """Contour levels and colour normalization. Levels run from vmin to vmax
-    *inclusive* every vlevel (``np.arange(vmin, vmax + vlevel/2, vlevel)``); unset
-    values come from the data (about 20 levels at a round step). With ``log`` the
-    levels are even in log10(value): vmin/vmax are values, vlevel is in decades."""
-    from matplotlib.colors import LogNorm, Normalize
-    check_finite(vmin=vmin, vmax=vmax, vlevel=vlevel)
-    if vlevel is not None and vlevel <= 0:
-        raise UserError(f"--vlevel must be positive, got {vlevel}")
-    data = Z[np.isfinite(Z)]
-    if log:
-        if (vmin is not None and vmin <= 0) or (vmax is not None and vmax <= 0):
-            raise UserError("--log needs --vmin and --vmax above 0")
-        data = np.log10(data[data > 0])
-        if not data.size:
-            raise UserError("--log: the surface has no values above 0 to plot")
-    elif not data.size:
-        raise UserError("the surface has no finite values to plot")
-    to_axis = np.log10 if log else float
-    lo = to_axis(vmin) if vmin is not None else None
-    hi = to_axis(vmax) if vmax is not None else None
-    if lo is not None and hi is not None and not lo < hi:
-        raise UserError(f"--vmin ({vmin}) must be below --vmax ({vmax})")
-    d_lo = data.min() if lo is None else lo
-    d_hi = data.max() if hi is None else hi
-    if not d_hi > d_lo:
-        d_hi = d_lo + 1.0
-    step = vlevel if vlevel is not None else round_step((d_hi - d_lo) / 20)
-    lo = np.floor(d_lo / step) * step if lo is None else lo
-    hi = np.ceil(d_hi / step - 1e-9) * step if hi is None else hi
-    if (hi - lo) / step > MAX_LEVELS:
-        raise UserError(f"--vlevel {step:g} gives more than {MAX_LEVELS} contour levels "
-                        f"between {lo:g} and {hi:g}; use a larger --vlevel")
-    levels = np.arange(lo, hi + step / 2, step)
-    if len(levels) < 2:
-        raise UserError(f"--vlevel {step:g} leaves fewer than 2 contour levels between "
-                        f"--vmin and --vmax; use a smaller --vlevel")
-    if log:
-        return 10.0 ** levels, LogNorm(10.0 ** levels[0], 10.0 ** levels[-1])
-    return levels, Normalize(levels[0], levels[-1])
-
-
-def round_step(raw):
-    """The smallest 1, 2 or 5 times a power of ten that is >= raw."""
-    power = 10.0 ** np.floor(np.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
-
-
 def heat_map(ax, x, y, Z, norm):
     """Cells centred on the grid points, x across and y up (Z.T: rows are y)."""
     return ax.pcolormesh(x, y, np.ma.masked_invalid(Z).T, shading="nearest", cmap=CMAP,
@@ -304,14 +297,35 @@ def colorbar(fig, ax, mappable, label, **kw):
 
 # ---------------------------------------------------------------- trajectories
 
-def draw_trajectory(ax, proj_file, dir_file=None):
-    """The projected path (proj_xcoord, proj_ycoord) with markers, its start, the final
-    model at (0, 0), and PCA axis labels from dir_file's explained_variance_ratio_."""
+def is_curve(proj_file: str) -> bool:
+    """A projection file of a curve between two minima (mode_connectivity.py writes the
+    curve parameter ``t`` and a ``method`` naming the curve), not an optimization path."""
+    with open_h5(proj_file, "projection file") as f:
+        return "t" in f or "curve" in str(f.attrs.get("method", ""))
+
+
+def draw_trajectory(ax, proj_file: str, dir_file: Optional[str] = None) -> None:
+    """The projected points (proj_xcoord, proj_ycoord) with markers. An optimization
+    path: its start and the final model at (0, 0); a curve between two minima: its
+    ends, model_file at t=0 and model_file2 at t=1. PCA axis labels from dir_file's
+    explained_variance_ratio_."""
     px, py = read_projection(proj_file)
-    ax.plot(px, py, marker=".", color="tab:red", linewidth=1, markersize=4, label="path")
-    ax.plot(px[:1], py[:1], "o", color="tab:red", markersize=6, label="start")
-    ax.plot([0], [0], "*", color="k", markersize=12, label="final model")
+    if is_curve(proj_file):
+        ax.plot(px, py, marker=".", color="tab:red", linewidth=1, markersize=4, label="curve")
+        ax.plot(px[:1], py[:1], "o", color="k", markersize=6, label="model_file (t=0)")
+        ax.plot(px[-1:], py[-1:], "s", color="k", markersize=6, label="model_file2 (t=1)")
+    else:
+        ax.plot(px, py, marker=".", color="tab:red", linewidth=1, markersize=4, label="path")
+        ax.plot(px[:1], py[:1], "o", color="tab:red", markersize=6, label="start")
+        ax.plot([0], [0], "*", color="k", markersize=12, label="final model")
     ax.legend(fontsize="small", loc="best")
+    xlabel, ylabel = pca_labels(dir_file)
+    ax.set_xlabel(xlabel, fontsize="x-large")
+    ax.set_ylabel(ylabel, fontsize="x-large")
+
+
+def pca_labels(dir_file: Optional[str]) -> tuple:
+    """('1st PC: xx.xx %', '2nd PC: ...') from a PCA direction file, else ('x', 'y')."""
     xlabel, ylabel = "x", "y"
     if dir_file:
         with open_h5(dir_file, "direction file") as f:
@@ -323,8 +337,7 @@ def draw_trajectory(ax, proj_file, dir_file=None):
                 if ratio.size and np.isfinite(ratio[:2]).all():
                     xlabel = f"1st PC: {ratio[0] * 100:.2f} %"
                     ylabel = f"2nd PC: {ratio[1] * 100:.2f} %" if ratio.size > 1 else "y"
-    ax.set_xlabel(xlabel, fontsize="x-large")
-    ax.set_ylabel(ylabel, fontsize="x-large")
+    return xlabel, ylabel
 
 
 def check_readable(path: Optional[str], what: str) -> None:
@@ -371,46 +384,8 @@ def plot_trajectory(proj_file: str, dir_file: Optional[str] = None, show: bool =
     plots = Plots()
     fig, ax = plt.subplots()
     draw_trajectory(ax, proj_file, dir_file)
-    ax.set_title(f"optimization path: {os.path.basename(proj_file)}", fontsize="medium")
+    what = "curve between two minima" if is_curve(proj_file) else "optimization path"
+    ax.set_title(f"{what}: {os.path.basename(proj_file)}", fontsize="medium")
     save_figure(fig, output_base(proj_file, "trajectory", out_dir), formats, plots,
                 "trajectory", show)
     return finish(plots, show)
-
-
-# ---------------------------------------------------------------- command line
-
-parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories")
-parser.add_argument("--surf_file", "-f", default="", help="the surface file (.h5)")
-parser.add_argument("--dir_file", default="", help="the direction file (PCA axis labels)")
-parser.add_argument("--proj_file", default="", help="the projected trajectory file (.h5)")
-parser.add_argument("--surf_name", default=None,
-                    help="quantity to plot: train_loss (default), test_loss, train_acc, "
-                         "test_acc, train_err, test_err, max_eig, min_eig, eig_ratio, ...")
-parser.add_argument("--vmin", type=optional_float, default=None,
-                    help="lowest contour level / colour (default: data minimum)")
-parser.add_argument("--vmax", type=optional_float, default=None,
-                    help="highest contour level / colour, included (default: data maximum)")
-parser.add_argument("--vlevel", type=optional_float, default=None,
-                    help="contour spacing (decades with --log; default: about 20 levels)")
-parser.add_argument("--zlim", "--zmax", dest="zlim", type=optional_float, default=None,
-                    help="clip the 3D surface (static and --html) at this value (default: "
-                         "at --vmax if given, else no clipping)")
-parser.add_argument("--log", action="store_true", help="log colour scale and contour levels")
-add_output_args(parser)
-
-
-def main(argv=None):
-    args = parser.parse_args(argv)
-    opts = dict(show=args.show, out_dir=args.out_dir, formats=args.format)
-    if args.surf_file:
-        plot_2d_contour(args.surf_file, args.surf_name, args.vmin, args.vmax, args.vlevel,
-                        log=args.log, zlim=args.zlim, proj_file=args.proj_file,
-                        dir_file=args.dir_file, html=args.html, **opts)
-    elif args.proj_file:
-        plot_trajectory(args.proj_file, args.dir_file, **opts)
-    else:
-        raise UserError("nothing to plot; give --surf_file (and/or --proj_file --dir_file)")
-
-
-if __name__ == "__main__":
-    run_main(main)
