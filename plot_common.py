@@ -476,7 +476,7 @@ def html_curves(curves, title: str, xlabel: str, log: bool = False,
                                  line=dict(dash="dash" if dash else "solid"),
                                  hovertemplate=f"x=%{{x:.4g}}<br>{name}=%{{y:.5g}}<extra></extra>"),
                       secondary_y=(axis == "acc"))
-    fig.update_layout(title=title.replace("\n", "<br>"), hovermode="closest")
+    fig.update_layout(**page_title(title), hovermode="closest")
     fig.update_xaxes(title_text=xlabel)
     if xrange is not None:
         fig.update_xaxes(range=[float(xrange[0]), float(xrange[1])])
@@ -519,29 +519,79 @@ def html_surface(x, y, Z, name: str, title: str, xlabel: str = "x", ylabel: str 
                              z=_nan_to_none(to(shown).T), customdata=raw,
                              colorscale="Viridis", showscale=False, cmin=cmin, cmax=cmax,
                              hovertemplate=hover), 1, 1)
-    contours = dict(showlabels=True)
-    if levels is not None:
-        lv = to(np.asarray(list(levels), dtype=float))
-        if len(lv) >= 2:
-            contours.update(start=float(lv[0]), end=float(lv[-1]), size=float(lv[1] - lv[0]),
-                            coloring="fill")
+    lv = None if levels is None else to(np.asarray(list(levels), dtype=float))
+    contours = dict(showlabels=not log)           # plotly would label log10 values
+    if lv is not None and len(lv) >= 2:
+        contours.update(start=float(lv[0]), end=float(lv[-1]), size=float(lv[1] - lv[0]),
+                        coloring="fill")
     fig.add_trace(go.Contour(x=np.asarray(x, float).tolist(), y=np.asarray(y, float).tolist(),
                              z=_nan_to_none(to(Z).T), customdata=raw, colorscale="Viridis",
                              zmin=cmin, zmax=cmax, autocontour=levels is None,
                              hovertemplate=hover, contours=contours,
                              colorbar=dict(title=dict(text=label), **ticks)),
                   1, 2)
+    if log and lv is not None:
+        fig.add_trace(contour_labels(x, y, to(Z), lv, lambda v: f"{10 ** v:.3g}"), 1, 2)
     zaxis = dict(title=label, **ticks)
     if clip is not None:
         lo = np.nanmin(to(shown)) if clip[0] is None else float(to(clip[0]))
         hi = np.nanmax(to(shown)) if clip[1] is None else float(to(clip[1]))
         if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
             zaxis["range"] = [float(lo), float(hi)]
-    fig.update_layout(title=title.replace("\n", "<br>"), height=600,
-                      scene=dict(xaxis_title=xlabel, yaxis_title=ylabel, zaxis=zaxis))
-    fig.update_xaxes(title_text=xlabel, row=1, col=2)
-    fig.update_yaxes(title_text=ylabel, row=1, col=2)
+    fig.update_layout(**page_title(title, subplot_titles=True),
+                      scene=dict(xaxis_title=xlabel, yaxis_title=ylabel, zaxis=zaxis,
+                                 camera=dict(eye=dict(x=2.0, y=2.0, z=1.3)),
+                                 domain=dict(x=[0.04, 0.46], y=[0.0, 1.0])))
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    fig.update_xaxes(title_text=xlabel, range=[float(xs.min()), float(xs.max())], row=1, col=2)
+    fig.update_yaxes(title_text=ylabel, range=[float(ys.min()), float(ys.max())], row=1, col=2)
     return fig
+
+
+TITLE_FONT = 14             # px; one title line takes about 1.3 of it
+PAGE_HEIGHT = 560           # px below the title
+
+
+def page_title(title: str, subplot_titles: bool = False) -> dict:
+    """Layout settings that put the whole (multi-line) title in the top margin, above
+    the plots and their own titles: 12 px padding, 1.3 font sizes per line, 40 px for
+    subplot titles; the page grows by the margin."""
+    top = int(12 + 1.3 * TITLE_FONT * (title.count("\n") + 1) + (40 if subplot_titles else 16))
+    return dict(title=dict(text=title.replace("\n", "<br>"), x=0.02, xanchor="left", y=1.0,
+                           yref="container", yanchor="top", pad=dict(t=12),
+                           font=dict(size=TITLE_FONT)),
+                height=PAGE_HEIGHT + top, margin=dict(t=top, b=40, l=60, r=40))
+
+
+def contour_labels(x, y, Zt, levels, text):
+    """A text trace that labels each contour level once, at the point of its lines
+    farthest from the labels already placed, with ``text(level)``: contour labels in the units the user reads (plotly's
+    own labels would show log10 values on a log map). ``Zt[i, j]`` is at (x_i, y_j)."""
+    import contourpy
+    import plotly.graph_objects as go
+    gen = contourpy.contour_generator(np.asarray(x, float), np.asarray(y, float),
+                                      np.ma.masked_invalid(np.asarray(Zt, float).T),
+                                      line_type="Separate")
+    span = np.array([np.ptp(np.asarray(x, float)) or 1.0, np.ptp(np.asarray(y, float)) or 1.0])
+    placed, texts = [], []
+    for level in levels:
+        points = [seg for seg in gen.lines(float(level)) if len(seg) >= 2]
+        if not points:
+            continue
+        points = np.concatenate(points) / span
+        lo = np.array([np.min(x), np.min(y)], float) / span
+        inner = points[((points - lo > 0.06) & (lo + 1 - points > 0.06)).all(axis=1)]
+        points = inner if len(inner) else points                  # labels clear of the edges
+        if placed:              # the point of the line farthest from the labels placed so far
+            gaps = np.linalg.norm(points[:, None, :] - np.array(placed)[None], axis=2).min(axis=1)
+            best = points[int(np.argmax(gaps))]
+        else:
+            best = points[len(points) // 2]
+        placed.append(best)
+        texts.append(text(level))
+    px, py = (np.array(placed) * span).T.tolist() if placed else ([], [])
+    return go.Scatter(x=px, y=py, text=texts, mode="text", name="contour labels",
+                      textfont=dict(size=10, color="black"), hoverinfo="skip", showlegend=False)
 
 
 def _log10(v):

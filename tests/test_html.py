@@ -114,7 +114,7 @@ def test_2d_html_log_vmax_zlim_as_the_static_figures(tmp_path):
     f = write_ours(tmp_path / "lb.h5", xs, ys, {"train_loss": loss})
     p = plot_2D.plot_2d_contour(f, log=True, vmin=0.01, vmax=10, vlevel=0.5, formats=[],
                                 html=True)
-    (surface, contour), layout = page_figure(html_of(p))
+    (surface, contour, labels), layout = page_figure(html_of(p))
     assert "(log scale)" in layout["title"]["text"]
     z = as_array(surface["z"]).T                             # rows are y in plotly
     np.testing.assert_allclose(z, np.log10(np.minimum(loss, 10)))   # clipped at --vmax
@@ -128,8 +128,8 @@ def test_2d_html_log_vmax_zlim_as_the_static_figures(tmp_path):
                                static)
     zaxis = layout["scene"]["zaxis"]
     assert zaxis["range"][1] == pytest.approx(1) and "log scale" in zaxis["title"]["text"]
-    labels = {round(v, 6): t for v, t in zip(zaxis["tickvals"], zaxis["ticktext"])}
-    assert labels[0.0] == "1" and labels[-2.0] == "0.01" and labels[1.0] == "10"
+    ticks = {round(v, 6): t for v, t in zip(zaxis["tickvals"], zaxis["ticktext"])}
+    assert ticks[0.0] == "1" and ticks[-2.0] == "0.01" and ticks[1.0] == "10"
     np.testing.assert_allclose(as_array(surface["customdata"]).T, loss)   # hover: raw values
 
     p = plot_2D.plot_2d_contour(f, vmax=5, zlim=2, formats=[], html=True)   # linear
