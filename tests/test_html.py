@@ -14,7 +14,7 @@ import pytest
 
 import plot_1D
 import plot_2D
-from test_plots import contour_set, grid, write_original, write_ours
+from conftest import contour_set, grid, write_original, write_ours
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
                 None)

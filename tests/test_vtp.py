@@ -10,8 +10,7 @@ vtk = pytest.importorskip("vtk")
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 import h52vtp  # noqa: E402
-from conftest import assert_one_line_error, run_script  # noqa: E402
-from test_plots import grid, write_original, write_ours  # noqa: E402
+from conftest import assert_one_line_error, grid, run_script, write_original, write_ours  # noqa: E402
 
 
 def read_vtp(path):
