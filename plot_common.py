@@ -532,7 +532,7 @@ def html_surface(x, y, Z, name: str, title: str, xlabel: str = "x", ylabel: str 
                   1, 2)
     if log and lv is not None:
         fig.add_trace(contour_labels(x, y, to(Z), lv, lambda v: f"{10 ** v:.3g}"), 1, 2)
-    zaxis = dict(title=label, **ticks)
+    zaxis = dict(title=f"{name} (log)" if log else name, **ticks)   # short: not cut at the scene's edge
     if clip is not None:
         lo = np.nanmin(to(shown)) if clip[0] is None else float(to(clip[0]))
         hi = np.nanmax(to(shown)) if clip[1] is None else float(to(clip[1]))
@@ -540,7 +540,7 @@ def html_surface(x, y, Z, name: str, title: str, xlabel: str = "x", ylabel: str 
             zaxis["range"] = [float(lo), float(hi)]
     fig.update_layout(**page_title(title, subplot_titles=True),
                       scene=dict(xaxis_title=xlabel, yaxis_title=ylabel, zaxis=zaxis,
-                                 camera=dict(eye=dict(x=2.0, y=2.0, z=1.3)),
+                                 camera=dict(eye=dict(x=2.4, y=2.4, z=1.5), center=dict(x=0.07, y=-0.07, z=0)),
                                  domain=dict(x=[0.04, 0.46], y=[0.0, 1.0])))
     xs, ys = np.asarray(x, float), np.asarray(y, float)
     fig.update_xaxes(title_text=xlabel, range=[float(xs.min()), float(xs.max())], row=1, col=2)
