@@ -15,13 +15,17 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 
 from errors import UserError
 from fileio import written_atomically
 from surface import Surface, read_surface
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
 
 FORMATS = ("pdf", "png", "svg")
 DPI = 300
@@ -96,7 +100,7 @@ class Scale:
         return f" (log scale: values span {self.decades:.1f} decades)" if self.auto else " (log scale)"
 
 
-def value_scale(values, vmin: Optional[float] = None, vmax: Optional[float] = None,
+def value_scale(values: "np.typing.ArrayLike", vmin: Optional[float] = None, vmax: Optional[float] = None,
                 log: Optional[bool] = None, top_quantile: float = 1.0) -> Scale:
     """The one rule every plot uses for its value range: ``vmin``/``vmax`` when given,
     else the data's minimum and its ``top_quantile`` quantile (1.0: the maximum), over
@@ -130,8 +134,8 @@ def value_scale(values, vmin: Optional[float] = None, vmax: Optional[float] = No
     return Scale(lo, hi, bool(log), auto and bool(log))
 
 
-def contour_levels(Z, vmin: Optional[float] = None, vmax: Optional[float] = None,
-                   vlevel: Optional[float] = None, log: Optional[bool] = None):
+def contour_levels(Z: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None,
+                   vlevel: Optional[float] = None, log: Optional[bool] = None) -> tuple:
     """(levels, norm, scale): contour levels and the colour normalization of a map.
     Levels run from vmin to vmax *inclusive* every vlevel
     (``np.arange(vmin, vmax + vlevel/2, vlevel)``); unset values come from the data
@@ -173,7 +177,7 @@ def round_step(raw: float) -> float:
 
 # ---------------------------------------------------------------- names
 
-def sanitize(name):
+def sanitize(name: str) -> str:
     """A file name that needs no quoting in a shell (see the module docstring)."""
     return re.sub(r"_{2,}", "_", re.sub(r"[^A-Za-z0-9._-]", "_", name)).lstrip("-.") or "surface"
 
@@ -378,7 +382,7 @@ def wrap(line: str, width: int) -> str:
     return "\n".join(x for x in out if x.strip())
 
 
-def quantity_label(name):
+def quantity_label(name: str) -> str:
     """'train_loss' -> 'Training loss', 'eig_ratio' -> '|min_eig / max_eig|'."""
     known = {"train_loss": "Training loss", "test_loss": "Test loss",
              "train_acc": "Training accuracy (%)", "test_acc": "Test accuracy (%)",
@@ -394,7 +398,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as a UserError, so that run_main prints it as
     one ``error:`` line (plain argparse prints the usage too and exits by itself)."""
 
-    def error(self, message):
+    def error(self, message: str):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
@@ -410,7 +414,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", action="store_true", default=False, help="show plots")
 
 
-def pyplot(show: bool = False):
+def pyplot(show: bool = False) -> Any:
     """matplotlib.pyplot, on the non-interactive Agg backend unless figures are shown."""
     import matplotlib
     if not show and "matplotlib.pyplot" not in sys.modules:
@@ -419,7 +423,7 @@ def pyplot(show: bool = False):
     return plt
 
 
-def save_figure(fig, base: str, formats: Iterable[str], plots: Plots, name: str,
+def save_figure(fig: "Figure", base: str, formats: Iterable[str], plots: Plots, name: str,
                 show: bool = False) -> None:
     """Save ``fig`` as ``base.<fmt>`` for each format (300 dpi, tight), each written
     atomically; record it in ``plots`` and close it unless it is to be shown."""
@@ -436,7 +440,7 @@ def save_figure(fig, base: str, formats: Iterable[str], plots: Plots, name: str,
             plt.close(fig)
 
 
-def finish(plots, show):
+def finish(plots: Plots, show: bool) -> Plots:
     for path in plots.files:
         print(f"wrote {path}")
     if show:
@@ -446,7 +450,7 @@ def finish(plots, show):
 
 # ---------------------------------------------------------------- interactive HTML
 
-def write_html(fig, base, plots):
+def write_html(fig: "go.Figure", base: str, plots: Plots) -> str:
     """Write a plotly figure as ONE self-contained .html (plotly.js embedded, so it
     opens without network)."""
     import plotly.io as pio
@@ -458,8 +462,8 @@ def write_html(fig, base, plots):
     return path
 
 
-def html_curves(curves, title: str, xlabel: str, log: bool = False,
-                xrange: Optional[tuple] = None, loss_range: Optional[tuple] = None):
+def html_curves(curves: list, title: str, xlabel: str, log: bool = False,
+                xrange: Optional[tuple] = None, loss_range: Optional[tuple] = None) -> "go.Figure":
     """1D: ``curves`` = [(x, y, name, axis ('loss'|'acc'), dash (bool))]; accuracy on
     a second y axis. Hover shows x and the value. As the static figures: ``log`` makes
     the loss axis logarithmic, ``xrange`` (xmin, xmax) and ``loss_range`` (bottom, top)
@@ -489,9 +493,10 @@ def html_curves(curves, title: str, xlabel: str, log: bool = False,
     return fig
 
 
-def html_surface(x, y, Z, name: str, title: str, xlabel: str = "x", ylabel: str = "y", *,
-                 log: bool = False, color_range: Optional[tuple] = None,
-                 levels: Optional[Iterable[float]] = None, clip: Optional[tuple] = None):
+def html_surface(x: np.ndarray, y: np.ndarray, Z: np.ndarray, name: str, title: str,
+                 xlabel: str = "x", ylabel: str = "y", *, log: bool = False,
+                 color_range: Optional[tuple] = None, levels: Optional[Iterable[float]] = None,
+                 clip: Optional[tuple] = None) -> "go.Figure":
     """2D: a rotatable 3D surface and a contour map side by side, drawn as the static
     figures are: ``color_range`` (vmin, vmax) is the colour range of both, ``levels``
     the contour levels, ``clip`` (low, high) the range the 3D surface is clipped to
@@ -563,7 +568,8 @@ def page_title(title: str, subplot_titles: bool = False) -> dict:
                 height=PAGE_HEIGHT + top, margin=dict(t=top, b=40, l=60, r=40))
 
 
-def contour_labels(x, y, Zt, levels, text):
+def contour_labels(x: np.ndarray, y: np.ndarray, Zt: np.ndarray, levels: np.ndarray,
+                   text: Callable[[float], str]) -> "go.Scatter":
     """A text trace that labels each contour level once, at the point of its lines
     farthest from the labels already placed, with ``text(level)``: contour labels in the units the user reads (plotly's
     own labels would show log10 values on a log map). ``Zt[i, j]`` is at (x_i, y_j)."""

@@ -17,13 +17,18 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from errors import UserError
 from plot_common import (Plots, Scale, check_finite, describe, ensure_folder, finish, html_curves,
                          load_surface, output_base, pyplot, save_figure, value_scale, write_html)
+from surface import Surface
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
 
 CHECKPOINT = re.compile(r"\.(t7|pth?|ckpt)(?![A-Za-z0-9])")
 LABEL_KEYS = ("model", "model_file", "model_file2", "dataset", "dir_type", "xnorm", "xignore")
@@ -138,7 +143,7 @@ def loss_axis(losses: np.ndarray, loss_max: Optional[float], log: bool) -> tuple
 
 # ---------------------------------------------------------------- figure builders
 
-def curve_figures(plt, lay: Layout) -> list:
+def curve_figures(plt: Any, lay: Layout) -> list:
     """[(key, name suffix, figure)] of every figure the files call for."""
     out = []
     if lay.has("loss") and lay.has("acc"):
@@ -153,7 +158,7 @@ def curve_figures(plt, lay: Layout) -> list:
     return out
 
 
-def loss_acc_figure(plt, lay: Layout):
+def loss_acc_figure(plt: Any, lay: Layout) -> "Figure":
     """Loss on the left axis, accuracy on the right (twin axes)."""
     fig, ax1 = plt.subplots(layout="constrained")
     ax2 = ax1.twinx()
@@ -173,7 +178,7 @@ def loss_acc_figure(plt, lay: Layout):
     return fig
 
 
-def one_axis_figure(plt, lay: Layout, kind: str):
+def one_axis_figure(plt: Any, lay: Layout, kind: str) -> "Figure":
     """The loss alone or the error (100 - accuracy) alone."""
     fig, ax = plt.subplots(layout="constrained")
     draw(ax, lay, kind)
@@ -187,7 +192,7 @@ def one_axis_figure(plt, lay: Layout, kind: str):
     return fig
 
 
-def eig_figure(plt, lay: Layout):
+def eig_figure(plt: Any, lay: Layout) -> "Figure":
     fig, ax = plt.subplots(layout="constrained")
     for k, s in lay.eig_surfs:
         c = f"C{k % 10}"
@@ -201,7 +206,7 @@ def eig_figure(plt, lay: Layout):
     return fig
 
 
-def eig_ratio_figure(plt, lay: Layout):
+def eig_ratio_figure(plt: Any, lay: Layout) -> "Figure":
     fig, ax = plt.subplots(layout="constrained")
     for k, s in lay.eig_surfs:
         ax.plot(s.x, s.get("eig_ratio"), color=f"C{k % 10}",
@@ -212,7 +217,7 @@ def eig_ratio_figure(plt, lay: Layout):
     return fig
 
 
-def curves_page(lay: Layout):
+def curves_page(lay: Layout) -> "go.Figure":
     """The interactive page: every quantity of every file, the same limits and scale."""
     curves = []
     for k, s in enumerate(lay.surfs):
@@ -239,7 +244,7 @@ def curve_label(lay: Layout, k: int, split: str, kind: str) -> Optional[str]:
     return lay.labels[k] if split == "train" and kind != "acc" else None
 
 
-def draw(ax, lay: Layout, kind: str) -> None:
+def draw(ax: Any, lay: Layout, kind: str) -> None:
     """The train and test lines of one kind (loss / acc / err) for every file."""
     for k, s in enumerate(lay.surfs):
         for split in ("train", "test"):
@@ -254,13 +259,13 @@ def loss_ylabel(lay: Layout) -> str:
     return "Loss (log scale)" if lay.scale.log else "Loss"
 
 
-def loss_limits(ax, lay: Layout) -> None:
+def loss_limits(ax: Any, lay: Layout) -> None:
     if lay.scale.log:
         ax.set_yscale("log")
     ax.set_ylim(*lay.loss_range)
 
 
-def finish_axes(ax, lay: Layout, ylabel: str) -> None:
+def finish_axes(ax: Any, lay: Layout, ylabel: str) -> None:
     """x range, labels, title, and the checkpoint marks of an interpolation."""
     x_lo, x_hi = lay.x_range
     ax.set_xlim(x_lo, x_hi)
@@ -276,7 +281,7 @@ def finish_axes(ax, lay: Layout, ylabel: str) -> None:
                         color="0.3", rotation=90, va="top", ha="left")
 
 
-def legend(fig, lay: Layout, *axes) -> None:
+def legend(fig: "Figure", lay: Layout, *axes: Any) -> None:
     """Below the axes (never over a curve); says "dashed: test" only when a test curve
     is drawn."""
     handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]]
@@ -291,7 +296,7 @@ def legend(fig, lay: Layout, *axes) -> None:
 
 # ---------------------------------------------------------------- files and labels
 
-def output_name(paths):
+def output_name(paths: Sequence[str]) -> str:
     """The 'source file' outputs are named after: the file itself, or for an overlay
     ``<common prefix of the names>overlay<N>`` next to the first file."""
     if len(paths) == 1:
@@ -300,7 +305,7 @@ def output_name(paths):
     return os.path.join(os.path.dirname(os.path.abspath(paths[0])), f"{stem}overlay{len(paths)}")
 
 
-def curve_labels(surfs, labels=None):
+def curve_labels(surfs: list, labels: Optional[Sequence[str]] = None) -> list:
     """One label per file: --labels if given; else the settings that differ between
     the files (model, data set, ...); else the part of the direction file paths or of
     the surface file paths that differs."""
@@ -328,7 +333,7 @@ def curve_labels(surfs, labels=None):
     return distinguishing([os.path.abspath(s.path) for s in surfs])
 
 
-def distinguishing(strings, seps="/_-", end_seps="/_.-"):
+def distinguishing(strings: Sequence[str], seps: str = "/_-", end_seps: str = "/_.-") -> list:
     """The part of each string that differs from the others, cut at separators:
     ['a/bs=128_wd/m.t7', 'a/bs=8192_wd/m.t7'] -> ['bs=128', 'bs=8192'] ('.' ends a
     part but does not start one, so 'lr=0.05' is not cut to '05')."""
@@ -344,7 +349,7 @@ def distinguishing(strings, seps="/_-", end_seps="/_.-"):
     return [t[p:len(t) - s] or t for t in strings]
 
 
-def is_interpolation(surf):
+def is_interpolation(surf: Surface) -> bool:
     """A line between two checkpoints: settings say model_file2, or (original files)
     the direction/surface file name holds two checkpoint names, as the original's
     ``model_300.t7_model_300.t7_states...`` does."""
@@ -354,7 +359,7 @@ def is_interpolation(surf):
     return any(len(CHECKPOINT.findall(os.path.basename(n))) >= 2 for n in names)
 
 
-def interpolation_marks(surfs):
+def interpolation_marks(surfs: list) -> list:
     """[(0, 'model 1 label'), (1, 'model 2 label')] when every file interpolates."""
     if not all(is_interpolation(s) for s in surfs):
         return []
@@ -365,7 +370,7 @@ def interpolation_marks(surfs):
     return [(0.0, "model_file"), (1.0, "model_file2")]
 
 
-def x_label(surfs):
+def x_label(surfs: list) -> str:
     if all(is_interpolation(s) for s in surfs):
         return "α: weights = model_file + α (model_file2 − model_file)"
     return "step along the direction"

@@ -12,7 +12,7 @@ the log scale come from plot_common.contour_levels (from the data unless given).
 """
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from surface import Surface
 from plot_common import (Plots, Scale, check_finite, contour_levels, describe, ensure_folder,
                          finish, html_surface, load_surface, output_base, pyplot, quantity_label,
                          save_figure, write_html)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CMAP = "viridis"
 
@@ -44,7 +47,7 @@ class Map:
         """The colour bar's label."""
         return self.name + (" (log scale)" if self.scale.log else "")
 
-    def mesh(self):
+    def mesh(self) -> tuple:
         """(X, Y, masked Z), [i, j] = (x_i, y_j)."""
         X, Y = np.meshgrid(self.x, self.y, indexing="ij")
         return X, Y, np.ma.masked_invalid(self.Z)
@@ -107,7 +110,8 @@ def read_map(surf_file: str, surf_name: Optional[str] = None, vmin: Optional[flo
     return Map(surf.x, surf.y, Z, name, levels, norm, scale, title, surf)
 
 
-def contour_figure(plt, m: Map, proj_file: Optional[str] = None, dir_file: Optional[str] = None):
+def contour_figure(plt: Any, m: Map, proj_file: Optional[str] = None,
+                   dir_file: Optional[str] = None) -> "Figure":
     """Labelled contour lines (labels in values), with the projected path when given."""
     fig, ax = plt.subplots()
     X, Y, Zm = m.mesh()
@@ -122,7 +126,7 @@ def contour_figure(plt, m: Map, proj_file: Optional[str] = None, dir_file: Optio
     return fig
 
 
-def filled_figure(plt, m: Map):
+def filled_figure(plt: Any, m: Map) -> "Figure":
     fig, ax = plt.subplots()
     X, Y, Zm = m.mesh()
     cs = ax.contourf(X, Y, Zm, levels=m.levels, norm=m.norm, cmap=CMAP, extend="both")
@@ -130,13 +134,13 @@ def filled_figure(plt, m: Map):
     return fig
 
 
-def heat_figure(plt, m: Map):
+def heat_figure(plt: Any, m: Map) -> "Figure":
     fig, ax = plt.subplots()
     decorate(fig, ax, heat_map(ax, m.x, m.y, m.Z, m.norm), m.title, m.label)
     return fig
 
 
-def eig_figures(plt, surf: Surface, shown: str):
+def eig_figures(plt: Any, surf: Surface, shown: str) -> list:
     """[(name, figure)]: heat maps of max_eig, min_eig and eig_ratio (files that hold
     them), except the quantity already shown."""
     if "eig_ratio" not in surf.names():
@@ -165,7 +169,7 @@ def surface_clip(vmin: Optional[float] = None, vmax: Optional[float] = None,
     return (None, min(tops)) if tops else None
 
 
-def surface_3d(plt, m: Map, clip: Optional[tuple]):
+def surface_3d(plt: Any, m: Map, clip: Optional[tuple]) -> "Figure":
     """The 3D surface: z clipped to ``clip``, log10(value) on a log scale (ticks
     labelled in values); the z axis names the quantity once (the colour bar shows the
     colours only); at most 5 ticks per axis, fewer where their labels would overlap."""
@@ -201,7 +205,7 @@ def surface_3d(plt, m: Map, clip: Optional[tuple]):
     return fig
 
 
-def thin_ticks(fig, axes, most=5, whole=()):
+def thin_ticks(fig: "Figure", axes: Iterable, most: int = 5, whole: tuple = ()) -> None:
     """Give each axis at most ``most`` ticks, and fewer (down to 2) while any two of
     its tick labels overlap on the drawn figure; axes in ``whole`` get whole-number
     ticks (decades on a log10 axis)."""
@@ -224,7 +228,7 @@ def thin_ticks(fig, axes, most=5, whole=()):
             locate(axis, nbins)
 
 
-def shown_tick_labels(axis):
+def shown_tick_labels(axis: Any) -> list:
     """The tick labels an axis draws (3D axes keep labels for ticks outside the view)."""
     lo, hi = sorted(axis.get_view_interval())
     eps = 1e-9 * max(abs(lo), abs(hi), hi - lo)
@@ -270,20 +274,20 @@ def _log10(v):
         return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
 
 
-def heat_map(ax, x, y, Z, norm):
+def heat_map(ax: Any, x: np.ndarray, y: np.ndarray, Z: np.ndarray, norm: Any) -> Any:
     """Cells centred on the grid points, x across and y up (Z.T: rows are y)."""
     return ax.pcolormesh(x, y, np.ma.masked_invalid(Z).T, shading="nearest", cmap=CMAP,
                          norm=norm, rasterized=True)
 
 
-def decorate(fig, ax, mappable, title, name):
+def decorate(fig: "Figure", ax: Any, mappable: Any, title: str, name: str) -> None:
     ax.set_xlabel("x", fontsize="large")
     ax.set_ylabel("y", fontsize="large")
     ax.set_title(title, fontsize="medium")
     colorbar(fig, ax, mappable, name)
 
 
-def colorbar(fig, ax, mappable, label, **kw):
+def colorbar(fig: "Figure", ax: Any, mappable: Any, label: str, **kw: Any) -> Any:
     """A colour bar; on a log scale ticked at 1, 2, 5 x 10^k with plain numbers."""
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
@@ -347,7 +351,7 @@ def check_readable(path: Optional[str], what: str) -> None:
             pass
 
 
-def read_projection(proj_file: str):
+def read_projection(proj_file: str) -> tuple:
     """(proj_xcoord, proj_ycoord) of a projection file, checked: two 1-D arrays of the
     same length >= 1, finite numbers."""
     import h5py
