@@ -48,7 +48,7 @@ def expand_files(patterns: Optional[Sequence[str]], prefix: str = "", idx_min: i
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files")
+parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files", prog="plot_1D.py")
 parser.add_argument("--surf_file", "-f", nargs="+", default=[],
                     help="surface file(s) or quoted glob(s); several are overlaid")
 parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")

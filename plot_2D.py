@@ -16,7 +16,7 @@ from errors import UserError, run_main
 from plot_common import ArgumentParser, add_output_args, optional_float
 from plot_maps import plot_2d_contour, plot_trajectory, shown_tick_labels  # noqa: F401 (API)
 
-parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories")
+parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories", prog="plot_2D.py")
 parser.add_argument("--surf_file", "-f", default="", help="the surface file (.h5)")
 parser.add_argument("--dir_file", default="", help="the direction file (PCA axis labels)")
 parser.add_argument("--proj_file", default="", help="the projected trajectory file (.h5)")

@@ -154,7 +154,7 @@ def curve_figures(plt: Any, lay: Layout) -> list:
         out.append(("err", "1d_err", one_axis_figure(plt, lay, "err")))
     if lay.eig_surfs:
         out.append(("eig", "1d_eig", eig_figure(plt, lay)))
-        out.append(("eig_abs_ratio", "1d_eig_abs_ratio", eig_ratio_figure(plt, lay)))
+        out.append(("eig_abs_ratio", "1d_eig_abs_ratio", eig_figure(plt, lay, ratio=True)))
     return out
 
 
@@ -192,27 +192,22 @@ def one_axis_figure(plt: Any, lay: Layout, kind: str) -> "Figure":
     return fig
 
 
-def eig_figure(plt: Any, lay: Layout) -> "Figure":
+def eig_figure(plt: Any, lay: Layout, ratio: bool = False) -> "Figure":
+    """Both Hessian eigenvalues (max solid, min dashed), or |min_eig / max_eig|."""
     fig, ax = plt.subplots(layout="constrained")
     for k, s in lay.eig_surfs:
         c = f"C{k % 10}"
-        ax.plot(s.x, s.values["max_eig"], color=c, linestyle="-",
-                label="max_eig" if lay.single else f"{lay.labels[k]} max")
-        ax.plot(s.x, s.values["min_eig"], color=c, linestyle="--",
-                label="min_eig" if lay.single else f"{lay.labels[k]} min")
-    ax.axhline(0, color="0.6", linewidth=0.8)
-    finish_axes(ax, lay, "Hessian eigenvalue")
-    legend(fig, lay, ax)
-    return fig
-
-
-def eig_ratio_figure(plt: Any, lay: Layout) -> "Figure":
-    fig, ax = plt.subplots(layout="constrained")
-    for k, s in lay.eig_surfs:
-        ax.plot(s.x, s.get("eig_ratio"), color=f"C{k % 10}",
-                label=None if lay.single else lay.labels[k])
-    ax.set_ylim(bottom=0)
-    finish_axes(ax, lay, "|min_eig / max_eig|")
+        if ratio:
+            ax.plot(s.x, s.get("eig_ratio"), color=c, label=None if lay.single else lay.labels[k])
+            continue
+        for eig, dash in (("max", "-"), ("min", "--")):
+            ax.plot(s.x, s.values[f"{eig}_eig"], color=c, linestyle=dash,
+                    label=f"{eig}_eig" if lay.single else f"{lay.labels[k]} {eig}")
+    if ratio:
+        ax.set_ylim(bottom=0)
+    else:
+        ax.axhline(0, color="0.6", linewidth=0.8)
+    finish_axes(ax, lay, "|min_eig / max_eig|" if ratio else "Hessian eigenvalue")
     legend(fig, lay, ax)
     return fig
 
