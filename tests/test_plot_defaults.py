@@ -247,3 +247,18 @@ def test_plot_functions_are_small():
                         "lint.mccabe.max-complexity=12", *PLOT_MODULES], cwd=REPO,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_api_surface_is_not_titled_a_random_init(tmp_path):
+    """landscape.surface on a model in memory: the title says so (not "randomly
+    initialised network (no --model_file)"), from the settings the API stores."""
+    import torch
+    import landscape
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    f = str(tmp_path / "api.h5")
+    landscape.surface(net, (x, y), x=(-1, 1, 3), y=(-1, 1, 3), surf_file=f)
+    title = title_of(plot_2D.plot_2d_contour(f, formats=[]))
+    assert "model given in Python" in title and "randomly initialised" not in title, title
