@@ -262,3 +262,19 @@ def test_api_surface_is_not_titled_a_random_init(tmp_path):
     landscape.surface(net, (x, y), x=(-1, 1, 3), y=(-1, 1, 3), surf_file=f)
     title = title_of(plot_2D.plot_2d_contour(f, formats=[]))
     assert "model given in Python" in title and "randomly initialised" not in title, title
+
+
+@pytest.mark.slow
+def test_mode_connectivity_figure_uses_the_same_scale_rule(tmp_path):
+    import argparse
+    import mode_connectivity
+    t = np.linspace(0, 1, 11)
+    values = {"line_train_loss": 0.01 + 40 * np.sin(np.pi * t), "line_train_acc": 100 - 50 * np.sin(np.pi * t),
+              "curve_train_loss": 0.01 + 0.02 * np.sin(np.pi * t), "curve_train_acc": np.full(11, 99.0)}
+    f = write_ours(tmp_path / "results.h5", t, None, values)
+    args = argparse.Namespace(log=None, curve="bezier", show=False, model="digits_cnn",
+                              model_file="a.t7", model_file2="b.t7", out_dir=str(tmp_path))
+    ax = mode_connectivity.plot(args, f).figures["paths"].axes[0]   # 0.01 .. 40: 3.6 decades
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    args.log = False
+    assert mode_connectivity.plot(args, f).figures["paths"].axes[0].get_yscale() == "linear"
