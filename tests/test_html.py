@@ -230,3 +230,16 @@ def test_2d_html_title_clear_and_3d_view_whole(tmp_path):
     for edge, strip in edges.items():
         packed = strip[..., 0] << 16 | strip[..., 1] << 8 | strip[..., 2]
         assert len(np.unique(packed)) == 1, (edge, len(np.unique(packed)))
+
+
+def test_1d_html_scale_from_the_data(tmp_path):
+    """The page takes the static figures' scale rule: losses over 5 decades get a log
+    axis without --log, and every loss is inside the axis (no cap at 5)."""
+    x = np.linspace(-1, 1, 21)
+    loss = 10 ** (-3 + 5 * x ** 2)
+    f = write_ours(tmp_path / "deep.h5", x, None, {"train_loss": loss, "train_acc": 100 - x ** 2})
+    p = plot_1D.plot_1d_loss_err(f, formats=[], html=True)
+    data, layout = page_figure(html_of(p))
+    assert layout["yaxis"]["type"] == "log" and "log scale" in layout["title"]["text"]
+    low, high = 10 ** np.array(layout["yaxis"]["range"])
+    assert low <= loss.min() and high >= loss.max()
