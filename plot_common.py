@@ -127,10 +127,11 @@ def value_scale(values: "np.typing.ArrayLike", vmin: Optional[float] = None, vma
             raise UserError("--log: no values above 0 to plot")
     lo = float(data.min()) if vmin is None else float(vmin)
     hi = float(np.quantile(data, top_quantile)) if vmax is None else float(vmax)
-    if not hi > lo:
-        hi = lo * 10 if log else lo + max(1.0, abs(lo))
+    if not hi > lo:                              # flat data, or a --vmax below all of it
         if vmax is not None:
-            lo = hi / 10 if log else hi - 1.0
+            lo = hi / 10 if log else hi - max(1.0, abs(hi))
+        else:
+            hi = lo * 10 if log else lo + max(1.0, abs(lo))
     return Scale(lo, hi, bool(log), auto and bool(log))
 
 

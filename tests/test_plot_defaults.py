@@ -278,3 +278,27 @@ def test_mode_connectivity_figure_uses_the_same_scale_rule(tmp_path):
     assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
     args.log = False
     assert mode_connectivity.plot(args, f).figures["paths"].axes[0].get_yscale() == "linear"
+
+
+def test_value_scale_rule():
+    """The one rule, on plain arrays: the range is min .. quantile, a log scale from 3
+    decades, explicit bounds win, a flat or out-of-range request still gives a range."""
+    from plot_common import LOG_DECADES, value_scale
+    from errors import UserError
+    data = np.r_[np.linspace(1, 2, 99), 1e6]                       # one huge corner
+    s = value_scale(data, top_quantile=0.95)
+    assert (s.lo, s.log) == (1, False) and s.hi == pytest.approx(np.quantile(data, 0.95))
+    assert value_scale(data).log and value_scale(data).auto       # the maximum: 6 decades
+    span = 10 ** np.linspace(0, LOG_DECADES, 50)
+    assert value_scale(span).log and not value_scale(span[:-1]).log
+    assert not value_scale(np.r_[0.0, span]).log                   # zero: no log scale
+    assert value_scale(span, log=False).log is False
+    assert (value_scale(data, vmin=0.5, vmax=3).lo, value_scale(data, vmin=0.5, vmax=3).hi) == (0.5, 3)
+    flat = value_scale(np.full(7, 2.3))
+    assert flat.lo == 2.3 and flat.hi > 2.3
+    below = value_scale(np.array([5.0, 6.0]), vmax=1)
+    assert below.hi == 1 and below.lo < 1
+    with pytest.raises(UserError, match="below --vmax"):
+        value_scale(data, vmin=3, vmax=1)
+    with pytest.raises(UserError, match="no finite"):
+        value_scale(np.full(3, np.nan))
