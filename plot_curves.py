@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 from errors import UserError
-from plot_common import (Plots, Scale, check_finite, describe, ensure_folder, finish, html_curves,
-                         load_surface, output_base, pyplot, save_figure, value_scale, write_html)
+from plot_common import (Plots, Scale, check_finite, describe, ensure_folder, finish, load_surface,
+                         output_base, pyplot, save_figure, value_scale)
+from plot_html import html_curves, write_html
 from surface import Surface
 
 if TYPE_CHECKING:

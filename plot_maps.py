@@ -20,8 +20,9 @@ from errors import UserError
 from fileio import open_h5
 from surface import Surface
 from plot_common import (Plots, Scale, check_finite, contour_levels, describe, ensure_folder,
-                         finish, html_surface, load_surface, output_base, pyplot, quantity_label,
-                         save_figure, write_html)
+                         finish, load_surface, log10_or_nan, output_base, pyplot, quantity_label,
+                         save_figure)
+from plot_html import html_surface, write_html
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -179,7 +180,7 @@ def surface_3d(plt: Any, m: Map, clip: Optional[tuple]) -> "Figure":
     log = m.scale.log
     Zs = m.Z if clip is None else np.clip(m.Z, -np.inf if clip[0] is None else clip[0],
                                           np.inf if clip[1] is None else clip[1])  # NaN stays
-    to = _log10 if log else (lambda v: v)
+    to = log10_or_nan if log else (lambda v: v)
     Zs = to(Zs)
     surface = ax.plot_surface(X, Y, np.ma.masked_invalid(Zs), cmap=CMAP, vmin=to(m.norm.vmin),
                               vmax=to(m.norm.vmax), rcount=min(X.shape[0], 150),
@@ -266,12 +267,6 @@ class ValueFormatter:
                 return labels
 
         return _Formatter()
-
-
-def _log10(v):
-    v = np.asarray(v, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
 
 
 def heat_map(ax: Any, x: np.ndarray, y: np.ndarray, Z: np.ndarray, norm: Any) -> Any:

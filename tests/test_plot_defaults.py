@@ -20,7 +20,7 @@ import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
 from conftest import REPO, SETTINGS, contour_set, grid, write_ours  # noqa: E402
 
-PLOT_MODULES = ("plot_1D.py", "plot_2D.py", "plot_common.py", "plot_curves.py", "plot_maps.py")
+PLOT_MODULES = ("plot_1D.py", "plot_2D.py", "plot_common.py", "plot_curves.py", "plot_html.py", "plot_maps.py")
 
 
 def surface_flags(*extra, two_d=True):
