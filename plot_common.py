@@ -170,6 +170,17 @@ def contour_levels(Z: np.ndarray, vmin: Optional[float] = None, vmax: Optional[f
     return levels, Normalize(levels[0], levels[-1]), scale
 
 
+def level_labels(levels: "np.typing.ArrayLike") -> dict:
+    """{level: text}: each level with the fewest significant digits (3 or more) that
+    keep the labels distinct (levels 2.340, 2.345, 2.350 need 4)."""
+    levels = [float(v) for v in np.ravel(levels)]
+    for digits in range(3, 13):
+        texts = [f"{v:.{digits}g}" for v in levels]
+        if len(set(texts)) == len(texts):
+            break
+    return dict(zip(levels, texts))
+
+
 def round_step(raw: float) -> float:
     """The smallest 1, 2 or 5 times a power of ten that is >= raw."""
     power = 10.0 ** np.floor(np.log10(raw))

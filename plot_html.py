@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import numpy as np
 
-from plot_common import Plots, log10_or_nan, write_output
+from plot_common import Plots, level_labels, log10_or_nan, write_output
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -97,7 +97,8 @@ def html_surface(x: np.ndarray, y: np.ndarray, Z: np.ndarray, name: str, title: 
                              colorbar=dict(title=dict(text=label), **ticks)),
                   1, 2)
     if log and lv is not None:
-        fig.add_trace(contour_labels(x, y, to(Z), lv, lambda v: f"{10 ** v:.3g}"), 1, 2)
+        texts = dict(zip(lv.tolist(), level_labels(10.0 ** lv).values()))   # in values
+        fig.add_trace(contour_labels(x, y, to(Z), lv, lambda v: texts[float(v)]), 1, 2)
     zaxis = dict(title=f"{name} (log)" if log else name, **ticks)   # short: not cut at the scene's edge
     if clip is not None:
         lo = np.nanmin(to(shown)) if clip[0] is None else float(to(clip[0]))

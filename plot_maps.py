@@ -20,7 +20,7 @@ from errors import UserError
 from fileio import open_h5
 from surface import Surface
 from plot_common import (Plots, Scale, check_finite, contour_levels, describe, ensure_folder,
-                         finish, load_surface, log10_or_nan, output_base, pyplot, quantity_label,
+                         finish, level_labels, load_surface, log10_or_nan, output_base, pyplot, quantity_label,
                          save_figure)
 from plot_html import html_surface, write_html
 
@@ -117,7 +117,7 @@ def contour_figure(plt: Any, m: Map, proj_file: Optional[str] = None,
     fig, ax = plt.subplots()
     X, Y, Zm = m.mesh()
     cs = ax.contour(X, Y, Zm, levels=m.levels, norm=m.norm, cmap=CMAP)
-    ax.clabel(cs, inline=True, fontsize=6 if proj_file else 7, fmt="%.3g")
+    ax.clabel(cs, inline=True, fontsize=6 if proj_file else 7, fmt=level_labels(cs.levels))
     if proj_file:
         draw_trajectory(ax, proj_file, dir_file)
         ax.set_title(m.title, fontsize="medium")

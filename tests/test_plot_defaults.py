@@ -302,3 +302,17 @@ def test_value_scale_rule():
         value_scale(data, vmin=3, vmax=1)
     with pytest.raises(UserError, match="no finite"):
         value_scale(np.full(3, np.nan))
+
+
+@pytest.mark.slow
+def test_contour_labels_distinct_on_a_narrow_range(tmp_path):
+    """Levels every 0.005 around 2.37: three significant digits would label 2.345 and
+    2.35 both "2.35"; each level's label is its own value."""
+    xs, ys, X, Y = grid(9, 7)
+    f = write_ours(tmp_path / "own.h5", xs, ys, {"train_loss": 2.34 + 0.07 * (X ** 2 + Y ** 2) / 2})
+    ax = plot_2D.plot_2d_contour(f, formats=[]).figures["2dcontour"].axes[0]
+    texts = {t.get_text() for t in ax.texts}                  # a level may be labelled twice
+    levels = contour_set(ax.figure).levels
+    assert len(texts) >= 8, texts
+    for text in texts:
+        assert np.isclose(levels, float(text), rtol=0, atol=1e-9).any(), text
