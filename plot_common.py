@@ -417,7 +417,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as a UserError, so that run_main prints it as
     one ``error:`` line (plain argparse prints the usage too and exits by itself)."""
 
-    def error(self, message: str):
+    def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
