@@ -38,10 +38,16 @@ class Map:
     Z: np.ndarray
     name: str
     levels: np.ndarray
-    norm: object
+    base_norm: Any
     scale: Scale
     title: str
     surf: Surface
+
+    @property
+    def norm(self) -> Any:
+        """A fresh copy of the colour normalization for each figure: a norm shared by two
+        colour bars is changed by the second, which resets the first one's ticks."""
+        return type(self.base_norm)(self.base_norm.vmin, self.base_norm.vmax)
 
     @property
     def label(self) -> str:

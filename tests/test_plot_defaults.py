@@ -316,3 +316,18 @@ def test_contour_labels_distinct_on_a_narrow_range(tmp_path):
     assert len(texts) >= 8, texts
     for text in texts:
         assert np.isclose(levels, float(text), rtol=0, atol=1e-9).any(), text
+
+
+@pytest.mark.slow
+def test_log_colour_bars_keep_plain_number_ticks(tmp_path):
+    """The contour, filled-contour and heat-map figures shared one colour normalization:
+    drawing the second reset the first colour bar's ticks to 10^k labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    xs, ys, X, Y = grid(15, 13)
+    f = write_ours(tmp_path / "deep.h5", xs, ys, {"train_loss": 10 ** (-3 + 5 * (X ** 2 + Y ** 2) / 2)})
+    plots = plot_2D.plot_2d_contour(f, formats=[])
+    for key in ("2dcontour", "2dcontourf", "2dheat"):
+        fig = plots.figures[key]
+        FigureCanvasAgg(fig).draw()
+        labels = [t.get_text() for t in fig.axes[1].get_yticklabels() if t.get_text()]
+        assert labels and all("10^" not in t and float(t) > 0 for t in labels), (key, labels)
