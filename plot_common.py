@@ -251,12 +251,32 @@ def describe(surf: Surface, width: int = 70) -> str:
     the directions hash), the data (set, size, split) and the grid; from the settings
     plot_surface.py (or the API) stores. Long lines are wrapped, never cut. Files written
     by the original code have none: their file name (and direction file) instead."""
+    return join_parts(description_parts(surf), width)
+
+
+def shared_description(surfs: list, width: int = 70) -> str:
+    """The title of an overlay: of each line of the description, the items that every
+    file shares (the legend tells the files apart); the model's name when the networks
+    differ only in their checkpoints."""
+    every = [description_parts(s) for s in surfs]
+    shared = [[item for item in part if all(k < len(p) and item in p[k] for p in every[1:])]
+              for k, part in enumerate(every[0])]
+    models = {str(s.settings.get("model", "")) if isinstance(s.settings, dict) else "" for s in surfs}
+    if shared and not shared[0] and len(models) == 1 and "" not in models:
+        shared[0] = [models.pop()]
+    return join_parts(shared, width)
+
+
+def description_parts(surf: Surface) -> list:
+    """The description as lines of items: [network], [directions...], [data...]."""
     s = surf.settings if isinstance(surf.settings, dict) else {}
     if not s:
         d = surf.attrs.get("dir_file")
-        lines = [os.path.basename(surf.path)] + ([f"directions: {os.path.basename(str(d))}"] if d else [])
-        return "\n".join(wrap(line, width) for line in lines)
-    parts = [[network_text(s)], directions_text(s, direction_kind(surf)), data_text(s)]
+        return [[os.path.basename(surf.path)]] + ([[f"directions: {os.path.basename(str(d))}"]] if d else [])
+    return [[network_text(s)], directions_text(s, direction_kind(surf)), data_text(s)]
+
+
+def join_parts(parts: list, width: int) -> str:
     return "\n".join(wrap(", ".join(part), width) for part in parts if part and part[0])
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from errors import UserError
 from plot_common import (Plots, Scale, check_finite, describe, ensure_folder, finish, load_surface,
-                         output_base, pyplot, save_figure, value_scale)
+                         output_base, pyplot, save_figure, shared_description, value_scale)
 from plot_html import html_curves, write_html
 from surface import Surface
 
@@ -103,11 +103,10 @@ def layout_1d(surf_files: Union[str, Sequence[str]], xmin: Optional[float] = Non
                         f"(it has: {', '.join(surfs[0].names()) or 'no quantities'})")
     losses = shown_losses(surfs, x_lo, x_hi)
     scale = value_scale(losses, log=log) if losses.size else Scale(0.0, 1.0, bool(log))
-    descriptions = [describe(s).split("\n") for s in surfs]
-    # an overlay's title keeps what all its files share (the legend tells them apart)
-    title = "\n".join(line for line in descriptions[0] if all(line in d for d in descriptions[1:]))
-    if len(surfs) > 1:
-        title = f"{title}\n{len(surfs)} surfaces".strip()
+    if len(surfs) > 1:                  # what all the files share (the legend tells them apart)
+        title = f"{shared_description(surfs)}\n{len(surfs)} surfaces".strip()
+    else:
+        title = describe(surfs[0])
     if scale.log:
         title = f"Loss{scale.title()}\n{title}"
     return Layout(surfs, labels, output_name(paths), title, x_label(surfs), interpolation_marks(surfs),

@@ -331,3 +331,20 @@ def test_log_colour_bars_keep_plain_number_ticks(tmp_path):
         FigureCanvasAgg(fig).draw()
         labels = [t.get_text() for t in fig.axes[1].get_yticklabels() if t.get_text()]
         assert labels and all("10^" not in t and float(t) > 0 for t in labels), (key, labels)
+
+
+@pytest.mark.slow
+def test_overlay_title_keeps_whole_shared_items(tmp_path):
+    """An overlay's title kept the wrapped *lines* all files share, so a long line that
+    differs only in its hash left a fragment ("biasbn, seed=0, idx=0"); now it keeps the
+    shared items, and the model's name when only the checkpoints differ."""
+    x = np.linspace(-1, 1, 11)
+    files = [write_ours(tmp_path / f"{k}.h5", x, None, {"train_loss": 1 + x ** 2},
+                        settings=full(model_file=f"digits_cnn_sgd_lr=0.1_bs={bs}_wd=0.0_save_epoch=60/model_60.t7",
+                                      directions_hash=h, y=None))
+             for k, bs, h in (("small", 16, "35ba9587aa"), ("large", 1024, "2c7d84da11"))]
+    title = plot_1D.plot_1d_loss_err(files, formats=[]).figures["loss"].axes[0].get_title()
+    lines = title.splitlines()
+    assert lines[0] == "digits_cnn" and "model_60" not in title
+    assert lines[1] == "filter-normalized, ignore biasbn, seed=3, idx=0", lines
+    assert lines[-1] == "2 surfaces"
