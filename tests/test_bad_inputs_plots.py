@@ -27,7 +27,9 @@ import pytest  # noqa: E402
 import h52vtp  # noqa: E402
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
-from conftest import SETTINGS, assert_one_line_error, grid, run_script, write_ours  # noqa: E402
+from conftest import SURFACE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import assert_one_line_error, run_script, write_ours  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
 from errors import run_main  # noqa: E402
 
 SCRIPTS = {"plot_1D": plot_1D, "plot_2D": plot_2D, "h52vtp": h52vtp}

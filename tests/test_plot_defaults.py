@@ -18,7 +18,9 @@ import pytest  # noqa: E402
 import flags  # noqa: E402
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
-from conftest import REPO, SETTINGS, contour_set, grid, write_ours  # noqa: E402
+from conftest import REPO, contour_set, write_ours  # noqa: E402
+from conftest import SURFACE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
 
 PLOT_MODULES = ("plot_1D.py", "plot_2D.py", "plot_common.py", "plot_curves.py", "plot_html.py", "plot_maps.py")
 

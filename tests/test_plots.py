@@ -4,8 +4,8 @@ in np.meshgrid(x, y) order, -1 for "not computed", dir_file as a string dataset)
 
 Most cases call the plotting functions in-process (they return the figures); a few
 run the scripts as a user would, for the command lines and the one-line errors.
-The surface-file helpers (write_ours, write_original, assert_drawn) live in
-conftest.py, shared with test_vtp.py, test_html.py and test_bad_inputs_plots.py."""
+The surface-file helpers (write_ours, write_original, grid_points) are in conftest.py,
+shared with test_vtp.py, test_html.py and test_bad_inputs_plots.py."""
 import glob
 import os
 import re
@@ -14,6 +14,7 @@ import h5py
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
@@ -21,20 +22,34 @@ from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
-from conftest import (SETTINGS, assert_drawn, assert_one_line_error, bowl, contour_set,  # noqa: E402
-                      grid, run_script, write_original, write_ours)
+from conftest import SURFACE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import assert_one_line_error, contour_set, run_script, write_original, write_ours  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
 from errors import UserError  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quick_dpi")]
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-@pytest.fixture(autouse=True)
-def quick_dpi(monkeypatch):
-    """Figures at 100 dpi instead of 300: 9x fewer pixels to rasterize, same content."""
-    import plot_common
-    monkeypatch.setattr(plot_common, "DPI", 100)
+# ---------------------------------------------------------------- surface files
+
+def bowl(X, Y):
+    loss = 0.1 + X ** 2 + 2 * Y ** 2
+    return {"train_loss": loss, "train_acc": 100 - 20 * loss}
+
+
+def assert_drawn(path, min_colors=20):
+    """The image exists and is not blank: many distinct colours, some variance."""
+    assert os.path.getsize(path) > 1000, path
+    img = mpimg.imread(path)[..., :3]
+    rgb = (img.reshape(-1, 3) * 255).astype(np.uint32)
+    colors = np.unique(rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2])
+    assert len(colors) >= min_colors and img.std() > 0.02, (path, len(colors), img.std())
+    return img
+
+
+
 
 
 # ---------------------------------------------------------------- 1D

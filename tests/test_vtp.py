@@ -10,7 +10,11 @@ vtk = pytest.importorskip("vtk")
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 import h52vtp  # noqa: E402
-from conftest import assert_one_line_error, grid, run_script, write_original, write_ours  # noqa: E402
+from conftest import assert_one_line_error, run_script  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
+from conftest import write_original, write_ours  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("quick_dpi")
 
 
 def read_vtp(path):
