@@ -398,3 +398,4 @@ def fill_disk(folder):
     except OSError:
         pass
     os.close(fd)
+
