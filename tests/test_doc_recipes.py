@@ -88,6 +88,9 @@ PLAN = {
                      "300 ResNet-56 epochs on CIFAR-10 are a GPU job: 1 epoch on 20 images"),)),
         Block("# mywork.py"),
         Block("python cifar10/main.py --model mywork:model", twice=True),
+        Block("# make_tiny_lm.py", skip="tests/test_lm.py::test_readme_language_model_blocks_run runs the "
+              "language-model blocks and checks the surface against a HuggingFace evaluation"),
+        Block("python plot_surface.py --model hf:tiny_lm", skip="tests/test_lm.py (as the block above)"),
     ],
     "doc/cluster.md": [
         Block("sbatch script/surface_2d.sbatch",
