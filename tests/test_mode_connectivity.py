@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from conftest import REPO, run_script
 
+import curves
 import mode_connectivity as mc
 import model_loader
 from errors import run_main
@@ -48,11 +49,11 @@ def save_digits(path, seed, model="digits_cnn"):
 
 
 # ------------------------------------------------------------------ fast: the curve itself
-@pytest.mark.parametrize("kind", mc.CURVES)
+@pytest.mark.parametrize("kind", curves.CURVES)
 def test_endpoints_are_the_checkpoints_exactly(kind):
     net, a = digits_state(1, bn_steps=2)
     _, b = digits_state(2, bn_steps=5)
-    curve = mc.Curve(net, a, b, kind)
+    curve = curves.Curve(net, a, b, kind)
     with torch.no_grad():
         for v in curve.bend.values():
             v.add_(torch.randn_like(v))
@@ -72,23 +73,23 @@ def test_midpoint_and_bend():
     net, a = digits_state(1)
     _, b = digits_state(2)
     bend = {k: torch.randn_like(v) for k, v in a.items() if v.is_floating_point()}
-    bez = mc.Curve(net, a, b, "bezier", bend=bend)
-    poly = mc.Curve(net, a, b, "polychain", bend=bend)
+    bez = curves.Curve(net, a, b, "bezier", bend=bend)
+    poly = curves.Curve(net, a, b, "polychain", bend=bend)
     w = "0.weight"
     torch.testing.assert_close(bez.state_at(0.5)[w], (a[w] + 2 * bend[w] + b[w]) / 4)
     assert torch.equal(poly.state_at(0.5)[w], bend[w])
     torch.testing.assert_close(poly.state_at(0.25)[w], (a[w] + bend[w]) / 2)
     # a fresh bend is the midpoint: the Bezier curve is then the straight line
-    fresh = mc.Curve(net, a, b, "bezier")
+    fresh = curves.Curve(net, a, b, "bezier")
     for t in (0.2, 0.7):
-        torch.testing.assert_close(fresh.state_at(t)[w], mc.line_state(a, b, t)[w])
+        torch.testing.assert_close(fresh.state_at(t)[w], curves.line_state(a, b, t)[w])
 
 
-@pytest.mark.parametrize("kind", mc.CURVES)
+@pytest.mark.parametrize("kind", curves.CURVES)
 def test_functional_call_equals_loaded_module(kind):
     net, a = digits_state(3)
     _, b = digits_state(4)
-    curve = mc.Curve(net, a, b, kind)
+    curve = curves.Curve(net, a, b, kind)
     with torch.no_grad():
         for v in curve.bend.values():
             v.add_(0.3 * torch.randn_like(v))
@@ -133,7 +134,7 @@ def test_any_module_trains_without_rewrites():
             opt.step()
     a, b = [{k: v.clone() for k, v in n.state_dict().items()} for n in (na, nb)]
     net = TiedNet()
-    curve = mc.Curve(net, a, b, "bezier")
+    curve = curves.Curve(net, a, b, "bezier")
     assert curve.params == ["w", "b"] and "tied.w" in curve.keys
     loss_fn = lambda out, yy: nn.functional.cross_entropy(out, yy, reduction="sum")
 
@@ -143,34 +144,53 @@ def test_any_module_trains_without_rewrites():
             return nn.functional.cross_entropy(net(x), y).item()
 
     before = mid_loss()
-    opt = mc.make_optimizer(curve, 0.2, 0.9)
+    opt = curves.make_optimizer(curve, 0.2, 0.9)
     for epoch in range(1, 11):
-        assert mc.train_epoch(net, curve, opt, x, y, loss_fn, epoch, 10, 0.2, 64, 0.0, 0) is not None
+        assert curves.train_epoch(net, curve, opt, x, y, loss_fn, epoch, 10, 0.2, 64, 0.0, 0) is not None
     assert mid_loss() < before
     assert torch.equal(curve.state_at(0.0)["tied.w"], a["w"]) and torch.equal(curve.state_at(1.0)["w"], b["w"])
 
 
 def test_barrier_heights_known_answers():
     t = [0, 0.25, 0.5, 0.75, 1]
-    b = mc.barrier_heights(t, [1, 2, 4, 2, 3])
+    b = curves.barrier_heights(t, [1, 2, 4, 2, 3])
     assert b == {"barrier_max": 1.0, "t_max": 0.5, "barrier_interp": 2.0, "t_interp": 0.5}
-    b = mc.barrier_heights(t, [1, 2.5, 2, 2, 3])  # the definitions disagree on where
+    b = curves.barrier_heights(t, [1, 2.5, 2, 2, 3])  # the definitions disagree on where
     assert b["barrier_max"] == 0.0 and b["t_max"] == 1.0
     assert b["barrier_interp"] == 1.0 and b["t_interp"] == 0.25
-    assert mc.barrier_heights([0, 0.5, 1], [2, 1, 2])["barrier_interp"] == 0.0  # a valley: no barrier
+    assert curves.barrier_heights([0, 0.5, 1], [2, 1, 2])["barrier_interp"] == 0.0  # a valley: no barrier
 
 
 def test_update_bn_is_the_exact_average_and_lr_schedule():
     torch.manual_seed(0)
     net = nn.Sequential(nn.BatchNorm1d(3))
     x = torch.randn(100, 3) * 2 + 5
-    mc.update_bn(net, x, 30)  # batches of 30, 30, 30, 10
+    curves.update_bn(net, x, 30)  # batches of 30, 30, 30, 10
     torch.testing.assert_close(net[0].running_mean, x.mean(0))
     want = sum(len(c) * c.var(0) for c in x.split(30)) / len(x)
     torch.testing.assert_close(net[0].running_var, want)
     assert net[0].momentum == 0.1 and not net.training
-    assert [mc.lr_factor(e, 10) for e in (1, 6, 10)] == pytest.approx([1.0, 1.0, 0.01])
-    assert mc.lr_factor(8, 10) == pytest.approx(1 - 0.2 / 0.4 * 0.99)
+
+
+def garipov_learning_rate_schedule(base_lr, epoch, total_epochs):
+    """Garipov et al.'s train.py (timgaripov/dnn-mode-connectivity), called there with
+    epoch = 1 ... total_epochs: alpha = epoch / total_epochs."""
+    alpha = epoch / total_epochs
+    if alpha <= 0.5:
+        factor = 1.0
+    elif alpha <= 0.9:
+        factor = 1.0 - (alpha - 0.5) / 0.4 * 0.99
+    else:
+        factor = 0.01
+    return factor * base_lr
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 10, 20, 200])
+def test_lr_schedule_is_garipovs(epochs):
+    got = [curves.lr_factor(e, epochs) for e in range(1, epochs + 1)]
+    assert got == [garipov_learning_rate_schedule(1.0, e, epochs) for e in range(1, epochs + 1)]
+    assert got[-1] == 0.01 and (epochs < 2 or got[0] == 1.0)  # the last epoch at 1 %, not one epoch late
+    assert curves.lr_factor(6, 10) == pytest.approx(1 - 0.1 / 0.4 * 0.99)
 
 
 def test_bn_update_flags():
@@ -249,7 +269,7 @@ def test_digits_line_has_a_barrier_the_trained_curve_does_not(pair, tmp_path):
     out = str(tmp_path / "mc")
     p = run_script(mc_cmd(*pair, out, "--epochs", "10", "--points", "11", "--plot"), check=True)
     assert "barrier_interp" in p.stdout
-    r = mc.read_results(os.path.join(out, mc.RESULTS))
+    r = curves.read_results(os.path.join(out, mc.RESULTS))
     line = r["barriers"]["line_train_loss"]["barrier_interp"]
     curve = r["barriers"]["curve_train_loss"]["barrier_interp"]
     # measured: line 2.10, curve 0.17 (doc/mode_connectivity.md)
@@ -262,7 +282,7 @@ def test_digits_line_has_a_barrier_the_trained_curve_does_not(pair, tmp_path):
     for f in ("mode_connectivity.pdf", "mode_connectivity.png", mc.BEND, mc.MIDPOINT, mc.CURVE):
         assert os.path.getsize(os.path.join(out, f)) > 0
     # the saved curve reloads: end points are the checkpoints, curve.t7's state_dict its midpoint
-    curve_obj = mc.load_curve(os.path.join(out, mc.CURVE), "digits_cnn")
+    curve_obj = curves.load_curve(os.path.join(out, mc.CURVE), "digits_cnn")
     a, b = (model_loader.load_state_dict(f) for f in pair)
     for k in a:
         assert torch.equal(curve_obj.state_at(0.0)[k], a[k]) and torch.equal(curve_obj.state_at(1.0)[k], b[k])
@@ -345,7 +365,7 @@ def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupte
     assert 2 <= epoch <= 20 and 1 <= n_done < 41, (epoch, n_done)
     p = run_script(cmd[1:], check=True, env={"OMP_NUM_THREADS": "1"})
     assert "curve already trained" in p.stderr and f"{n_done} already done" in p.stderr, p.stderr
-    a, b = mc.read_results(os.path.join(ref, mc.RESULTS)), mc.read_results(results)
+    a, b = curves.read_results(os.path.join(ref, mc.RESULTS)), curves.read_results(results)
     metrics = [k for k in a if k.startswith(("line_", "curve_"))]
     assert len(metrics) == 4
     for k in metrics:
@@ -370,6 +390,6 @@ def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupte
     mpi = subprocess.run(["mpiexec", "-n", "2", sys.executable] + cmd[1:] + ["--mpi"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert mpi.returncode == 0, mpi.stderr
-    c = mc.read_results(results)
+    c = curves.read_results(results)
     for k in metrics:
         np.testing.assert_array_equal(a[k], c[k])
