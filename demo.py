@@ -46,6 +46,7 @@ if REPO not in sys.path:
 
 from errors import UserError, run_main  # noqa: E402
 from surface import read_surface  # noqa: E402
+from tables import html_table, markdown_table, read_sharpness_table  # noqa: E402
 
 # The two networks: (key, label, batch size, learning rate, epochs full, epochs --quick)
 NETWORKS = [("small_batch", "small batch (bs=16)", 16, 0.05, 10, 2),
@@ -272,11 +273,10 @@ def flatness_table(lines, labels, interp_file):
     note = ("Loss increase = (L(+α) + L(−α))/2 − L(0) of the training loss along each of "
             f"{len(files)} filter-normalized random directions; mean and standard deviation "
             "over the directions.")
-    md = [f"| {' | '.join(line)} |" for line in [header, ["---"] * len(header)] + cells]
     return {"radii": list(RADII), "rows": rows, "verdict": verdict,
             "small_batch_flatter": verdict.startswith(FLATTER), "header": header,
             "cells": cells, "note": note,
-            "markdown": "\n".join(md + ["", note, "", f"**{verdict}**"])}
+            "markdown": markdown_table(header, cells, note) + f"\n\n**{verdict}**"}
 
 
 def flatness_verdict(small, large):
@@ -318,14 +318,13 @@ SHARPNESS_RHO = 0.25
 def sharpness_section(demo, models, labels, quick):
     """sharpness.py on both networks (one table): λmax, trace, random and worst-case loss
     increase at filter-normalized radius 0.25; returns its table and a comparison line."""
-    import sharpness
     size = SHARPNESS["quick" if quick else "full"]
     prefix = os.path.join(demo.out, "sharpness")
     argv = ["--model", "digits_cnn", "--threads", "1", "--model_file"] + [models[k] for k in models] + \
         ["--labels"] + [labels[k] for k in models] + ["--rho", str(SHARPNESS_RHO), "--out", prefix] + \
         [f"--{k}={v}" for k, v in size.items()]
     demo.run(demo.mpi + [sys.executable, "sharpness.py"] + (["--mpi"] if demo.mpi else []) + argv)
-    header, cells, note, rows = sharpness.read_table(prefix + ".h5")
+    header, cells, note, rows = read_sharpness_table(prefix + ".h5")
     small, large = rows
     ratio = lambda k: float(np.ravel(large[k])[0]) / max(float(np.ravel(small[k])[0]), 1e-12)
     compare = (f"Large batch / small batch: λmax {ratio('lambda_max'):.1f}x, trace {ratio('trace'):.1f}x, "
@@ -338,10 +337,7 @@ def sharpness_section(demo, models, labels, quick):
 
 def sharpness_html(out, sharp):
     rel = lambda p: html.escape(os.path.relpath(p, out).replace(os.sep, "/"))
-    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>"
-                                              for c in cells) + "</tr>"
-    return ("<h2>Sharpness (sharpness.py)</h2><table>" + row(sharp["header"], "th")
-            + "".join(row(c, "td") for c in sharp["cells"]) + f"</table><p>{html.escape(sharp['note'])}</p>"
+    return ("<h2>Sharpness (sharpness.py)</h2>" + html_table(sharp["header"], sharp["cells"], sharp["note"])
             + f"<p><b>{html.escape(sharp['compare'])}</b> ("
             + ", ".join(f"<a href='{rel(f)}'>{html.escape(os.path.basename(f))}</a>" for f in sharp["files"])
             + ")</p>")
@@ -407,10 +403,8 @@ def write_index(out, demo, table, seconds, quick, sharp=None):
 
 
 def table_html(table):
-    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>"
-                                              for c in cells) + "</tr>"
-    return ("<table>" + row(table["header"], "th") + "".join(row(c, "td") for c in table["cells"])
-            + f"</table><p>{html.escape(table['note'])}</p><p><b>{html.escape(table['verdict'])}"
+    return (html_table(table["header"], table["cells"], table["note"])
+            + f"<p><b>{html.escape(table['verdict'])}"
             "</b> (<a href='flatness.md'>flatness.md</a>, <a href='flatness.json'>flatness.json"
             "</a>)</p>")
 

@@ -54,10 +54,11 @@ from evaluation import Evaluator, get_loss_fn
 from fileio import check_output_path, check_reuse, open_h5, written_atomically
 from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hessian_params, hutchinson_trace, top_k
 from scheduler import Interrupted, run_grid
+from tables import SHARPNESS_FORMAT, html_table, sharpness_table, text_table, write_sharpness_rows
 
 from grid import load_run
 
-FORMAT = "loss-landscape-sharpness"
+FORMAT = SHARPNESS_FORMAT
 FORMAT_VERSION = 1
 HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
 TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
@@ -220,7 +221,7 @@ class Store:
                 for k, v in values.items():
                     g[k] = np.asarray(v)
             if self.summary is not None:
-                write_summary(f, self.summary)
+                write_sharpness_rows(f, self.summary)
         self.dirty = False
 
 
@@ -378,62 +379,13 @@ def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
     return rows
 
 
-def write_summary(f, rows):
-    for c, row in enumerate(rows):
-        g = f.create_group(f"checkpoint_{c}")
-        for k in ("label", "model_file", "model_hash"):
-            g.attrs[k] = row[k]
-        for k, v in row.items():
-            if k not in ("label", "model_file", "model_hash"):
-                g[k] = np.asarray(v)
-
-
-def table(args: argparse.Namespace, rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
-    """(header, cells, note) of the sharpness table."""
-    header = ["checkpoint", "train loss", "train acc (%)", "λmax", "trace ± s.e."]
-    for rho in args.radii:
-        header.append(f"ΔL random ρ={rho:g} (mean ± std)")
-        if args.ascent_steps:
-            header.append(f"ΔL worst ρ={rho:g}")
-    cells = []
-    for row in rows:
-        line = [row["label"], f"{row['train_loss']:.4g}", f"{row['train_acc']:.2f}", f"{row['lambda_max']:.4g}",
-                f"{row['trace']:.4g} ± {row['trace_stderr']:.2g}"]
-        for r in range(len(args.radii)):
-            line.append(f"{row['random_mean'][r]:.4g} ± {row['random_std'][r]:.2g}")
-            if args.ascent_steps:
-                line.append(f"{row['worst'][r]:.4g}")
-        cells.append(line)
-    note = ("L: the mean training loss over the whole training set (model in eval mode). "
-            f"λmax: Lanczos, tolerance {args.eig_tol:g}; trace: Hutchinson, {args.trace_samples} Rademacher "
-            f"vectors, ± its standard error (Hessian w.r.t. the parameters with > 1 dimension). "
-            f"ΔL = L(θ + ρ·d) − L(θ) over {args.n_dirs} filter-normalized random directions "
-            f"(biases and BN ignored, seed {args.seed}; ρ = 1 is the paper's α = 1)"
-            + (f"; worst: the largest ΔL of {args.ascent_steps} steps of projected gradient ascent on the "
-               f"filter-normalized ball of radius ρ (step {args.ascent_lr:g}·ρ·‖filter‖), started at the "
-               "random direction with the largest ΔL." if args.ascent_steps else "."))
-    return header, cells, note
-
-
-def text_table(header: list[str], cells: list[list[str]], note: str) -> str:
-    widths = [max(len(r[i]) for r in [header] + cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells] + ["", note])
-
-
-def html_table(header: list[str], cells: list[list[str]], note: str) -> str:
-    row = lambda values, tag: "<tr>" + "".join(f"<{tag}>{html.escape(v)}</{tag}>" for v in values) + "</tr>"
-    return ("<table class='sharpness'>" + row(header, "th") + "".join(row(c, "td") for c in cells)
-            + f"</table><p>{html.escape(note)}</p>")
-
-
 def write_outputs(args, store, rows):
-    header, cells, note = table(args, rows)
+    header, cells, note = sharpness_table(store.settings, rows)
     text = text_table(header, cells, note)
     page = "\n".join(["<!DOCTYPE html>", HTML_MARK, "<html><head><meta charset='utf-8'><title>sharpness</title>",
                       "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
                       "td,th{border:1px solid #aaa;padding:4px 8px}</style></head><body>",
-                      "<h1>Sharpness</h1>", html_table(header, cells, note),
+                      "<h1>Sharpness</h1>", html_table(header, cells, note, "sharpness"),
                       f"<p>Every number and its settings: <code>{html.escape(os.path.basename(store.path))}"
                       "</code></p>", "</body></html>"])
     html_file = args.out + ".html"
@@ -444,24 +396,6 @@ def write_outputs(args, store, rows):
         with written_atomically(path) as tmp, open(tmp, "w") as f:
             f.write(content + "\n")
     return text
-
-
-def read_table(path: str) -> tuple[list[str], list[list[str]], str, list[dict]]:
-    """(header, cells, note) of the table stored in a finished PREFIX.h5, and its rows."""
-    with open_h5(path, "sharpness file") as f:
-        if f.attrs.get("format") != FORMAT or "checkpoint_0" not in f:
-            raise UserError(f"{path} is not a finished sharpness file")
-        st = json.loads(f.attrs["settings"])
-        args = argparse.Namespace(radii=st["rho"], n_dirs=st["n_dirs"], ascent_steps=st["ascent_steps"],
-                                  ascent_lr=st["ascent_lr"], trace_samples=st["trace_samples"],
-                                  eig_tol=st["eig_tol"], seed=st["seed"])
-        rows = []
-        for c in range(len(st["checkpoints"])):
-            g = f[f"checkpoint_{c}"]
-            row = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-            row.update({k: g[k][()] for k in g})
-            rows.append(row)
-    return (*table(args, rows), rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -484,6 +418,16 @@ def run_phase(args, comm, rank, store, worker, keys, desc):
         sys.exit(128 + e.signum)
 
 
+def check_checkpoints(args: argparse.Namespace, net) -> None:
+    """Every later checkpoint fits the model (the first was loaded with it): checked before
+    the first write, so that a bad one never leaves a file behind."""
+    for path in args.model_file[1:]:
+        model_loader.apply_state_dict(net, model_loader.load_state_dict(path, args.unsafe_load), path)
+    if len(args.model_file) > 1:  # the model back at the first checkpoint
+        model_loader.apply_state_dict(net, model_loader.load_state_dict(args.model_file[0], args.unsafe_load),
+                                      args.model_file[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -492,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     first_args = argparse.Namespace(**{**vars(args), "model_file": args.model_file[0], "model_file2": "",
                                        "model_file3": ""})
     device, data, net = load_run(first_args, comm)
+    mpi4pytorch.check_all(comm, lambda: check_checkpoints(args, net))
     settings = settings_of(args, data)
     store = mpi4pytorch.check_all(comm, lambda: Store(args.out + ".h5", settings, args.overwrite))
     worker = Worker(args, device, data, net)
