@@ -215,7 +215,7 @@ class Store:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
-            for key, values in self.results.items():
+            for key, values in sorted(self.results.items()):  # the same file whatever the order of completion
                 g = f.create_group(f"items/{key}")
                 g.attrs["done"] = 1
                 for k, v in values.items():
@@ -288,10 +288,10 @@ class Worker:
         if kind == "base":
             loss, acc = self.evaluate()
             return {"train_loss": loss, "train_acc": acc}
-        if kind == "lmax":
-            return {"lambda_max": float(top_k(self.op, 1, self.args.eig_tol, self.args.seed,
-                                              self.args.eig_maxiter)[0]),
-                    "products": self.op.count}
+        if kind == "lmax":  # products: those of this item alone (the operator counts every one)
+            before = self.op.count
+            lmax = float(top_k(self.op, 1, self.args.eig_tol, self.args.seed, self.args.eig_maxiter)[0])
+            return {"lambda_max": lmax, "products": self.op.count - before}
         if kind == "trace":
             est, se, samples = hutchinson_trace(self.op, self.args.trace_samples, self.args.seed)
             return {"trace": est, "trace_stderr": se, "trace_samples": samples}
