@@ -38,7 +38,7 @@ import net_plotter
 from errors import UserError
 from evaluation import Evaluator, get_loss_fn, keep_freed_memory
 from fileio import check_output_path, check_reuse
-from scheduler import Interrupted, run_grid
+import runner
 from surface import SurfaceWriter
 
 
@@ -368,32 +368,11 @@ def compute_grid(args: argparse.Namespace, run: Run, compute: Callable, desc: st
 
 def execute(run: Run, compute: Callable, save_every: float = 10.0, progress: bool = True,
             desc: str = "surface", exit_on_signal: bool = True) -> None:
-    if run.rank == 0:
-        done = run.writer.n_done
-        total = len(run.todo) + done
-        print(f"{run.surf_file}: {total} points, {done} already done"
-              f"{' (resumed)' if run.writer.resumed and done else ''}; set-up {run.setup_seconds:.1f} s",
-              file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    try:
-        run_grid(run.comm, run.todo, compute, run.writer, save_every=save_every, progress=progress, desc=desc,
-                 chunk=run.chunk)
-    except Interrupted as e:
-        if run.rank == 0:
-            print(f"interrupted by {e}: {run.writer.n_done} of {run.writer.done.size} points saved "
-                  f"in {run.surf_file}; rerun the same command to resume", file=sys.stderr, flush=True)
-        if exit_on_signal:
-            sys.exit(128 + e.signum)
-        raise
-    seconds = time.perf_counter() - t0
-    if run.rank == 0 and len(run.todo):
-        notes = "".join(f"; {n}" for n in run.notes)
-        print(f"timing: {len(run.todo)} points in {seconds:.2f} s, {seconds / len(run.todo):.3f} s per "
-              f"point, {mpi4pytorch.size(run.comm)} rank(s) x {torch.get_num_threads()} thread(s); "
-              f"set-up {run.setup_seconds:.2f} s{notes}", file=sys.stderr, flush=True)
-    if run.rank == 0 and run.writer.n_done < run.writer.done.size:
-        raise UserError(f"incomplete: {run.writer.n_done} of {run.writer.done.size} points in "
-                        f"{run.surf_file}; rerun the same command to finish")
+    runner.run(run.comm, run.writer, compute, what="points", desc=desc, save_every=save_every,
+               progress=progress, chunk=run.chunk, setup_seconds=run.setup_seconds, notes=run.notes,
+               exit_on_signal=exit_on_signal)
+    if run.writer is not None:
+        run.writer.close()
 
 
 # ---------------------------------------------------------------------------- plots

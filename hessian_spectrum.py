@@ -28,12 +28,12 @@ among the ranks (each start's vector depends only on ``--seed`` and its index, s
 result does not depend on the number of ranks) and rank 0 writes the file.
 """
 import math
-import sys
 import time
 
 import numpy as np
 
 import mpi4pytorch
+import runner
 import plot_hessian_eigen as phe
 import flags
 import grid
@@ -41,7 +41,7 @@ from errors import UserError, run_main
 from fileio import check_output_path
 from hess_vec_prod import NonFinite, Progress, slq_start, spectral_density
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
+from store import ResultStore
 
 KIND = "loss-landscape-hessian-spectrum"
 
@@ -78,9 +78,9 @@ def spectrum_file(args):
 
 
 def open_store(args, out, n, settings):
-    store = phe.ResultStore(out, KIND, "spectrum file", args.n_v, {
+    store = ResultStore(out, KIND, "spectrum file", args.n_v, {
         "ritz_values": ((args.lanczos_steps,), np.nan), "ritz_weights": ((args.lanczos_steps,), 0.0),
-        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True)
+        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True, inputs=runner.inputs_of(args))
     store.save()
     return store
 
@@ -99,11 +99,6 @@ def main(argv=None):
     settings = {"kind": "hessian_spectrum", **phe.point_settings(args, data, point),
                 "lanczos_steps": args.lanczos_steps, "seed": args.seed, "parameters": n}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, n, settings))
-    todo = mpi4pytorch.bcast(comm, store.todo(args.n_v) if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos steps "
-              f"({n} parameters), {args.n_v - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     progress = Progress(op, not args.no_progress, args.progress_every,
                         prefix=f"rank {rank}" if size > 1 else "hessian")
 
@@ -119,22 +114,15 @@ def main(argv=None):
         return {"ritz_values": np.pad(vals, (0, pad), constant_values=np.nan),
                 "ritz_weights": np.pad(weights, (0, pad)), "products": op.count - count}
 
-    t = time.perf_counter()
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="spectrum")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} random starts saved in {out}; rerun the "
-                  "same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    seconds = runner.run(comm, store if rank == 0 else None, compute, what="random starts", desc="spectrum",
+                         n=args.n_v, plan=f"{args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos "
+                         f"steps ({n} parameters)", save_every=args.save_every, progress=not args.no_progress,
+                         setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo(args.n_v).size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
     result = finish(args, store, out)
-    report(args, result, point, n, store, time.perf_counter() - t, out)
+    store.close()
+    report(args, result, point, n, store, seconds, out)
     if args.plot:
         plot(out, args.format, args.show)
 

@@ -27,12 +27,12 @@ bar chart (log scale) next to the file.
 """
 import json
 import math
-import sys
 import time
 
 import numpy as np
 
 import mpi4pytorch
+import runner
 import plot_hessian_eigen as phe
 import flags
 import grid
@@ -40,7 +40,7 @@ from errors import UserError, run_main
 from fileio import check_output_path
 from hess_vec_prod import Progress, exact_trace, hutchinson_trace, layer_blocks, top_k
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
+from store import ResultStore
 
 KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
@@ -84,8 +84,8 @@ def blocks_of(args, net):
 
 
 def open_store(args, out, settings, names):
-    store = phe.ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
-                            overwrite=args.overwrite)
+    store = ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
+                        overwrite=args.overwrite, inputs=runner.inputs_of(args))
     store.attrs["layers"] = json.dumps(names)
     store.save()
     return store
@@ -107,10 +107,6 @@ def main(argv=None):
                 "trace_samples": args.trace_samples, "exact_trace_max": args.exact_trace_max,
                 "blocks": [[b, [n for n, _ in ps]] for b, ps in blocks]}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, settings, names))
-    todo = mpi4pytorch.bcast(comm, store.todo() if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {len(blocks)} blocks, {len(blocks) - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     prefix = f"rank {rank}" if size > 1 else "hessian"
 
     def compute(k):
@@ -132,19 +128,11 @@ def main(argv=None):
         return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
                 "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="layers")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} of {len(blocks)} blocks saved in {out}; "
-                  "rerun the same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    runner.run(comm, store if rank == 0 else None, compute, what="blocks", desc="layers",
+               save_every=args.save_every, progress=not args.no_progress, setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo().size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
+    store.close()
     print(table(names, store.values, point))
     print(f"saved {out}", flush=True)
     if args.plot:

@@ -27,7 +27,6 @@ import math
 import os
 import time
 
-import h5py
 import numpy as np
 
 import dataloader
@@ -37,7 +36,7 @@ import net_plotter
 import flags
 import grid
 from errors import UserError, run_main
-from fileio import check_output_path, check_reuse, open_h5, written_atomically
+from fileio import check_output_path, h5_written_atomically
 from evaluation import get_loss_fn
 from hess_vec_prod import (DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, Progress, hutchinson_trace,
                            min_max_eigs, top_k)
@@ -163,92 +162,6 @@ def point_settings(args, data, point):
             "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
 
 
-class ResultStore:
-    """Rank 0's copy of a resumable single-point result file (spectrum, layer table):
-    ``n`` items (random starts, layers), each with the same fields, a ``done`` mask and
-    the settings. Implements what scheduler.run_grid needs of a writer (record, save,
-    todo, n_done, done). Saved atomically; an existing file is resumed only if its
-    settings equal this run's (else a one-line error), unless ``overwrite``.
-
-    ``fields``: {name: (shape of one item, fill value)}; ``extra``: datasets written
-    as they are (the derived results: density, table columns, ...).
-    """
-
-    def __init__(self, path, kind, what, n, fields, settings, overwrite=False, grow=False):
-        self.path, self.kind, self.what, self.fields = path, kind, what, dict(fields)
-        self.settings = json.loads(json.dumps(settings))
-        self.extra, self.attrs = {}, {}
-        self.resumed = False
-        stored = None
-        if os.path.exists(path) and not overwrite:
-            stored = self._read()
-        if stored is not None and check_reuse(path, stored[0], self.settings, what, overwrite):
-            _, values, done = stored
-            m = max(n, len(done)) if grow else n
-            bad = [k for k in self.fields if k not in values
-                   or values[k].shape != (len(done), *self.fields[k][0])]
-            if (len(done) != m and not grow) or bad:
-                raise UserError(f"{path} does not hold the items of this run ({len(done)} stored, "
-                                f"{n} wanted{', fields ' + ', '.join(bad) if bad else ''}); rerun with "
-                                "--overwrite or choose another output file")
-            self.values = {k: self._blank(m, k) for k in self.fields}
-            for k in self.fields:
-                self.values[k][:len(done)] = values[k]
-            self.done = np.zeros(m, dtype=bool)
-            self.done[:len(done)] = done
-            self.resumed = True
-        else:
-            self.values = {k: self._blank(n, k) for k in self.fields}
-            self.done = np.zeros(n, dtype=bool)
-        self.n = n
-        self.dirty = True
-
-    def _blank(self, m, k):
-        shape, fill = self.fields[k]
-        return np.full((m, *shape), fill, dtype=np.float64)
-
-    def _read(self):
-        with open_h5(self.path, self.what) as f:
-            if f.attrs.get("format") != self.kind or "settings" not in f.attrs or "done" not in f:
-                raise UserError(f"{self.path} exists but is not a {self.what} ({self.kind}); pass "
-                                "--overwrite to replace it or choose another output file")
-            settings = json.loads(f.attrs["settings"])
-            done = f["done"][()].astype(bool)
-            values = {k: f[k][()] for k in self.fields if k in f}
-        return settings, values, done
-
-    @property
-    def n_done(self):
-        return int(self.done.sum())
-
-    def todo(self, n=None):
-        """Indices of the items (of the first ``n``) still to compute."""
-        return np.flatnonzero(~self.done[:self.n if n is None else n])
-
-    def record(self, indices, values):
-        for j, i in enumerate(indices):
-            for k in self.fields:
-                v = np.asarray(values[k][j] if isinstance(values[k], list) else values[k], dtype=np.float64)
-                self.values[k][i] = v
-            self.done[i] = True
-        self.dirty = True
-
-    def save(self):
-        if not self.dirty:
-            return
-        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = self.kind
-            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
-            for k, v in self.attrs.items():
-                f.attrs[k] = v
-            for k, v in self.values.items():
-                f[k] = v
-            f["done"] = self.done.astype(np.uint8)
-            for k, v in self.extra.items():
-                f[k] = v
-        self.dirty = False
-
-
 # --------------------------------------------------------------------------- grid
 def grid_mode(args):
     ctx = prepare_grid(args)
@@ -336,7 +249,7 @@ def move_to_at(args, net):
 
 
 def write_spectrum(path, result, settings):
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_written_atomically(path) as f:
         for k, v in result.items():
             f[k] = np.asarray(v, dtype=np.float64)
         f.attrs["settings"] = json.dumps(settings, sort_keys=True)

@@ -51,7 +51,7 @@ import torch
 import model_loader
 import net_plotter
 from errors import UserError, run_main
-from fileio import check_reuse, written_atomically
+from fileio import check_reuse, h5_written_atomically
 
 BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
 
@@ -285,7 +285,7 @@ def default_pca_file(args, files):
 
 
 def write_projection(path, coords, epochs, files, dir_file, method, settings, ranges):
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_written_atomically(path) as f:
         f["proj_xcoord"] = coords[:, 0]
         f["proj_ycoord"] = coords[:, 1]
         f["epochs"] = np.asarray(epochs, dtype=np.int64)

@@ -21,14 +21,18 @@ too: their 2D arrays are declared (nx, ny) but filled in ``np.meshgrid(x, y)`` o
 so the real layout is ``data.ravel().reshape(ny, nx)`` with ``[j, i]`` = (x_i, y_j),
 and -1 marks "not computed". ``read_surface`` returns them in our orientation.
 """
+from __future__ import annotations
+
 import json
-import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 
 from errors import UserError
-from fileio import check_reuse, open_h5, written_atomically
+from fileio import check_reuse, open_h5, parse_settings
+from store import ResultStore
 
 FORMAT = "loss-landscape-surface"
 FORMAT_VERSION = 2
@@ -127,17 +131,6 @@ def _coords(f, name, path):
     return v
 
 
-def _settings(raw, path):
-    raw = raw.decode() if isinstance(raw, bytes) else raw
-    try:
-        settings = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError as e:
-        raise UserError(f"{path}: its 'settings' attribute is not valid JSON ({e}){DAMAGED}")
-    if not isinstance(settings, dict):
-        raise UserError(f"{path}: its 'settings' attribute is not a JSON object{DAMAGED}")
-    return settings
-
-
 def _read_surface(path):
     with open_h5(path, "surface file") as f:
         x = _coords(f, "xcoordinates", path)
@@ -149,7 +142,7 @@ def _read_surface(path):
         if "dir_file" in f and isinstance(f["dir_file"], h5py.Dataset):  # the original's
             attrs.setdefault("dir_file", _attr(f["dir_file"][()]))
         if "settings" in attrs:
-            attrs["settings"] = _settings(attrs["settings"], path)
+            attrs["settings"] = parse_settings(attrs["settings"], path)
         original = "format_version" not in f.attrs
         if not original:
             version = attrs["format_version"]
@@ -195,80 +188,58 @@ def _attr(v):
     return v
 
 
-class SurfaceWriter:
-    """Rank 0's copy of a surface being computed.
+class SurfaceStore(ResultStore):
+    """Rank 0's copy of a surface being computed: the grid-shaped view of the result
+    store (items are the grid points, flat C-order indices of (nx,) or (nx, ny)).
 
     Opens an existing file to resume it (only if its settings equal ``settings``),
-    records results as they arrive, and saves atomically (temporary file, then
-    rename), so a kill at any moment leaves either the old or the new file, never a
-    broken one.
+    records results as they arrive, and saves atomically, so a kill at any moment leaves
+    either the old or the new file, never a broken one; holds the file exclusively
+    while open (store.ResultStore).
     """
 
-    def __init__(self, path, x, y, metrics, settings, attrs=None, overwrite=False):
-        self.path = path
+    format_version = FORMAT_VERSION
+
+    def __init__(self, path: str | None, x: Any, y: Any, metrics: Sequence[str], settings: Mapping[str, Any],
+                 attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+                 inputs: Mapping[str, str | None] | None = None):
         self.x = np.asarray(x, dtype=np.float64)
         self.y = None if y is None else np.asarray(y, dtype=np.float64)
         self.metrics = list(metrics)
-        self.settings = json.loads(json.dumps(settings))
-        self.attrs = dict(attrs or {})
-        self.shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
-        self.resumed = False
-        self.values = {m: np.full(self.shape, np.nan) for m in self.metrics}
-        self.done = np.zeros(self.shape, dtype=bool)
-        if path is not None and os.path.exists(path) and not overwrite:
-            self._resume()
-        self.dirty = True
+        shape = (len(self.x),) if self.y is None else (len(self.x), len(self.y))
+        super().__init__(path, FORMAT, "surface file", shape, {m: ((), np.nan) for m in self.metrics}, settings,
+                         overwrite=overwrite, inputs=inputs, attrs=attrs,
+                         hint="rerun with --overwrite to start fresh or choose another --surf_file")
 
-    def _resume(self):
+    def _load(self) -> tuple[dict | None, dict[str, np.ndarray], np.ndarray] | None:
         old = read_surface(self.path)
         if not old.original and old.n_done == 0 and old.attrs.get("format") == FORMAT:
-            return  # a file of ours holding no result yet (a run that failed at once): start afresh
+            return None  # a file of ours holding no result yet (a run that failed at once): start afresh
         if old.original:
             raise UserError(f"{self.path} was written by the original loss-landscape code and "
                             "cannot be resumed; pass --overwrite to recompute it or --surf_file "
                             "to write elsewhere")
         check_reuse(self.path, old.settings if "settings" in old.attrs else None, self.settings,
-                    "surface file", hint="rerun with --overwrite to start fresh or choose another --surf_file")
+                    "surface file", hint=self.hint)
         if old.shape != self.shape or set(self.metrics) - set(old.values):
             raise UserError(f"{self.path} does not hold the grid/metrics of this run; "
                             "rerun with --overwrite or choose another --surf_file")
-        self.values = {m: old.values[m].copy() for m in self.metrics}
-        self.done = old.done.copy()
-        self.resumed = True
+        return old.settings, old.values, old.done
 
-    @property
-    def n_done(self):
-        return int(self.done.sum())
-
-    def todo(self):
-        """Flat (C-order) indices of the points still to compute."""
-        return np.flatnonzero(~self.done.reshape(-1))
-
-    def record(self, indices, values):
-        """Store results: ``values[metric]`` holds one value per flat index."""
-        indices = np.asarray(indices, dtype=np.int64)
+    def _write(self, f: Any) -> None:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["layout"] = LAYOUT
+        f.attrs["metrics"] = json.dumps(self.metrics)
+        f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
+        for k, v in self.attrs.items():
+            f.attrs[k] = v
+        f["xcoordinates"] = self.x
+        if self.y is not None:
+            f["ycoordinates"] = self.y
         for m in self.metrics:
-            self.values[m].reshape(-1)[indices] = np.asarray(values[m], dtype=np.float64)
-        self.done.reshape(-1)[indices] = True
-        self.dirty = True
+            f[m] = self.values[m]
+        f["done"] = self.done.astype(np.uint8)
 
-    def save(self):
-        """Write the file (atomically) if anything changed; a writer without a path keeps
-        its results in memory only."""
-        if not self.dirty or self.path is None:
-            return
-        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["layout"] = LAYOUT
-            f.attrs["metrics"] = json.dumps(self.metrics)
-            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
-            for k, v in self.attrs.items():
-                f.attrs[k] = v
-            f["xcoordinates"] = self.x
-            if self.y is not None:
-                f["ycoordinates"] = self.y
-            for m in self.metrics:
-                f[m] = self.values[m]
-            f["done"] = self.done.astype(np.uint8)
-        self.dirty = False
+
+SurfaceWriter = SurfaceStore  # the name before the one store (kept for callers)
