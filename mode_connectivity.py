@@ -74,8 +74,9 @@ from errors import SharedUserError, UserError, run_main
 from evaluation import Evaluator, get_loss_fn
 import flags
 import grid
-from fileio import check_output_path, check_reuse, written_atomically
-from surface import SurfaceWriter
+import runner
+from fileio import check_not_input, check_output_path, h5_written_atomically
+from surface import SurfaceStore
 
 TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
                                                      "mode_connectivity.h5", "curve_proj.h5")
@@ -158,11 +159,9 @@ def load_endpoints(args, comm):
 def check_inputs(args, net, curve, data, device):
     """Rank 0, before anything is written: no output may be an input or a file this
     script did not write (not even with --overwrite), and the loss must train the curve."""
-    inputs = {os.path.realpath(f) for f in (args.model_file, args.model_file2)}
     for name in OUTPUTS:
         path = os.path.join(args.out_dir, name)
-        if os.path.realpath(path) in inputs:
-            raise UserError(f"{path} is an input of this run and would be overwritten; choose another --out_dir")
+        check_not_input(path, "output file", runner.inputs_of(args))
         if os.path.exists(path) and not is_own_file(path):
             raise UserError(f"{path} exists and was not written by mode_connectivity.py; move it away or choose "
                             "another --out_dir (--overwrite replaces only files this script wrote)")
@@ -193,7 +192,7 @@ def resume_training(args, curve, optimizer, settings) -> int:
     if not os.path.exists(path) or args.overwrite:
         return 0
     saved = _load_train_state(path)
-    check_reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
+    runner.reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
                 "the curve training", hint="rerun with --overwrite to start fresh or choose another --out_dir")
     curve.set_bend(saved["bend"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -258,9 +257,8 @@ def save_checkpoints(args, net, curve, data, device, bn_update, settings):
 
 def write_curve_projection(path: str, curve: Curve, ts) -> None:
     """curves.curve_projection as a projection file for plot_2D.py --proj_file."""
-    import h5py
     xy = curve_projection(curve, ts)
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_written_atomically(path) as f:
         f["proj_xcoord"], f["proj_ycoord"], f["t"] = xy[:, 0], xy[:, 1], np.asarray(ts, dtype=np.float64)
         f.attrs["method"] = f"{curve.kind} curve in the plane (θ_B − θ_A, θ_bend − θ_A)"
         f.attrs["format"] = FORMAT
@@ -337,25 +335,8 @@ def _wait_for_rank0(comm, sig):
     return signum, err, None
 
 
-def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
-    """Loss and accuracy at ``--points`` values of t on both paths, points shared by ranks."""
-    splits = ["train"] + (["test"] if args.test else [])
-    metrics = [f"{path}_{s}_{m}" for path in ("line", "curve") for s in splits for m in ("loss", "acc")]
-    ts = np.linspace(0.0, 1.0, args.points)
-    surf_file = os.path.join(args.out_dir, RESULTS)
-
-    def open_writer():
-        w = SurfaceWriter(surf_file, ts, None, metrics, settings, overwrite=args.overwrite)
-        w.attrs["format"] = FORMAT
-        w.save()
-        return w
-
-    t0 = time.perf_counter()
-    writer = mpi4pytorch.check_all(comm, open_writer)
-    todo = mpi4pytorch.bcast(comm, writer.todo() if rank == 0 else None)
-    loss_fn = get_loss_fn(args.loss_name)
-    evaluators = {s: Evaluator(net, *data.split(s), loss_fn, args.batch_size, device, args.precision)
-                  for s in splits}
+def point_compute(args, net, curve, evaluators, ts, bn_update):
+    """compute(k): loss and accuracy of both paths at t = ts[k] (BN re-estimated first with bn_update)."""
     train_x = evaluators["train"].x  # the copy on the device the evaluator holds
 
     def compute(k):
@@ -369,24 +350,39 @@ def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
             for s, ev in evaluators.items():
                 out[f"{path}_{s}_loss"], out[f"{path}_{s}_acc"] = ev()
         return out
+    return compute
 
-    run = grid.Run(comm=comm, rank=rank, device=device, data=data, net=net, dir_file="", xdir=[], ydir=None,
-                   xcoords=ts, ycoords=None, surf_file=surf_file, writer=writer, todo=todo, perturb=None,
-                   settings=settings, setup_seconds=time.perf_counter() - t0,
-                   notes=["BN re-estimated at each point" if bn_update else "no BN re-estimation"])
-    grid.compute_grid(args, run, compute, desc="mode connectivity")
+
+def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
+    """Loss and accuracy at ``--points`` values of t on both paths, points shared by the
+    ranks (the one result store and runner); rank 0 also evaluates the checkpoints
+    themselves (their own BN statistics): the second barrier reference."""
+    splits = ["train"] + (["test"] if args.test else [])
+    metrics = [f"{path}_{s}_{m}" for path in ("line", "curve") for s in splits for m in ("loss", "acc")]
+    ts = np.linspace(0.0, 1.0, args.points)
+    t0 = time.perf_counter()
+    store = mpi4pytorch.check_all(comm, lambda: SurfaceStore(
+        os.path.join(args.out_dir, RESULTS), ts, None, metrics, settings, overwrite=args.overwrite,
+        inputs=runner.inputs_of(args)))
+    loss_fn = get_loss_fn(args.loss_name)
+    evaluators = {s: Evaluator(net, *data.split(s), loss_fn, args.batch_size, device, args.precision)
+                  for s in splits}
+    runner.run(comm, store, point_compute(args, net, curve, evaluators, ts, bn_update), what="points",
+               desc="mode connectivity", save_every=args.save_every, progress=not args.no_progress,
+               setup_seconds=time.perf_counter() - t0,
+               notes=["BN re-estimated at each point" if bn_update else "no BN re-estimation"])
     ends = {}
-    if rank == 0:  # the checkpoints' own losses (their own BN statistics): the second barrier reference
+    if rank == 0:
         for s, ev in evaluators.items():
             ends[s] = []
             for state in (curve.start, curve.end):
                 net.load_state_dict(state)
                 net.eval()
                 ends[s].append(ev()[0])
-    return writer, ts, splits, ends
+    return store, ts, splits, ends
 
 
-def summarize(writer, ts, splits, ends):
+def summarize(store, ts, splits, ends):
     """Rank 0: barrier heights of both paths into the results file; a printed table.
 
     ``barriers``: against the path's own ends L(0), L(1) (BN statistics re-estimated
@@ -396,16 +392,16 @@ def summarize(writer, ts, splits, ends):
     for path in ("line", "curve"):
         for s in splits:
             name = f"{path}_{s}_loss"
-            table[name] = barrier_heights(ts, writer.values[name])
-            own[name] = barrier_heights(ts, writer.values[name], ends=tuple(ends[s]))
-    writer.attrs["barriers"] = json.dumps(table, sort_keys=True)
-    writer.attrs["barriers_checkpoints"] = json.dumps(own, sort_keys=True)
-    writer.attrs["checkpoint_losses"] = json.dumps(ends, sort_keys=True)
+            table[name] = barrier_heights(ts, store.values[name])
+            own[name] = barrier_heights(ts, store.values[name], ends=tuple(ends[s]))
+    store.attrs["barriers"] = json.dumps(table, sort_keys=True)
+    store.attrs["barriers_checkpoints"] = json.dumps(own, sort_keys=True)
+    store.attrs["checkpoint_losses"] = json.dumps(ends, sort_keys=True)
     for name, b in table.items():
-        writer.attrs[f"{name}_barrier_max"] = b["barrier_max"]
-        writer.attrs[f"{name}_barrier_interp"] = b["barrier_interp"]
-    writer.dirty = True
-    writer.save()
+        store.attrs[f"{name}_barrier_max"] = b["barrier_max"]
+        store.attrs[f"{name}_barrier_interp"] = b["barrier_interp"]
+    store.dirty = True
+    store.save()
     print("barrier heights of the loss (barrier_max = max_t L(t) - max(L0, L1); "
           "barrier_interp = max_t [L(t) - ((1-t) L0 + t L1)]):")
     for label, tab, ref in (("path ends", table, "L0, L1 = L(0), L(1) on the path"),
@@ -471,13 +467,14 @@ def main(argv=None):
     eval_settings = {**settings, "kind": "mode_connectivity", "bend_hash": bend_hash,
                      "points": args.points, "bn_update": bool(bn_update), "precision": args.precision,
                      "test": bool(args.test)}
-    writer, ts, splits, ends = evaluate(args, comm, rank, net, curve, data, device, bn_update, eval_settings)
+    store, ts, splits, ends = evaluate(args, comm, rank, net, curve, data, device, bn_update, eval_settings)
     if rank == 0:
-        summarize(writer, ts, splits, ends)
+        summarize(store, ts, splits, ends)
+        store.close()
         print(f"done: {os.path.join(args.out_dir, RESULTS)}; checkpoints {BEND}, {MIDPOINT}, {CURVE} "
               f"in {args.out_dir}", flush=True)
         if args.plot:
-            plot(args, writer.path)
+            plot(args, store.path)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ whole evaluation set, evaluation.Evaluator):
   the largest of them (so it is at least the largest random increase).
 
 Work is split into items (checkpoint × quantity: loss, λmax, trace, each random
-direction, each ascent); with ``--mpi`` the ranks take items from a shared counter
+direction, each ascent), kept in one result store (store.ResultStore, by runner.run);
+with ``--mpi`` the ranks take items from a shared counter
 (scheduler.run_grid) and rank 0 saves them. Output: a text table on stdout and in
 ``PREFIX.txt``, an HTML table ``PREFIX.html``, and ``PREFIX.h5`` with every number
 and the settings (model and checkpoint hashes, data, ρ, directions, seeds, steps). A
@@ -36,12 +37,9 @@ refused unless ``--overwrite``. Default PREFIX: ``<first model_file>_sharpness``
 """
 import argparse
 import html
-import json
 import os
-import sys
 import time
 
-import h5py
 import numpy as np
 import torch
 
@@ -51,15 +49,16 @@ import mpi4pytorch
 import net_plotter
 from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
-from fileio import check_output_path, check_reuse, open_h5, written_atomically
+from fileio import check_output_path, written_atomically
 from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hessian_params, hutchinson_trace, top_k
-from scheduler import Interrupted, run_grid
+import runner
+from store import ResultStore
 from tables import SHARPNESS_FORMAT, html_table, sharpness_table, text_table, write_sharpness_rows
 
 from grid import load_run
 
 FORMAT = SHARPNESS_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: one group per item under items/ (its tables are still read)
 HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
 TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
 
@@ -176,66 +175,38 @@ def _short(path):
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
-class Store:
-    """Rank 0's results: item key -> {name: value}; saved atomically to PREFIX.h5 with the
-    settings, and reloaded on a rerun with the same settings (resume)."""
-
-    def __init__(self, path, settings, overwrite):
-        self.path, self.settings = path, json.loads(json.dumps(settings))
-        self.results = {}
-        self.summary = None
-        self.dirty = True
-        if os.path.exists(path) and not overwrite:
-            self._resume()
-
-    def _resume(self):
-        with open_h5(self.path, "sharpness file") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise UserError(f"{self.path} is not a sharpness file; pass --overwrite to replace it "
-                                "or choose another --out")
-            stored = json.loads(f.attrs["settings"])
-            if check_reuse(self.path, stored, self.settings, "sharpness file",
-                           hint="rerun with --overwrite to start fresh or choose another --out"):
-                if "items" in f:
-                    f["items"].visititems(lambda name, obj: self._load_item(name, obj))
-
-    def _load_item(self, name, obj):
-        if isinstance(obj, h5py.Group) and "done" in obj.attrs:
-            self.results[name] = {k: obj[k][()] for k in obj}
-
-    def record(self, keys, values):
-        for key in keys:
-            self.results[key] = values
-        self.dirty = True
-
-    def save(self):
-        if not self.dirty:
-            return
-        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
-            for key, values in sorted(self.results.items()):  # the same file whatever the order of completion
-                g = f.create_group(f"items/{key}")
-                g.attrs["done"] = 1
-                for k, v in values.items():
-                    g[k] = np.asarray(v)
-            if self.summary is not None:
-                write_sharpness_rows(f, self.summary)
-        self.dirty = False
+def fields_of(args: argparse.Namespace) -> dict:
+    """The fields of every item (an item fills those of its kind; the others stay NaN)."""
+    radii, steps = len(args.radii), args.ascent_steps + 1
+    shapes = {"train_loss": (), "train_acc": (), "lambda_max": (), "products": (), "trace": (), "trace_stderr": (),
+              "trace_samples": (args.trace_samples,), "loss0": (), "loss": (radii,), "increase": (radii,),
+              "ascent_increase": (steps,), "worst": (), "start_direction": (), "max_filter_ratio": ()}
+    return {k: (s, np.nan) for k, s in shapes.items()}
 
 
-class KeyedStore:
-    """Adapter for scheduler.run_grid: flat indices -> item keys."""
+class SharpnessStore(ResultStore):
+    """The sharpness file: one item per (checkpoint, quantity), named by its key
+    (``0/base``, ``0/random/3``, ``1/ascent/0``...), and once finished the table's rows
+    (``checkpoint_<c>`` groups: tables.write_sharpness_rows, read by
+    tables.read_sharpness_table)."""
 
-    def __init__(self, store, keys):
-        self.store, self.keys = store, keys
+    format_version = FORMAT_VERSION
 
-    def record(self, indices, values):
-        self.store.record([self.keys[k] for k in indices], values)
+    def __init__(self, args: argparse.Namespace, settings: dict, keys: list[str]):
+        super().__init__(args.out + ".h5", FORMAT, "sharpness file", len(keys), fields_of(args), settings,
+                         overwrite=args.overwrite, keys=keys, inputs=runner.inputs_of(args),
+                         hint="rerun with --overwrite to start fresh or choose another --out")
+        self.summary: list[dict] | None = None
 
-    def save(self):
-        self.store.save()
+    def item(self, key: str) -> dict:
+        """The stored values of the item named ``key``."""
+        i = self.index(key)
+        return {k: v[i] for k, v in self.values.items()}
+
+    def _write(self, f) -> None:
+        super()._write(f)
+        if self.summary is not None:
+            write_sharpness_rows(f, self.summary)
 
 
 # ----------------------------------------------------------------------- computing
@@ -352,17 +323,17 @@ class Worker:
             torch._foreach_copy_(self.params, base)
         inc = np.array(increases)
         finite = inc[np.isfinite(inc)]
-        return {"loss0": loss0, "increase": inc, "worst": float(finite.max()) if len(finite) else np.nan,
+        return {"loss0": loss0, "ascent_increase": inc, "worst": float(finite.max()) if len(finite) else np.nan,
                 "start_direction": start, "max_filter_ratio": ratio}
 
 
 # ----------------------------------------------------------------------- summary
-def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
+def summarize(args: argparse.Namespace, store: SharpnessStore) -> list[dict]:
     """Per checkpoint: every number of the table (from the item results)."""
     rows = []
     for c, path in enumerate(args.model_file):
-        get = lambda q, c=c: results.get(f"{c}/{q}", {})
-        rand = np.array([results[f"{c}/random/{i}"]["increase"] for i in range(args.n_dirs)])
+        get = lambda q, c=c: store.item(f"{c}/{q}")
+        rand = np.array([get(f"random/{i}")["increase"] for i in range(args.n_dirs)])
         row = {"label": args.labels[c] if args.labels else _short(path), "model_file": path,
                "model_hash": model_loader.file_hash(path),
                "train_loss": float(get("base")["train_loss"]), "train_acc": float(get("base")["train_acc"]),
@@ -371,8 +342,8 @@ def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
                "random_increase": rand, "random_mean": rand.mean(axis=0),
                "random_std": rand.std(axis=0, ddof=1) if args.n_dirs > 1 else np.zeros(len(args.radii))}
         if args.ascent_steps:
-            asc = [results[f"{c}/ascent/{r}"] for r in range(len(args.radii))]
-            row["ascent_increase"] = np.array([a["increase"] for a in asc])
+            asc = [get(f"ascent/{r}") for r in range(len(args.radii))]
+            row["ascent_increase"] = np.array([a["ascent_increase"] for a in asc])
             row["worst"] = np.array([float(a["worst"]) for a in asc])
             row["ascent_start_direction"] = np.array([int(a["start_direction"]) for a in asc])
         rows.append(row)
@@ -388,34 +359,37 @@ def write_outputs(args, store, rows):
                       "<h1>Sharpness</h1>", html_table(header, cells, note, "sharpness"),
                       f"<p>Every number and its settings: <code>{html.escape(os.path.basename(store.path))}"
                       "</code></p>", "</body></html>"])
-    html_file = args.out + ".html"
     store.summary = rows
     store.dirty = True
     store.save()
-    for path, content in ((html_file, page), (args.out + ".txt", TXT_MARK + "\n" + text)):
+    for path, content in ((args.out + ".html", page), (args.out + ".txt", TXT_MARK + "\n" + text)):
         with written_atomically(path) as tmp, open(tmp, "w") as f:
             f.write(content + "\n")
     return text
 
 
 # --------------------------------------------------------------------------- main
-def run_phase(args, comm, rank, store, worker, keys, desc):
-    todo = mpi4pytorch.bcast(comm, [i for i, k in enumerate(keys) if k not in store.results] if rank == 0 else None)
-    if rank == 0:
-        print(f"{desc}: {len(todo)} of {len(keys)} items to compute"
-              f"{' (the others are in ' + store.path + ')' if len(todo) < len(keys) else ''}",
-              file=sys.stderr, flush=True)
-    if not todo:
-        return
-    try:
-        run_grid(comm, np.array(todo, dtype=np.int64), lambda k: worker.compute(keys[k]),
-                 KeyedStore(store, keys) if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc=desc)
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {len(store.results)} items saved in {store.path}; rerun the same "
-                  "command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+def run_phase(args, comm, store, worker, keys, n, desc, setup_seconds=0.0):
+    """The items of one phase (the first ``n`` of the store, or all): runner.run."""
+    fields = fields_of(args)
+
+    def compute(k):  # an item fills the fields of its kind; the others are NaN
+        values = worker.compute(keys[k])
+        return {f: values.get(f, np.full(shape, fill)) for f, (shape, fill) in fields.items()}
+
+    runner.run(comm, store, compute, what="items", desc=desc, n=n, save_every=args.save_every,
+               progress=not args.no_progress, setup_seconds=setup_seconds)
+
+
+def ascent_starts(args, store) -> dict:
+    """(checkpoint, radius) -> the random direction with the largest increase there."""
+    starts = {}
+    for c in range(len(args.model_file)):
+        inc = np.array([store.item(f"{c}/random/{i}")["increase"] for i in range(args.n_dirs)])
+        inc = np.where(np.isfinite(inc), inc, -np.inf)
+        for r in range(len(args.radii)):
+            starts[(c, r)] = int(np.argmax(inc[:, r]))
+    return starts
 
 
 def check_checkpoints(args: argparse.Namespace, net) -> None:
@@ -438,23 +412,16 @@ def main(argv: list[str] | None = None) -> None:
     device, data, net = load_run(first_args, comm)
     mpi4pytorch.check_all(comm, lambda: check_checkpoints(args, net))
     settings = settings_of(args, data)
-    store = mpi4pytorch.check_all(comm, lambda: Store(args.out + ".h5", settings, args.overwrite))
-    worker = Worker(args, device, data, net)
     first, second = make_items(args)
-    run_phase(args, comm, rank, store, worker, first, "sharpness")
+    store = mpi4pytorch.check_all(comm, lambda: SharpnessStore(args, settings, first + second))
+    worker = Worker(args, device, data, net)
+    run_phase(args, comm, store, worker, first + second, len(first), "sharpness", time.perf_counter() - t0)
     if second:
-        starts = None
-        if rank == 0:
-            starts = {}
-            for c in range(len(args.model_file)):
-                inc = np.array([store.results[f"{c}/random/{i}"]["increase"] for i in range(args.n_dirs)])
-                inc = np.where(np.isfinite(inc), inc, -np.inf)
-                for r in range(len(args.radii)):
-                    starts[(c, r)] = int(np.argmax(inc[:, r]))
-        worker.start_dirs = mpi4pytorch.bcast(comm, starts)
-        run_phase(args, comm, rank, store, worker, second, "ascent")
+        worker.start_dirs = mpi4pytorch.bcast(comm, ascent_starts(args, store) if rank == 0 else None)
+        run_phase(args, comm, store, worker, first + second, None, "ascent")
     if rank == 0:
-        text = write_outputs(args, store, summarize(args, store.results))
+        text = write_outputs(args, store, summarize(args, store))
+        store.close()
         print(text)
         print(f"wrote {args.out}.h5, {args.out}.html, {args.out}.txt ({time.perf_counter() - t0:.1f} s, "
               f"{mpi4pytorch.size(comm)} rank(s))", flush=True)

@@ -107,3 +107,47 @@ def assert_one_line_error(p):
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert lines and lines[-1].startswith("error: "), p.stderr
     return lines[-1]
+
+
+def assert_main_error(main, argv, capsys):
+    """Run a script's ``main(argv)`` in this process as the command line does
+    (errors.run_main): exit status 2, exactly one line on stderr, 'error: ...', no
+    traceback. Returns that line."""
+    from errors import run_main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert e.value.code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def snapshot(folder):
+    """Every file and folder under ``folder`` with its bytes (to show a run changed nothing)."""
+    state = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            state[os.path.relpath(os.path.join(root, name), folder)] = "<dir>"
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                state[os.path.relpath(path, folder)] = f.read()
+    return state
+
+
+@pytest.fixture
+def file_size_limit(request):
+    """Writes past 1 kB (or the bytes given by indirect parametrization) fail with EFBIG,
+    as they do on a full disk (ENOSPC): RLIMIT_FSIZE, with SIGXFSZ ignored."""
+    import resource
+    import signal
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (getattr(request, "param", 1024), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)

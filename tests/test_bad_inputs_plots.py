@@ -13,9 +13,7 @@ cases run the scripts' main(argv) in this process through errors.run_main; a few
 them as real subprocesses."""
 import json
 import os
-import resource
 import shutil
-import signal
 
 import h5py
 import matplotlib
@@ -27,7 +25,7 @@ import pytest  # noqa: E402
 import h52vtp  # noqa: E402
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
-from conftest import assert_one_line_error, run_script  # noqa: E402
+from conftest import assert_one_line_error, run_script, snapshot  # noqa: E402
 from errors import run_main  # noqa: E402
 from test_plots import SETTINGS, grid, write_ours  # noqa: E402
 
@@ -91,19 +89,6 @@ def folder(tmp_path_factory):
             f.write(f"earlier output {name}\n".encode())
     assert json.loads(h5py.File(os.path.join(d, "s2.h5"), "r").attrs["settings"]) == SETTINGS
     return d
-
-
-def snapshot(folder):
-    """Every file and folder under ``folder`` with its bytes."""
-    state = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            state[os.path.relpath(os.path.join(root, name), folder)] = "<dir>"
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                state[os.path.relpath(path, folder)] = f.read()
-    return state
 
 
 # (script, argv with {d} for the folder, words the message must hold)
@@ -194,19 +179,6 @@ def test_bad_input_is_one_line_and_damages_nothing(folder, capsys, script, argv,
     code, err = run_in_process(capsys, script, argv.format(d=folder).split())
     check_one_line(code, err, expected)
     assert snapshot(folder) == before
-
-
-@pytest.fixture
-def file_size_limit():
-    """Writes past 1 kB fail (EFBIG), as they do on a full disk (ENOSPC)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 @pytest.mark.slow

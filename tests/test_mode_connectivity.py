@@ -309,6 +309,17 @@ def test_digits_line_has_a_barrier_the_trained_curve_does_not(pair, tmp_path):
     for (i, j), state in {(4, 0): b, (1, 1): curve_obj.state_at(0.5)}.items():  # θ_B and θ(0.5)
         net.load_state_dict(state)
         assert s.values["train_loss"][i, j] == pytest.approx(ev()[0], rel=1e-4), (i, j)
+    # the second barrier reference: the checkpoints' own losses (their saved BN statistics),
+    # and both barrier definitions against them, written out here
+    for k, state in enumerate((a, b)):
+        net.load_state_dict(state)
+        net.eval()
+        assert r["checkpoint_losses"]["train"][k] == pytest.approx(ev()[0], rel=1e-5)
+    l0, l1 = r["checkpoint_losses"]["train"]
+    for path in ("line", "curve"):
+        loss, got = r[f"{path}_train_loss"], r["barriers_checkpoints"][f"{path}_train_loss"]
+        assert got["barrier_max"] == pytest.approx(loss.max() - max(l0, l1), abs=1e-12)
+        assert got["barrier_interp"] == pytest.approx((loss - ((1 - r["t"]) * l0 + r["t"] * l1)).max(), abs=1e-12)
     # the curve drawn on the plane's contours
     import plot_2D
     plots = plot_2D.plot_2d_contour(surf, "train_loss", None, None, None, proj_file=os.path.join(out, mc.PROJ),
@@ -360,7 +371,7 @@ def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupte
         _, err = proc.communicate()
         if phase == "training":
             assert proc.returncode == 128 + signal.SIGTERM, err
-            assert "interrupted: the curve training is saved" in err and "Traceback" not in err, err
+            assert "interrupted by SIGTERM: the curve training is saved" in err and "Traceback" not in err, err
     epoch, n_done = _train_epoch_saved(state), _eval_done(results)
     assert 2 <= epoch <= 20 and 1 <= n_done < 41, (epoch, n_done)
     p = run_script(cmd[1:], check=True, env={"OMP_NUM_THREADS": "1"})

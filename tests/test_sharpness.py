@@ -110,16 +110,26 @@ def mpiexec(args, n=2, timeout=300):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def items(path):
+def datasets(path):
+    """Every dataset of the file (items, done mask, keys, the table's rows) and its settings."""
     out = {}
     with h5py.File(path, "r") as f:
-        f["items"].visititems(lambda name, obj: out.update(
-            {name: {k: obj[k][()] for k in obj}} if "done" in obj.attrs else {}))
+        f.visititems(lambda name, obj: out.update({name: obj[()]} if isinstance(obj, h5py.Dataset) else {}))
+        out["settings"] = f.attrs["settings"]
     return out
+
+
+def assert_same_datasets(a, b):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 @pytest.mark.slow
 def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
+    """The file of a fixed command is the same, bit for bit in every dataset, with one or two
+    ranks and after an interruption and a resume (nothing stored depends on the order in
+    which the items were computed)."""
     files = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -132,24 +142,24 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
     assert p.returncode == 0, p.stderr
     one = str(tmp_path / "one")
     sharpness.main(common[1:] + ["--out", one])
-    a, b = items(one + ".h5"), items(str(tmp_path / "two.h5"))
-    assert set(a) == set(b) and len(a) == 2 * (3 + 3) + 2 * 2
-    for key in a:
-        for name in a[key]:
-            if name != "products":
-                np.testing.assert_allclose(b[key][name], a[key][name], rtol=1e-6, atol=1e-12, err_msg=key)
-    # interrupted file: two items missing -> the rerun computes those two only, same numbers
+    a, b = datasets(one + ".h5"), datasets(str(tmp_path / "two.h5"))
+    assert len(a["keys"]) == 2 * (3 + 3) + 2 * 2 and a["done"].all()
+    assert (a["products"][np.isfinite(a["products"])] > 0).all()  # this item's products, not a running count
+    assert_same_datasets(a, b)
+    # interrupted file: two items not done -> the rerun computes those two only, same file
+    keys = [k.decode() for k in a["keys"]]
     with h5py.File(one + ".h5", "a") as f:
-        del f["items/1/random/2"], f["items/0/ascent/1"]
+        for key in ("1/random/2", "0/ascent/1"):
+            f["done"][keys.index(key)] = 0
+            for name in sharpness.fields_of(sharpness.parse_args(common[1:])):
+                f[name][keys.index(key)] = np.nan
+        for c in range(2):
+            del f[f"checkpoint_{c}"]
     capsys.readouterr()
     sharpness.main(common[1:] + ["--out", one])
     err = capsys.readouterr().err
-    assert "sharpness: 1 of 12 items to compute" in err and "ascent: 1 of 4 items to compute" in err
-    c = items(one + ".h5")
-    for key in a:
-        for name in a[key]:
-            if name != "products":
-                np.testing.assert_allclose(c[key][name], a[key][name], rtol=1e-9, err_msg=key)
+    assert "12 items, 11 already done (resumed)" in err and "16 items, 15 already done" in err, err
+    assert_same_datasets(a, datasets(one + ".h5"))
     # other settings: refused, the file kept
     before = open(one + ".h5", "rb").read()
     msg = one_line_error(common[1:] + ["--out", one, "--n_dirs", "4"], capsys)
@@ -196,11 +206,21 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, mlp_file, extra, needle):
     assert (tmp_path / "mine.html").read_text() == "<html>my own page</html>" and len(os.listdir(tmp_path)) == 1
 
 
-def test_a_file_saved_before_any_item_resumes(tmp_path):
-    path, settings = str(tmp_path / "s.h5"), {"kind": "sharpness", "rho": [0.1]}
-    sharpness.Store(path, settings, overwrite=False).save()          # interrupted at once
-    assert sharpness.Store(path, settings, overwrite=False).results == {}
-    store = sharpness.Store(path, settings, overwrite=False)
-    store.record(["0/base"], {"train_loss": 0.5, "train_acc": 90.0})
+def test_a_file_without_finished_items_is_replaced(tmp_path, mlp_file):
+    """A sharpness file saved before any item finished holds no result: the corrected run
+    starts afresh; one with a finished item resumes it."""
+    args = sharpness.parse_args(["--model", "digits_mlp", "--model_file", mlp_file, "--out", str(tmp_path / "s")])
+    keys = sharpness.make_items(args)[0]
+    store = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.1]}, keys)
     store.save()
-    assert sharpness.Store(path, settings, overwrite=False).results["0/base"]["train_loss"] == 0.5
+    store.close()
+    store = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.2]}, keys)  # other settings: no matter
+    assert store.n_done == 0
+    fields = sharpness.fields_of(args)
+    store.record([store.index("0/base")], {k: (0.5 if k == "train_loss" else np.full(s, np.nan))
+                                           for k, (s, _) in fields.items()})
+    store.save()
+    store.close()
+    again = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.2]}, keys)
+    assert again.resumed and again.item("0/base")["train_loss"] == 0.5
+    again.close()
