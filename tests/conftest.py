@@ -140,14 +140,18 @@ def snapshot(folder):
 @pytest.fixture
 def file_size_limit(request):
     """Writes past 1 kB (or the bytes given by indirect parametrization) fail with EFBIG,
-    as they do on a full disk (ENOSPC): RLIMIT_FSIZE, with SIGXFSZ ignored."""
+    as they do on a full disk (ENOSPC): RLIMIT_FSIZE, with SIGXFSZ ignored. The value is a
+    function that lifts the limit (the disk has room again)."""
     import resource
     import signal
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (getattr(request, "param", 1024), hard))
-    try:
-        yield
-    finally:
+
+    def lift():
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
+    try:
+        yield lift
+    finally:
+        lift()

@@ -6,6 +6,7 @@ Real checkpoints trained by cifar10/main.py, real subprocesses and MPI ranks, re
 HDF5 files."""
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from conftest import REPO, run_script
+from conftest import REPO, assert_main_error, run_script, snapshot
 
 import curves
 import mode_connectivity as mc
@@ -404,3 +405,156 @@ def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupte
     c = curves.read_results(results)
     for k in metrics:
         np.testing.assert_array_equal(a[k], c[k])
+
+
+# ------------------------------------------------------------------ the contract, table-driven
+# A --loss_name and a --dataset importable from the test folder: a 0-1 loss (no gradient); a
+# data function that writes this rank's pid to pid.<rank>; a loss that sleeps so that an
+# epoch takes a known time.
+PLUGINS = """
+import os, time
+import numpy as np
+import torch.nn.functional as F
+
+def zero_one(out, y):
+    return (out.argmax(1) != y).float()
+
+def data():
+    with open(f"pid.{os.environ.get('PMI_RANK', '0')}", "w") as f:
+        f.write(str(os.getpid()))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1, 8, 8)).astype("float32")
+    y = rng.integers(0, 10, size=64)
+    return (x, y), (x, y)
+
+def slow_loss(out, y):
+    time.sleep(0.05)
+    return F.cross_entropy(out, y, reduction="none")
+"""
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """Two checkpoints and an output folder in tmp_path; the plugins importable."""
+    (tmp_path / "mcplugins.py").write_text(PLUGINS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mcplugins", None)
+    (tmp_path / "out").mkdir()
+    return {"d": str(tmp_path), "a": save_digits(tmp_path / "a.t7", 1), "b": save_digits(tmp_path / "b.t7", 2),
+            "out": str(tmp_path / "out")}
+
+
+def _foreign_checkpoint(world, name):
+    save_digits(os.path.join(world["out"], name), 5)
+
+
+def _foreign_text(world, name):
+    with open(os.path.join(world["out"], name), "w") as f:
+        f.write("my notes, not a result\n")
+
+
+def _foreign_h5(world, name):
+    import h5py
+    with h5py.File(os.path.join(world["out"], name), "w") as f:
+        f["my_data"] = np.arange(3.0)
+
+
+def _input_in_out_dir(world, name):
+    save_digits(os.path.join(world["out"], name), 3)
+    world["b"] = os.path.join(world["out"], name)
+
+
+CONTRACT = [  # (extra flags, what the one line says, set-up of the folder)
+    ("--points 0", "--points must be >= 2", None),
+    ("--epochs -5", "--epochs must be >= 0", None),
+    ("--lr 0", "--lr must be a positive number", None),
+    ("--lr -0.1", "--lr must be a positive number", None),
+    ("--lr inf", "--lr must be a positive number", None),
+    ("--momentum 1", "--momentum must be in [0, 1)", None),
+    ("--momentum -0.5", "--momentum must be in [0, 1)", None),
+    ("--momentum nan", "--momentum must be in [0, 1)", None),
+    ("--weight_decay nan", "--weight_decay", None),
+    ("--weight_decay inf", "--weight_decay", None),
+    ("--curve Bezier", "unknown --curve", None),
+    ("--dir_file d.h5", "--dir_file not used", None),
+    ("--surf_file s.h5", "--surf_file not used", None),
+    ("--engine eager", "--engine not used", None),
+    ("--y=-1:1:3", "--y not used", None),
+    ("--idx 2", "--idx not used", None),
+    ("--loss_name mcplugins:zero_one", "no gradient", None),
+    ("", "not written by mode_connectivity.py", ("bend.t7", _foreign_checkpoint)),
+    ("--overwrite", "not written by mode_connectivity.py", ("bend.t7", _foreign_checkpoint)),
+    ("--overwrite", "not written by mode_connectivity.py", ("midpoint.t7", _foreign_checkpoint)),
+    ("", "not written by mode_connectivity.py", ("curve.t7", _foreign_text)),
+    ("--overwrite", "not written by mode_connectivity.py", ("train_state.pt", _foreign_text)),
+    ("", "not written by mode_connectivity.py", ("mode_connectivity.h5", _foreign_h5)),
+    ("--overwrite", "not written by mode_connectivity.py", ("curve_proj.h5", _foreign_h5)),
+    ("--overwrite", "is the --model_file2 of this run", ("curve.t7", _input_in_out_dir)),
+    ("--epochs 0 --overwrite", "is the --model_file2 of this run", ("bend.t7", _input_in_out_dir)),
+]
+
+
+@pytest.mark.parametrize("extra,needle,setup", CONTRACT,
+                         ids=[f"{e or '-'} {s[0] if s else ''}".strip() for e, _, s in CONTRACT])
+def test_bad_input_is_one_line_and_changes_nothing(world, capsys, extra, needle, setup):
+    """Exit 2, exactly one 'error:' line, no traceback; every file byte-identical, nothing
+    created (not even the output folder's lock or a temporary file)."""
+    if setup:
+        setup[1](world, setup[0])
+    before = snapshot(world["d"])
+    argv = ["--model", "digits_cnn", "--model_file", world["a"], "--model_file2", world["b"], "--out_dir",
+            world["out"], "--max_samples", "64", "--epochs", "1", "--points", "3", "--no_progress", *extra.split()]
+    assert needle in assert_main_error(mc.main, argv, capsys)
+    after = snapshot(world["d"])
+    after.pop("__pycache__", None)
+    assert {k: v for k, v in after.items() if "__pycache__" not in k} == before
+
+
+# ------------------------------------------------------------------ a save that fails part-way
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished small run (its outputs: train_state.pt 87 kB, bend.t7 and midpoint.t7 46 kB,
+    curve.t7 178 kB, the HDF5 files under 10 kB)."""
+    d = tmp_path_factory.mktemp("finished")
+    a, b = save_digits(d / "a.t7", 1), save_digits(d / "b.t7", 2)
+    argv = ["--model", "digits_cnn", "--model_file", a, "--model_file2", b, "--out_dir", str(d / "out"),
+            "--max_samples", "64", "--epochs", "1", "--points", "3", "--no_progress"]
+    run_main(mc.main, argv)
+    return str(d), argv
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    d, argv = finished
+    shutil.copytree(d, tmp_path / "run")
+    return str(tmp_path / "run"), [a.replace(d, str(tmp_path / "run")) for a in argv]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file_size_limit", [2048, 64 * 1024, 120 * 1024], indirect=True,
+                         ids=["2kB-the-first-save", "64kB-train_state.pt", "120kB-curve.t7"])
+def test_a_failed_save_is_one_line_leaves_whole_files_and_the_rerun_finishes(run_copy, file_size_limit,
+                                                                             request, capsys):
+    """The disk fills while a file is saved (the file size limit fails the write where a
+    full disk does): one line, exit 2, every file either the old one or a new whole one,
+    no temporary file; once there is room, the same command finishes."""
+    import h5py
+    d, argv = run_copy
+    out = os.path.join(d, "out")
+    before = snapshot(out)
+    argv = argv + ["--overwrite", "--lr", "0.07"]
+    line = assert_main_error(mc.main, argv, capsys)
+    assert "cannot write" in line and "File too large" in line and "unchanged" in line
+    after = snapshot(out)
+    assert sorted(after) == sorted(before)  # no temporary or lock file left, nothing removed
+    if request.node.callspec.params["file_size_limit"] < 80 * 1024:  # train_state.pt, the first save, failed
+        assert after == before
+    for name in after:
+        if name.endswith(".h5"):
+            with h5py.File(os.path.join(out, name), "r"):
+                pass
+        else:
+            torch.load(os.path.join(out, name), weights_only=True)  # whole
+    file_size_limit()  # room again
+    run_main(mc.main, argv)
+    assert curves.read_results(os.path.join(out, mc.RESULTS))["settings"]["lr"] == 0.07
