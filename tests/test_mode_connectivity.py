@@ -558,3 +558,41 @@ def test_a_failed_save_is_one_line_leaves_whole_files_and_the_rerun_finishes(run
     file_size_limit()  # room again
     run_main(mc.main, argv)
     assert curves.read_results(os.path.join(out, mc.RESULTS))["settings"]["lr"] == 0.07
+
+
+# ------------------------------------------------------------------ signals under MPI, in training
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not installed")
+@pytest.mark.parametrize("target,signum", [("rank 0", signal.SIGTERM), ("rank 1", signal.SIGTERM),
+                                           ("mpiexec", signal.SIGINT)], ids=["TERM-rank0", "TERM-rank1", "ctrl-c"])
+def test_a_signal_in_training_under_mpi_ends_every_rank_and_the_rerun_resumes(world, target, signum):
+    """Real `mpiexec -n 2`, a real signal to one rank (or Ctrl-C to mpiexec, which passes
+    SIGINT to every rank) during the curve training on rank 0: every rank ends within
+    seconds with 128 + the signal, one message, no traceback and no MPI abort banner;
+    the same command then resumes from the last finished epoch."""
+    cmd = ["mpiexec", "-n", "2", sys.executable, os.path.join(REPO, "mode_connectivity.py"), "--mpi",
+           "--model", "digits_cnn", "--dataset", "mcplugins:data", "--loss_name", "mcplugins:slow_loss",
+           "--model_file", world["a"], "--model_file2", world["b"], "--out_dir", world["out"], "--epochs", "12",
+           "--batch_size", "32", "--points", "3", "--no_progress", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    state = os.path.join(world["out"], mc.TRAIN_STATE)
+    proc = subprocess.Popen(cmd, cwd=world["d"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(proc, lambda: _train_epoch_saved(state) >= 1, "a saved epoch")
+        pid = proc.pid if target == "mpiexec" else int(open(os.path.join(world["d"], f"pid.{target[-1]}")).read())
+        t0 = time.time()
+        os.kill(pid, signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.time() - t0 < 30, "the job did not end promptly"
+    assert proc.returncode == 128 + signum, err
+    assert err.count(f"interrupted by {signal.Signals(signum).name}: the curve training is saved") == 1, err
+    for word in ("Traceback", "KeyboardInterrupt", "BAD TERMINATION", "Abort"):
+        assert word not in err + out, err
+    epoch = _train_epoch_saved(state)
+    assert 1 <= epoch < 12, epoch
+    p = subprocess.run(cmd, cwd=world["d"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert f"resuming the curve training after epoch {epoch} of 12" in p.stderr, p.stderr
+    assert _train_epoch_saved(state) == 12 and curves.read_results(os.path.join(world["out"], mc.RESULTS))
