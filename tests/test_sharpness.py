@@ -17,7 +17,7 @@ import torch
 import net_plotter
 import sharpness
 from cifar10.models import MODELS
-from conftest import REPO
+from conftest import REPO, assert_main_error, snapshot
 from errors import run_main
 
 QUADRATIC = textwrap.dedent('''
@@ -224,3 +224,57 @@ def test_a_file_without_finished_items_is_replaced(tmp_path, mlp_file):
     again = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.2]}, keys)
     assert again.resumed and again.item("0/base")["train_loss"] == 0.5
     again.close()
+
+
+# ------------------------------------------------------------------ the contract, table-driven
+def _cnn_checkpoint(d):
+    torch.manual_seed(0)
+    torch.save({"state_dict": MODELS["digits_cnn"]().state_dict()}, os.path.join(d, "cnn.t7"))
+
+
+def _text(d, name, text="not a checkpoint\n"):
+    with open(os.path.join(d, name), "w") as f:
+        f.write(text)
+
+
+def _h5(d, name, done=None, **attrs):
+    with h5py.File(os.path.join(d, name), "w") as f:
+        f["data"] = np.arange(3.0)
+        if done is not None:
+            f["done"] = done
+        f.attrs.update(attrs)
+
+
+CONTRACT = [  # (flags after --model_file MLP, what the one line says, set-up of the folder {d})
+    ("{d}/cnn.t7", "does not fit this model", _cnn_checkpoint),
+    ("{d}/junk.t7", "junk.t7", lambda d: _text(d, "junk.t7")),
+    ("{d}/mlp2.h5 --out {d}/mlp2", "is the --model_file[1] of this run",
+     lambda d: torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, os.path.join(d, "mlp2.h5"))),
+    ("--overwrite", "not a file of this toolkit", lambda d: _text(d, "out.h5", "my notes\n")),
+    ("", "cannot read", lambda d: _text(d, "out.h5", "my notes\n")),
+    ("", "is not a sharpness file", lambda d: _h5(d, "out.h5", format="something-else")),
+    ("", "no 'done' mask", lambda d: _h5(d, "out.h5", format="loss-landscape-sharpness", settings="{}")),
+    ("", "not valid JSON", lambda d: _h5(d, "out.h5", np.ones(12, np.uint8), format="loss-landscape-sharpness",
+                                            settings="{oops")),
+    ("", "not written by sharpness.py", lambda d: _text(d, "out.txt", "my table\n")),
+    ("--save_every 0", "--save_every", None),
+    ("--batch_size 0", "--batch_size", None),
+    ("--eig_maxiter 0", "--eig_maxiter", None),
+    ("--trace_samples 0", "--trace_samples", None),
+    ("--labels a b c", "--labels gives 3 labels for 1 checkpoints", None),
+]
+
+
+@pytest.mark.parametrize("extra,needle,setup", CONTRACT, ids=[f"{e or '-'}:{n}" for e, n, _ in CONTRACT])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_file, extra, needle, setup):
+    """Exit 2, exactly one 'error:' line, no traceback; every file byte-identical and
+    nothing created -- a bad later checkpoint included (checked before the first write)."""
+    d = str(tmp_path)
+    if setup:
+        setup(d)
+    before = snapshot(d)
+    argv = ["--model", "digits_mlp", "--max_samples", "60", "--n_dirs", "2", "--trace_samples", "2",
+            "--ascent_steps", "1", "--out", f"{d}/out", "--no_progress", "--model_file", mlp_file,
+            *extra.format(d=d).split()]
+    assert needle in assert_main_error(sharpness.main, argv, capsys)
+    assert snapshot(d) == before
