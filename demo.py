@@ -105,25 +105,8 @@ def main(argv=None):
     demo.plot("plot_1D", ["--surf_file", interp, "--log"], "interpolation")
 
     demo.step("Filter-normalized random directions: 1D curves and 2D surfaces")
-    lines = {key: [demo.surface(["--model_file", models[key], "--dir_type", "weights",
-                                 "--xnorm", "filter", "--xignore", "biasbn",
-                                 f"--x=-1:1:{size['line']}", "--idx", str(i)])
-                   for i in range(size["dirs"])] for key in models}
     labels = {key: label for key, label, *_ in NETWORKS}
-    demo.plot("plot_1D", ["--surf_file"] + [lines[k][0] for k in models]
-              + ["--labels"] + [labels[k] for k in models] + ["--log"], "random_1d")
-    demo.plot("plot_1D", ["--surf_file"] + [f for k in models for f in lines[k]] + ["--labels"]
-              + [f"{labels[k].split(' (')[0]} dir {i}" for k in models
-                 for i in range(size["dirs"])] + ["--log"], "random_1d_all")
-    grids = {}
-    for key in models:
-        g = size["grid"]
-        grids[key] = demo.surface(["--model_file", models[key], "--dir_type", "weights",
-                                   "--xnorm", "filter", "--xignore", "biasbn", "--ynorm", "filter",
-                                   "--yignore", "biasbn", f"--x=-1:1:{g}", f"--y=-1:1:{g}"])
-        demo.plot("plot_2D", ["--surf_file", grids[key], "--surf_name", "train_loss", "--log",
-                              "--vmin", str(LOSS_RANGE[0]), "--vmax", str(LOSS_RANGE[1]),
-                              "--vlevel", "0.25", "--zlim", str(LOSS_RANGE[1]), "--html"], key)
+    lines, grids = random_directions(demo, models, labels, size)
 
     demo.step("ParaView .vtp files of the 2D surfaces (the interactive pages came with --html)")
     for key in models:
@@ -146,6 +129,30 @@ def main(argv=None):
     if args.doc_images:
         copy_doc_images(demo.figures, args.doc_images)
     print(f"demo done in {seconds:.0f} s; open {os.path.join(out, 'index.html')}", flush=True)
+
+
+def random_directions(demo, models, labels, size):
+    """Step 3: 1D curves along several filter-normalized random directions for each
+    network, overlaid, and a 2D surface for each; returns their surface files."""
+    lines = {key: [demo.surface(["--model_file", models[key], "--dir_type", "weights",
+                                 "--xnorm", "filter", "--xignore", "biasbn",
+                                 f"--x=-1:1:{size['line']}", "--idx", str(i)])
+                   for i in range(size["dirs"])] for key in models}
+    demo.plot("plot_1D", ["--surf_file"] + [lines[k][0] for k in models]
+              + ["--labels"] + [labels[k] for k in models] + ["--log"], "random_1d")
+    demo.plot("plot_1D", ["--surf_file"] + [f for k in models for f in lines[k]] + ["--labels"]
+              + [f"{labels[k].split(' (')[0]} dir {i}" for k in models
+                 for i in range(size["dirs"])] + ["--log"], "random_1d_all")
+    grids = {}
+    for key in models:
+        g = size["grid"]
+        grids[key] = demo.surface(["--model_file", models[key], "--dir_type", "weights",
+                                   "--xnorm", "filter", "--xignore", "biasbn", "--ynorm", "filter",
+                                   "--yignore", "biasbn", f"--x=-1:1:{g}", f"--y=-1:1:{g}"])
+        demo.plot("plot_2D", ["--surf_file", grids[key], "--surf_name", "train_loss", "--log",
+                              "--vmin", str(LOSS_RANGE[0]), "--vmax", str(LOSS_RANGE[1]),
+                              "--vlevel", "0.25", "--zlim", str(LOSS_RANGE[1]), "--html"], key)
+    return lines, grids
 
 
 # ---------------------------------------------------------------------- running tools

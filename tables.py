@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def read_sharpness_table(path: str) -> tuple[list[str], list[list[str]], str, li
     return (*sharpness_table(settings, rows), rows)
 
 
-def write_sharpness_rows(f, rows: Sequence[Mapping]) -> None:
+def write_sharpness_rows(f: Any, rows: Sequence[Mapping]) -> None:
     """The rows into an open HDF5 file: a group ``checkpoint_<c>`` per row (label,
     model_file and model_hash as attributes, every number as a dataset)."""
     for c, row in enumerate(rows):
