@@ -408,29 +408,34 @@ def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupte
 
 
 # ------------------------------------------------------------------ the contract, table-driven
-# A --loss_name and a --dataset importable from the test folder: a 0-1 loss (no gradient); a
-# data function that writes this rank's pid to pid.<rank>; a loss that sleeps so that an
-# epoch takes a known time.
+# Losses importable from the test folder: a 0-1 loss (no gradient), and a cross-entropy
+# that sleeps so that an epoch takes a known time.
 PLUGINS = """
-import os, time
-import numpy as np
+import time
 import torch.nn.functional as F
 
 def zero_one(out, y):
     return (out.argmax(1) != y).float()
 
-def data():
-    with open(f"pid.{os.environ.get('PMI_RANK', '0')}", "w") as f:
-        f.write(str(os.getpid()))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 1, 8, 8)).astype("float32")
-    y = rng.integers(0, 10, size=64)
-    return (x, y), (x, y)
-
-def slow_loss(out, y):
+def slow_cross_entropy(out, y):
     time.sleep(0.05)
     return F.cross_entropy(out, y, reduction="none")
 """
+
+
+def _rank_pid(marker, rank):
+    """The pid of MPI rank ``rank`` of the job whose command line contains ``marker``."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker.encode() in cmd and f"\0PMI_RANK={rank}\0".encode() in b"\0" + env:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} running")
 
 
 @pytest.fixture
@@ -571,7 +576,7 @@ def test_a_signal_in_training_under_mpi_ends_every_rank_and_the_rerun_resumes(wo
     seconds with 128 + the signal, one message, no traceback and no MPI abort banner;
     the same command then resumes from the last finished epoch."""
     cmd = ["mpiexec", "-n", "2", sys.executable, os.path.join(REPO, "mode_connectivity.py"), "--mpi",
-           "--model", "digits_cnn", "--dataset", "mcplugins:data", "--loss_name", "mcplugins:slow_loss",
+           "--model", "digits_cnn", "--max_samples", "64", "--loss_name", "mcplugins:slow_cross_entropy",
            "--model_file", world["a"], "--model_file2", world["b"], "--out_dir", world["out"], "--epochs", "12",
            "--batch_size", "32", "--points", "3", "--no_progress", "--threads", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -579,7 +584,7 @@ def test_a_signal_in_training_under_mpi_ends_every_rank_and_the_rerun_resumes(wo
     proc = subprocess.Popen(cmd, cwd=world["d"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait(proc, lambda: _train_epoch_saved(state) >= 1, "a saved epoch")
-        pid = proc.pid if target == "mpiexec" else int(open(os.path.join(world["d"], f"pid.{target[-1]}")).read())
+        pid = proc.pid if target == "mpiexec" else _rank_pid(world["out"], int(target[-1]))
         t0 = time.time()
         os.kill(pid, signum)
         out, err = proc.communicate(timeout=60)
