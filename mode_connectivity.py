@@ -76,6 +76,7 @@ import flags
 import grid
 import runner
 from fileio import check_not_input, check_output_path, h5_written_atomically
+from store import Lock
 from surface import SurfaceStore
 
 TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
@@ -455,8 +456,12 @@ def main(argv=None):
 
     def train_on_rank0(stop):
         os.makedirs(args.out_dir, exist_ok=True)
-        if train(args, net, curve, data, device, settings, stop):
-            save_checkpoints(args, net, curve, data, device, bn_update, settings)
+        lock = Lock(os.path.join(args.out_dir, TRAIN_STATE), "the curve training")  # one run per --out_dir
+        try:
+            if train(args, net, curve, data, device, settings, stop):
+                save_checkpoints(args, net, curve, data, device, bn_update, settings)
+        finally:
+            lock.release()
 
     on_rank0(comm, train_on_rank0, f"the curve training is saved in {os.path.join(args.out_dir, TRAIN_STATE)} "
                                    "up to its last finished epoch")

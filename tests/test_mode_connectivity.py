@@ -601,3 +601,24 @@ def test_a_signal_in_training_under_mpi_ends_every_rank_and_the_rerun_resumes(wo
     assert p.returncode == 0, p.stderr
     assert f"resuming the curve training after epoch {epoch} of 12" in p.stderr, p.stderr
     assert _train_epoch_saved(state) == 12 and curves.read_results(os.path.join(world["out"], mc.RESULTS))
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_trains(world, capsys):
+    argv = ["--model", "digits_cnn", "--max_samples", "64", "--loss_name", "mcplugins:slow_cross_entropy",
+            "--model_file", world["a"], "--model_file2", world["b"], "--out_dir", world["out"], "--epochs", "40",
+            "--batch_size", "32", "--points", "3", "--no_progress", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    state = os.path.join(world["out"], mc.TRAIN_STATE)
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "mode_connectivity.py"), *argv], cwd=world["d"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(proc, lambda: _train_epoch_saved(state) >= 1, "a saved epoch")
+        line = assert_main_error(mc.main, argv, capsys)
+        assert "in use by another run" in line and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert sorted(os.listdir(world["out"])) == [mc.TRAIN_STATE]  # the lock is gone with its run
