@@ -5,9 +5,11 @@ every random-direction increase (½ρ²dᵀHd) and the best possible worst case
 file resumes with only the missing items computed; bad input is one line."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -18,7 +20,6 @@ import net_plotter
 import sharpness
 from cifar10.models import MODELS
 from conftest import REPO, assert_main_error, snapshot
-from errors import run_main
 
 QUADRATIC = textwrap.dedent('''
     """A linear model with a squared-error loss: the loss is exactly quadratic in the weights."""
@@ -119,17 +120,38 @@ def datasets(path):
     return out
 
 
+def _n_done(path):
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["done"][()].sum())
+    except (OSError, KeyError):
+        return 0
+
+
 def assert_same_datasets(a, b):
     assert sorted(a) == sorted(b)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+SLOW_LOSS = textwrap.dedent("""
+    import os, time
+    import torch.nn.functional as F
+
+    def loss(out, y):
+        time.sleep(float(os.environ.get("LOSS_SLEEP", "0")))
+        return F.cross_entropy(out, y, reduction="none")
+""")
+
+
 @pytest.mark.slow
-def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
+def test_two_ranks_equal_one_and_resume(tmp_path, capsys, monkeypatch):
     """The file of a fixed command is the same, bit for bit in every dataset, with one or two
-    ranks and after an interruption and a resume (nothing stored depends on the order in
-    which the items were computed)."""
+    ranks and after an interruption (a real SIGTERM) and a resume (nothing stored depends
+    on the order in which the items were computed, or on what was computed before)."""
+    (tmp_path / "slowloss.py").write_text(SLOW_LOSS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     files = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -137,7 +159,7 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
         torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, files[-1])
     common = ["sharpness.py", "--model", "digits_mlp", "--model_file"] + files + [
         "--max_samples", "60", "--n_dirs", "3", "--trace_samples", "4", "--ascent_steps", "2",
-        "--rho", "0.1,0.3", "--threads", "1", "--no_progress"]
+        "--rho", "0.1,0.3", "--threads", "1", "--no_progress", "--loss_name", "slowloss:loss"]
     p = mpiexec(common + ["--mpi", "--out", tmp_path / "two"])
     assert p.returncode == 0, p.stderr
     one = str(tmp_path / "one")
@@ -160,18 +182,27 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "12 items, 11 already done (resumed)" in err and "16 items, 15 already done" in err, err
     assert_same_datasets(a, datasets(one + ".h5"))
+    # a real interruption: SIGTERM once a few items are saved, then the same command
+    part = str(tmp_path / "part")
+    proc = subprocess.Popen([sys.executable] + common + ["--out", part, "--save_every", "0.05"], cwd=REPO,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", LOSS_SLEEP="0.03"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and _n_done(part + ".h5") < 3:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "rerun the same command to resume" in err, err
+    assert 3 <= _n_done(part + ".h5") < 16
+    sharpness.main(common[1:] + ["--out", part])
+    assert_same_datasets(a, datasets(part + ".h5"))
     # other settings: refused, the file kept
     before = open(one + ".h5", "rb").read()
-    msg = one_line_error(common[1:] + ["--out", one, "--n_dirs", "4"], capsys)
+    msg = assert_main_error(sharpness.main, common[1:] + ["--out", one, "--n_dirs", "4"], capsys)
     assert "n_dirs" in msg and "--overwrite" in msg and open(one + ".h5", "rb").read() == before
-
-
-def one_line_error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_main(sharpness.main, argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +233,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, mlp_file, extra, needle):
     (tmp_path / "mine.html").write_text("<html>my own page</html>")
     extra = [str(tmp_path) if a == "FOLDER" else str(tmp_path / "mine") if a == "USERFILE" else a for a in extra]
     argv = ["--model", "digits_mlp", "--model_file", mlp_file] + extra
-    assert needle in one_line_error(argv, capsys)
+    assert needle in assert_main_error(sharpness.main, argv, capsys)
     assert (tmp_path / "mine.html").read_text() == "<html>my own page</html>" and len(os.listdir(tmp_path)) == 1
 
 
