@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from errors import UserError
@@ -149,16 +149,26 @@ def _short(v):
     return s if len(s) <= 80 else s[:77] + "..."
 
 
-def check_reuse(path: str, stored: dict | None, wanted: dict, what: str, overwrite: bool = False,
+def check_reuse(path: str, stored: dict | None | Callable[[], dict | None], wanted: dict, what: str,
+                overwrite: bool = False,
                 hint: str = "rerun with --overwrite to start fresh or choose another output file") -> bool:
-    """May the existing output ``path`` (made with settings ``stored``) serve this run?
+    """The one reuse policy: may the existing output ``path`` (made with settings
+    ``stored``) serve this run?
 
     True: it exists and was made with exactly ``wanted``: reuse it. False: it does not
-    exist, or ``overwrite`` says to replace it. A file made with other settings (or
-    without any) is refused with a UserError that lists what differs and says what to do.
+    exist, or ``overwrite`` says to replace it (only a file of ours: ``check_replaceable``).
+    A file made with other settings (or without any) is refused with a UserError that
+    lists what differs and says what to do. ``stored`` may be a function that reads the
+    settings: it is called only when they are needed, so a damaged file (whose reading
+    raises) can still be replaced with ``overwrite``.
     """
-    if not os.path.exists(path) or overwrite:
+    if not os.path.exists(path):
         return False
+    if overwrite:
+        check_replaceable(path, what)
+        return False
+    if callable(stored):
+        stored = stored()
     if stored is None:
         raise UserError(f"{what} {path} exists but does not record the settings that made it; {hint}")
     diffs = settings_diff(stored, wanted)

@@ -197,3 +197,13 @@ def _points_per_pass(text):
     if k < 1:
         raise UserError(f"--points_per_pass must be 'auto' or an integer >= 1 (got '{text}')")
     return k
+
+
+def spec_of(args: argparse.Namespace, **changes):
+    """The typed run specification (spec.RunSpec) of parsed flags; ``changes`` replace fields."""
+    from spec import RunSpec
+    y = (args.ymin, args.ymax, args.ynum) if args.y is not None else None
+    fields = {name: getattr(args, name) for name in RunSpec.__dataclass_fields__
+              if name not in ("x", "y", "progress", "data_args") and hasattr(args, name)}
+    return RunSpec(**{**fields, "x": (args.xmin, args.xmax, args.xnum), "y": y,
+                      "progress": not args.no_progress, "data_args": args, **changes})

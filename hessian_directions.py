@@ -35,14 +35,16 @@ import dataloader
 import model_loader
 import mpi4pytorch
 import net_plotter
+import runner
 from errors import UserError, run_main
 from evaluation import get_loss_fn
 from hess_vec_prod import DEFAULT_CACHE_MB, Hessian, NonFinite, hessian_params, top_eigenpairs
 
-from fileio import check_output_path, check_reuse
+from fileio import check_not_input, check_output_path, check_reuse, open_h5, parse_settings
 from flags import build_parser as _base_parser
 from flags import parse_args as _parse_args
 from grid import load_run, model_stem
+from store import ResultStore, damaged
 
 FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
@@ -128,21 +130,33 @@ def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
             "seed": args.seed, "parameters": n_params}
 
 
-def stored_settings(path: str) -> dict | None:
-    attrs = net_plotter.read_direction_attrs(path)
-    try:
-        return json.loads(attrs.get("settings", "null"))
-    except (TypeError, ValueError):
-        return None
+def reusable(out: str, settings: dict, overwrite: bool) -> bool:
+    """May the existing ``out`` serve this run (the one reuse policy, fileio.check_reuse)? A
+    damaged file of ours (settings that do not parse, no eigenvectors or eigenvalues) is
+    refused with a line that says to pass --overwrite, which replaces it."""
+    def stored() -> dict | None:
+        attrs = net_plotter.read_direction_attrs(out)
+        return parse_settings(attrs["settings"], out) if "settings" in attrs else None
+    if not check_reuse(out, stored, settings, "direction file", overwrite,
+                       hint="pass --overwrite to replace it or choose another --dir_file"):
+        return False
+    attrs = net_plotter.read_direction_attrs(out)
+    with open_h5(out, "direction file") as f:
+        groups = [g for g in ("xdirection", "ydirection")[:settings["k"]] if g not in f]
+    if groups or "eigenvalues" not in attrs or np.size(attrs["eigenvalues"]) != settings["k"]:
+        raise damaged(out, f"it has no {groups[0] if groups else 'eigenvalues'} for --k {settings['k']}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> str:
+    t0 = time.perf_counter()
     args = _parse_args(build_parser(), argv)
     check_args(args)
     out = args.dir_file or default_dir_file(args)
     check_output_path(out, "--dir_file")
     if args.model_file and not os.path.isfile(args.model_file):
         raise UserError(f"checkpoint not found: {args.model_file}")
+    check_not_input(out, "--dir_file", runner.without(runner.inputs_of(args), "--dir_file"))
     device, data, net = load_run(args, None)
     net = net.to(device).eval()
     params = [p for _, p in hessian_params(net)]
@@ -150,16 +164,23 @@ def main(argv: list[str] | None = None) -> str:
     if n_params <= args.k:
         raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
     settings = settings_of(args, data, n_params)
-    if os.path.exists(out):
-        if check_reuse(out, stored_settings(out), settings, "direction file", args.overwrite,
-                       hint="pass --overwrite to replace it or choose another --dir_file"):
-            vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
-            print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
-            return out
+    if reusable(out, settings, args.overwrite):
+        vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
+        print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
+        return out
     op = Hessian(net, data.train_x.to(device), data.train_y.to(device), get_loss_fn(args.loss_name),
                  args.batch_size, params, args.hess_cache_mb)
+    found = ResultStore(None, FORMAT_KIND, "direction file", (), {}, settings)  # in memory: one solve
     t = time.perf_counter()
-    vals, dirs = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed, args.eig_maxiter)
+    solved = {}
+
+    def solve(k):
+        solved["vals"], solved["dirs"] = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed,
+                                                          args.eig_maxiter)
+        return {}
+    runner.run(None, found, solve, what="point", desc="hessian", plan="one Lanczos solve",
+               progress=False, setup_seconds=time.perf_counter() - t0)
+    vals, dirs = solved["vals"], solved["dirs"]
     seconds = time.perf_counter() - t
     names = [n for n, _ in net_plotter.get_entries(net, "weights")]
     norm_attr = "" if args.norm == "none" else args.norm

@@ -22,7 +22,6 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 ``--trace``, Hutchinson's estimate of the trace with its standard error (``trace``,
 ``trace_stderr``, ``trace_samples``).
 """
-import json
 import math
 import os
 import time
@@ -32,11 +31,13 @@ import numpy as np
 import dataloader
 import model_loader
 import mpi4pytorch
+import runner
 import net_plotter
 import flags
 import grid
 from errors import UserError, run_main
-from fileio import check_output_path, h5_written_atomically
+from fileio import check_output_path
+from store import ResultStore
 from evaluation import get_loss_fn
 from hess_vec_prod import (DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, Progress, hutchinson_trace,
                            min_max_eigs, top_k)
@@ -176,7 +177,7 @@ def grid_mode(args):
                   f"({op.count - count} products, {time.perf_counter() - t:.1f} s)", flush=True)
         return {"max_eig": lmax, "min_eig": lmin}
 
-    grid.compute_grid(args, ctx, compute, desc="hessian")
+    grid.compute_grid(ctx.spec, ctx, compute, desc="hessian")
     if ctx.rank == 0:
         print(f"done: {ctx.surf_file}", flush=True)
         if args.plot:
@@ -185,10 +186,11 @@ def grid_mode(args):
 
 def prepare_grid(args):
     """grid.prepare with our metrics; the surface file gets a ``_hessian`` name."""
-    if not args.surf_file:
-        dir_file = grid.name_direction_file(args)
-        args.surf_file = grid.name_surface_file(args, dir_file)[:-len(".h5")] + "_hessian.h5"
-    return grid.prepare(args, METRICS, kind="hessian",
+    spec = flags.spec_of(args)
+    if not spec.surf_file:
+        dir_file = grid.name_direction_file(spec)
+        spec = flags.spec_of(args, surf_file=grid.name_surface_file(spec, dir_file)[:-len(".h5")] + "_hessian.h5")
+    return grid.prepare(spec, METRICS, kind="hessian",
                         extra_settings={"eig_tol": args.eig_tol, "seed": args.seed})
 
 
@@ -203,19 +205,42 @@ def plot(args, surf_file):
 
 
 # ---------------------------------------------------------------- single point
+POINT_KIND = "loss-landscape-hessian-point"
+
+
 def single_point(args):
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("--top_k/--trace compute one point: run a single process, without --mpi")
     out = args.spectrum_file or grid.model_stem(args) + "_hessian.h5"
     check_output_path(out, "--spectrum_file")
-    if os.path.exists(out) and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it or choose --spectrum_file")
+    t0 = time.perf_counter()
     device, data, net, point = load_point(args)
     op = hessian_of(args, net, data, device)
     if args.top_k >= op.shape[0]:
         raise UserError(f"--top_k must be below the number of parameters ({op.shape[0]}), got {args.top_k}")
+    settings = {**point_settings(args, data, point), "dir_file": os.path.basename(args.dir_file) if point else "",
+                "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
+    fields = {"max_eig": ((), np.nan), "min_eig": ((), np.nan)}
+    if args.top_k:
+        fields["top_eigenvalues"] = ((args.top_k,), np.nan)
+    if args.trace:
+        fields.update(trace=((), np.nan), trace_stderr=((), np.nan), trace_samples=((args.trace_samples,), np.nan))
+    store = ResultStore(out, POINT_KIND, "spectrum file", (), fields, settings, overwrite=args.overwrite,
+                        inputs=runner.inputs_of(args), hint="pass --overwrite to replace it or choose --spectrum_file")
+    if store.resumed and not store.todo().size:
+        store.close()
+        raise UserError(f"{out} holds this point's results already; pass --overwrite to recompute them or "
+                        "choose --spectrum_file")
     progress = Progress(op, not args.no_progress, args.progress_every)
-    t = time.perf_counter()
+    seconds = runner.run(None, store, lambda k: point_spectrum(args, op, progress), what="point", desc="hessian",
+                         plan="one point", save_every=args.save_every, progress=False,
+                         setup_seconds=time.perf_counter() - t0)
+    store.close()
+    report({k: store.values[k] for k in fields}, point, op, seconds, out)
+
+
+def point_spectrum(args, op, progress):
+    """The single point's results: top-k eigenvalues, λmax/λmin and the trace, as asked."""
     result = {}
     if args.top_k:
         progress.phase(f"top {args.top_k} eigenvalues")
@@ -229,11 +254,7 @@ def single_point(args):
         result["trace"], result["trace_stderr"], result["trace_samples"] = \
             hutchinson_trace(op, args.trace_samples, args.seed)
         progress.end(f"trace {result['trace']:.6g} ± {result['trace_stderr']:.2g}")
-    seconds = time.perf_counter() - t
-    settings = {**point_settings(args, data, point), "dir_file": os.path.basename(args.dir_file) if point else "",
-                "eig_tol": args.eig_tol, "seed": args.seed, "parameters": op.shape[0]}
-    write_spectrum(out, result, settings)
-    report(result, point, op, seconds, out)
+    return result
 
 
 def move_to_at(args, net):
@@ -246,13 +267,6 @@ def move_to_at(args, net):
     xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)
     net_plotter.Perturbation(net, args.dir_type, xdir, ydir).set(*point)
     return point
-
-
-def write_spectrum(path, result, settings):
-    with h5_written_atomically(path) as f:
-        for k, v in result.items():
-            f[k] = np.asarray(v, dtype=np.float64)
-        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
 
 
 def report(result, point, op, seconds, out):

@@ -12,19 +12,19 @@ evaluates loss and accuracy, while rank 0 gathers and saves the results (grid.co
 finally, with --plot, draw the curves or contours.
 """
 from errors import run_main
-from flags import build_parser, parse_args
+from flags import build_parser, parse_args, spec_of
 
 
 def main(argv=None):
     args = parse_args(build_parser(__doc__.splitlines()[0]), argv)
+    spec = spec_of(args)
 
     import grid
     from evaluation import get_loss_fn
-    splits = ["train"] + (["test"] if args.test else [])
-    run = grid.prepare(args, grid.metrics_for(splits))  # checks every input, then opens the files
-    compute = grid.loss_compute(run, get_loss_fn(args.loss_name), splits, args.batch_size, args.precision,
-                                args.engine, args.points_per_pass)
-    grid.compute_grid(args, run, compute)
+    run = grid.prepare(spec, grid.metrics_for(spec.splits))  # checks every input, then opens the files
+    compute = grid.loss_compute(run, get_loss_fn(spec.loss_name), spec.splits, spec.batch_size, spec.precision,
+                                spec.engine, spec.points_per_pass)
+    grid.compute_grid(spec, run, compute)
     if run.rank == 0:
         print(f"done: {run.surf_file}", flush=True)
         if args.plot:

@@ -265,14 +265,13 @@ def run_settings(args, files, epochs):
 
 def _check_existing(path, settings, overwrite, what):
     """Refuse to replace ``path`` unless it was made with ``settings`` or --overwrite."""
-    stored = None
-    if os.path.exists(path) and not overwrite:
+    def stored() -> dict | None:
         try:
             with h5py.File(path, "r") as f:
                 raw = f.attrs.get("settings")
-            stored = json.loads(raw) if raw is not None else None
+            return json.loads(raw) if raw is not None else None
         except (OSError, ValueError):
-            stored = None
+            return None
     check_reuse(path, stored, json.loads(json.dumps(settings)), what, overwrite,
                 hint="pass --overwrite to replace it or choose another path")
 

@@ -24,8 +24,8 @@ How a script uses it::
                setup_seconds=time.perf_counter() - t0)
 
 ``inputs_of(args)`` lists the input files of a run (checkpoints, direction file, data
-loaders) for the store's check that no output is an input; ``reuse`` is the one policy
-for "may this existing file serve this run?" (fileio.check_reuse).
+loaders) for the store's check that no output is an input; ``fileio.check_reuse`` is the
+one policy for "may this existing file serve this run?" (the store uses it too).
 
 Importable without MPI or torch (mpi4py is imported by the communicator's owner).
 """
@@ -40,7 +40,6 @@ import numpy as np
 
 import mpi4pytorch
 from errors import UserError
-from fileio import check_reuse
 from scheduler import Interrupted, run_grid
 
 INPUT_FLAGS = ("model_file", "model_file2", "model_file3", "dir_file", "trainloader", "testloader", "proj_file")
@@ -65,13 +64,6 @@ def inputs_of(args: Any, *extra: tuple[str, str | None]) -> dict[str, str | None
 def without(inputs: Mapping[str, str | None], *flags: str) -> dict[str, str | None]:
     """``inputs`` less the given flags (a script's own output, e.g. its --dir_file)."""
     return {k: v for k, v in inputs.items() if k not in flags}
-
-
-def reuse(path: str, stored: dict | None, wanted: dict, what: str, overwrite: bool = False,
-          hint: str = "rerun with --overwrite to start fresh or choose another output file") -> bool:
-    """The one reuse policy: may the existing ``path`` (made with ``stored``) serve this run?
-    (fileio.check_reuse: True reuse, False make it anew, a UserError when it is refused.)"""
-    return check_reuse(path, stored, wanted, what, overwrite, hint)
 
 
 def run(comm: Any, store: Any, compute: Callable[[Any], Mapping[str, Any]], *, what: str = "points",

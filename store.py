@@ -161,7 +161,7 @@ class ResultStore:
             shape: Shape = (max(self.shape[0], len(done)),)
         else:
             shape = self.shape
-        if done.shape[1:] != shape[1:] or (done.shape[0] != shape[0] and not grow):
+        if done.shape != shape and not (grow and len(shape) == 1 and done.ndim == 1):
             raise UserError(f"{self.path} does not hold the items of this run ({done.shape} stored, "
                             f"{self.shape} wanted); {self.hint}")
         missing = [k for k in self.fields if k not in values]
@@ -218,15 +218,12 @@ class ResultStore:
         return self.keys.index(key)
 
     def record(self, indices: Sequence[int], values: Mapping[str, Any]) -> None:
-        """Store results: ``values[field]`` holds one value per index (a list), or the
-        value of the one index."""
-        indices = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
-        for j, i in enumerate(indices):
-            at = np.unravel_index(i, self.done.shape)
-            for k in self.fields:
-                v = values[k][j] if isinstance(values[k], (list, tuple)) else values[k]
-                self.values[k][at] = np.asarray(v, dtype=np.float64)
-            self.done[at] = True
+        """Store results: ``values[field]`` holds one value per index (a list, or an array
+        with one row per index), or one value for all of them (an array of the field's shape)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        for k, (item, _) in self.fields.items():
+            self.values[k].reshape(-1, *item)[indices] = np.asarray(values[k], dtype=np.float64)
+        self.done.reshape(-1)[indices] = True
         self.dirty = True
 
     # ------------------------------------------------------------------ saving

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from errors import UserError
-from fileio import check_reuse, open_h5, parse_settings
+from fileio import open_h5, parse_settings
 from store import ResultStore
 
 FORMAT = "loss-landscape-surface"
@@ -219,12 +219,7 @@ class SurfaceStore(ResultStore):
             raise UserError(f"{self.path} was written by the original loss-landscape code and "
                             "cannot be resumed; pass --overwrite to recompute it or --surf_file "
                             "to write elsewhere")
-        check_reuse(self.path, old.settings if "settings" in old.attrs else None, self.settings,
-                    "surface file", hint=self.hint)
-        if old.shape != self.shape or set(self.metrics) - set(old.values):
-            raise UserError(f"{self.path} does not hold the grid/metrics of this run; "
-                            "rerun with --overwrite or choose another --surf_file")
-        return old.settings, old.values, old.done
+        return (old.settings if "settings" in old.attrs else None), old.values, old.done
 
     def _write(self, f: Any) -> None:
         f.attrs["format"] = FORMAT

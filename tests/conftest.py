@@ -155,3 +155,9 @@ def file_size_limit(request):
         yield lift
     finally:
         lift()
+
+
+def snapshot_files(folder):
+    """{path: bytes} of every file under ``folder`` (hidden ones too): compare two to see
+    that nothing was changed or created."""
+    return {os.path.join(folder, k): v for k, v in snapshot(folder).items() if v != "<dir>"}
