@@ -284,27 +284,39 @@ class _Signals:
             signal.signal(s, h)
 
 
-def on_rank0(comm, fn, interrupted: str):
+def on_rank0(comm, fn, interrupted: str, sig: _Signals):
     """Run ``fn(stop)`` on rank 0 while the other ranks wait without spinning.
 
-    SIGTERM/SIGINT to any rank makes ``stop()`` true on rank 0 (another rank's signal
-    comes as a message), so ``fn`` ends at its next check; then every rank exits with 128
-    + the signal. A UserError on rank 0 is raised on every rank. Never hangs: the other
-    ranks wait only for rank 0's one message, which rank 0 sends whatever happened.
+    SIGTERM/SIGINT to any rank (caught by ``sig``, before or during the phase) makes
+    ``stop()`` true on rank 0 (another rank's signal comes as a message), so ``fn`` ends
+    at its next check; then every rank exits with 128 + the signal. A UserError on rank 0
+    is raised on every rank. Never hangs: the other ranks wait only for rank 0's one
+    message, which rank 0 sends whatever happened.
     """
-    with _Signals() as sig:
-        if mpi4pytorch.rank(comm) == 0:
-            signum, err, result = _run_on_rank0(comm, fn, sig)
-        else:
-            signum, err, result = _wait_for_rank0(comm, sig)
+    if mpi4pytorch.rank(comm) == 0:
+        signum, err, result = _run_on_rank0(comm, fn, sig)
+    else:
+        signum, err, result = _wait_for_rank0(comm, sig)
     if err is not None:
         raise (SharedUserError(err) if comm is not None else UserError(err))
     if signum is not None:
-        if mpi4pytorch.rank(comm) == 0:
-            print(f"interrupted by {signal.Signals(signum).name}: {interrupted}; rerun the same command to "
-                  "resume", file=sys.stderr, flush=True)
-        sys.exit(128 + (sig.signum or signum))
+        _exit_interrupted(comm, signum, sig, interrupted)
     return result
+
+
+def _exit_interrupted(comm, signum, sig, interrupted):
+    if mpi4pytorch.rank(comm) == 0:
+        print(f"interrupted by {signal.Signals(signum).name}: {interrupted}; rerun the same command to "
+              "resume", file=sys.stderr, flush=True)
+    sys.exit(128 + (sig.signum or signum))
+
+
+def stop_if_signalled(comm, sig, interrupted: str) -> None:
+    """Collective, at a phase boundary: a signal caught on any rank ends every rank."""
+    signums = [sig.signum] if comm is None else comm.allgather(sig.signum)
+    signum = next((s for s in signums if s is not None), None)
+    if signum is not None:
+        _exit_interrupted(comm, signum, sig, interrupted)
 
 
 def _run_on_rank0(comm, fn, sig):
@@ -444,30 +456,37 @@ def plot(args, surf_file):
     finish(plots, args.show)
 
 
+def set_up(args, comm):
+    """The model, data, end points and curve, every input checked (on rank 0) before any write."""
+    device, data, net, state_a, state_b = load_endpoints(args, comm)
+    bn_update = has_batchnorm(net) if args.bn_update is None else args.bn_update
+    curve = Curve(net, state_a, state_b, args.curve).to(device)
+    mpi4pytorch.check_all(comm, lambda: check_inputs(args, net, curve, data, device))
+    return device, data, net, curve, bn_update, train_settings(args, data)
+
+
 def main(argv=None):
     args = parse_args(argv)
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
-    device, data, net, state_a, state_b = load_endpoints(args, comm)
-    bn_update = has_batchnorm(net) if args.bn_update is None else args.bn_update
-    curve = Curve(net, state_a, state_b, args.curve).to(device)
-    settings = train_settings(args, data)
-    mpi4pytorch.check_all(comm, lambda: check_inputs(args, net, curve, data, device))
+    state_file = os.path.join(args.out_dir, TRAIN_STATE)
+    with _Signals() as sig:  # until the evaluation (runner.run's own): honoured at the next phase boundary
+        device, data, net, curve, bn_update, settings = set_up(args, comm)
 
-    def train_on_rank0(stop):
-        os.makedirs(args.out_dir, exist_ok=True)
-        lock = Lock(os.path.join(args.out_dir, TRAIN_STATE), "the curve training")  # one run per --out_dir
-        try:
-            if train(args, net, curve, data, device, settings, stop):
-                save_checkpoints(args, net, curve, data, device, bn_update, settings)
-        finally:
-            lock.release()
+        def train_on_rank0(stop):
+            os.makedirs(args.out_dir, exist_ok=True)
+            lock = Lock(state_file, "the curve training")  # one run per --out_dir
+            try:
+                if train(args, net, curve, data, device, settings, stop):
+                    save_checkpoints(args, net, curve, data, device, bn_update, settings)
+            finally:
+                lock.release()
 
-    on_rank0(comm, train_on_rank0, f"the curve training is saved in {os.path.join(args.out_dir, TRAIN_STATE)} "
-                                   "up to its last finished epoch")
-    if rank != 0:  # the bend trained on rank 0
-        curve.set_bend({k: v.to(device) for k, v in
-                        _load_train_state(os.path.join(args.out_dir, TRAIN_STATE))["bend"].items()})
+        saved = f"the curve training is saved in {state_file} up to its last finished epoch"
+        on_rank0(comm, train_on_rank0, saved, sig)
+        if rank != 0:  # the bend trained on rank 0
+            curve.set_bend({k: v.to(device) for k, v in _load_train_state(state_file)["bend"].items()})
+        stop_if_signalled(comm, sig, saved)
     bend_hash = dataloader.tensor_hash(*(curve.bend[k] for k in sorted(curve.bend)))
     eval_settings = {**settings, "kind": "mode_connectivity", "bend_hash": bend_hash,
                      "points": args.points, "bn_update": bool(bn_update), "precision": args.precision,

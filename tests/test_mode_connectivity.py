@@ -408,8 +408,8 @@ def test_sigterm_in_training_kill9_in_evaluation_then_resume_equals_uninterrupte
 
 
 # ------------------------------------------------------------------ the contract, table-driven
-# Losses importable from the test folder: a 0-1 loss (no gradient), and a cross-entropy
-# that sleeps so that an epoch takes a known time.
+# Plugins importable from the test folder: a 0-1 loss (no gradient), a cross-entropy that
+# sleeps so that an epoch takes a known time, data that take seconds to load.
 PLUGINS = """
 import time
 import torch.nn.functional as F
@@ -420,6 +420,14 @@ def zero_one(out, y):
 def slow_cross_entropy(out, y):
     time.sleep(0.05)
     return F.cross_entropy(out, y, reduction="none")
+
+def slow_data():
+    import os, torch
+    open(f"loading.{os.environ.get('PMI_RANK', '0')}", "w").close()
+    time.sleep(4)
+    g = torch.Generator().manual_seed(0)
+    split = (torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 10, (48,), generator=g))
+    return split, split
 """
 
 
@@ -622,3 +630,29 @@ def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_trains(worl
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert sorted(os.listdir(world["out"])) == [mc.TRAIN_STATE]  # the lock is gone with its run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not installed")
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_signal_while_setting_up_under_mpi_ends_every_rank(world, rank):
+    """SIGTERM to one rank while the data load (before the training): every rank ends
+    within seconds with 128 + 15, one message, no traceback, no abort banner."""
+    cmd = ["mpiexec", "-n", "2", sys.executable, os.path.join(REPO, "mode_connectivity.py"), "--mpi",
+           "--model", "digits_cnn", "--dataset", "mcplugins:slow_data", "--model_file", world["a"],
+           "--model_file2", world["b"], "--out_dir", world["out"], "--epochs", "3", "--points", "3",
+           "--no_progress", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=world["d"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(proc, lambda: os.path.exists(os.path.join(world["d"], f"loading.{rank}")), "the data load")
+        t0 = time.time()
+        os.kill(_rank_pid(world["out"], rank), signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.time() - t0 < 30, "the job did not end promptly"
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.count("interrupted by SIGTERM") == 1, err
+    for word in ("Traceback", "BAD TERMINATION", "Abort"):
+        assert word not in err + out, err
