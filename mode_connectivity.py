@@ -75,7 +75,7 @@ from evaluation import Evaluator, get_loss_fn
 import flags
 import grid
 import runner
-from fileio import check_not_input, check_output_path, h5_written_atomically
+from fileio import check_not_input, check_output_path, check_reuse, h5_written_atomically
 from store import Lock
 from surface import SurfaceStore
 
@@ -193,7 +193,7 @@ def resume_training(args, curve, optimizer, settings) -> int:
     if not os.path.exists(path) or args.overwrite:
         return 0
     saved = _load_train_state(path)
-    runner.reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
+    check_reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
                 "the curve training", hint="rerun with --overwrite to start fresh or choose another --out_dir")
     curve.set_bend(saved["bend"])
     optimizer.load_state_dict(saved["optimizer"])
