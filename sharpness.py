@@ -141,11 +141,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_output_path(args.out + ext, "--out")
     for ext, mark in ((".html", HTML_MARK), (".txt", TXT_MARK)):
         path = args.out + ext
-        if os.path.isfile(path) and not args.overwrite:
+        if os.path.isfile(path):  # --overwrite too: it replaces only our own files
             with open(path, errors="replace") as f:
                 if mark not in f.read(300):
-                    raise UserError(f"{path} exists and was not written by sharpness.py; pass --overwrite "
-                                    "to replace it or choose another --out")
+                    raise UserError(f"{path} exists and was not written by sharpness.py; move it away or "
+                                    "choose another --out (--overwrite replaces only files sharpness.py wrote)")
     return args
 
 

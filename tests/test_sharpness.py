@@ -288,6 +288,7 @@ CONTRACT = [  # (flags after --model_file MLP, what the one line says, set-up of
     ("", "not valid JSON", lambda d: _h5(d, "out.h5", np.ones(12, np.uint8), format="loss-landscape-sharpness",
                                             settings="{oops")),
     ("", "not written by sharpness.py", lambda d: _text(d, "out.txt", "my table\n")),
+    ("--overwrite", "not written by sharpness.py", lambda d: _text(d, "out.html", "<p>my page</p>\n")),
     ("--save_every 0", "--save_every", None),
     ("--batch_size 0", "--batch_size", None),
     ("--eig_maxiter 0", "--eig_maxiter", None),
