@@ -177,7 +177,7 @@ def check_reuse(path: str, stored: dict | None | Callable[[], dict | None], want
     return True
 
 
-def open_h5(path: str, what: str):
+def open_h5(path: str, what: str) -> Any:
     """Open an HDF5 file for reading; a missing or unreadable file is a UserError."""
     import h5py
     if not path or not os.path.isfile(path):

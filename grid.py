@@ -122,16 +122,7 @@ def name_direction_file(args: Any) -> str:
         if args.xnorm:
             name += "_xnorm=" + args.xnorm
     if args.y is not None:
-        if f3:
-            prefix = os.path.dirname(os.path.commonprefix([f1, f3]) + "x")
-            name += "_" + os.path.relpath(f3, prefix or ".").replace(os.sep, "_")
-        else:
-            if args.yignore:
-                name += "_yignore=" + args.yignore
-            if args.ynorm:
-                name += "_ynorm=" + args.ynorm
-            if args.same_dir:
-                name += "_same_dir"
+        name += _y_name(args, f1, f3)
     if args.idx > 0:
         name += "_idx=" + str(args.idx)
     if args.seed:
@@ -139,7 +130,23 @@ def name_direction_file(args: Any) -> str:
     return name + ".h5"
 
 
+def _y_name(args: Any, f1: str, f3: str) -> str:
+    """The y direction's part of a direction file's name."""
+    if f3:
+        prefix = os.path.dirname(os.path.commonprefix([f1, f3]) + "x")
+        return "_" + os.path.relpath(f3, prefix or ".").replace(os.sep, "_")
+    name = ""
+    if args.yignore:
+        name += "_yignore=" + args.yignore
+    if args.ynorm:
+        name += "_ynorm=" + args.ynorm
+    if args.same_dir:
+        name += "_same_dir"
+    return name
+
+
 def name_surface_file(args: Any, dir_file: str) -> str:
+    """The original's surface file name: the direction file's with the grid ranges."""
     if args.surf_file:
         return args.surf_file
     name = dir_file + "_[%s,%s,%d]" % (args.xmin, args.xmax, args.xnum)
@@ -427,14 +434,14 @@ def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int
     chunk = max(1, mpi4pytorch.bcast(run.comm, k))  # rank 0's choice: the same K on every rank
     note = f"engine: {first.path}" + (f"; {chunk} points per pass" if chunk > 1 else "")
 
-    def compute(k):
+    def compute(k: int) -> dict:
         move_to(run, k)
         out = {}
         for s, evaluate in evaluators.items():
             out[f"{s}_loss"], out[f"{s}_acc"] = evaluate()
         return out
 
-    def compute_many(ks):
+    def compute_many(ks: list[int]) -> dict:
         points = [run.point(k) for k in ks]
         out = {}
         for s, evaluate in evaluators.items():
@@ -475,5 +482,6 @@ def plot(args: Any, run: Run, surf_name: str = "train_loss") -> None:
 
 
 def metrics_for(splits: list[str]) -> list[str]:
+    """The loss and accuracy quantities of the splits."""
     return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
 

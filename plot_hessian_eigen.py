@@ -20,7 +20,8 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 ``--spectrum_file`` (default ``<model_file>_hessian.h5``) the K largest eigenvalues
 (``top_eigenvalues``), λmax and λmin (``max_eig``, ``min_eig``) and, with
 ``--trace``, Hutchinson's estimate of the trace with its standard error (``trace``,
-``trace_stderr``, ``trace_samples``).
+``trace_stderr``, ``trace_samples``), with ``done`` and the ``settings`` (a
+store.ResultStore of one item: an interrupted run is computed again by the same command).
 """
 import math
 import os

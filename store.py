@@ -101,7 +101,25 @@ class Lock:
         self._finalizer()
 
 
-class ResultStore:
+class DoneMask:
+    """Counts of an object with a ``done`` mask (a store, a surface read from disk)."""
+
+    done: np.ndarray
+
+    @property
+    def n_done(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def n_total(self) -> int:
+        return int(self.done.size)
+
+    @property
+    def complete(self) -> bool:
+        return self.n_done == self.n_total
+
+
+class ResultStore(DoneMask):
     """Rank 0's copy of a resumable result file (see the module docstring).
 
     ``shape``: the items (an int, or a grid shape); ``fields``: {name: (shape of one
@@ -198,14 +216,6 @@ class ResultStore:
         return np.full((*shape, *item), fill, dtype=np.float64)
 
     # ------------------------------------------------------------------ the items
-    @property
-    def n_done(self) -> int:
-        return int(self.done.sum())
-
-    @property
-    def n_total(self) -> int:
-        return int(self.done.size)
-
     def todo(self, n: int | None = None) -> np.ndarray:
         """Flat (C-order) indices of the items (of the first ``n``) still to compute."""
         flat = ~self.done.reshape(-1)

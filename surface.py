@@ -32,7 +32,7 @@ import numpy as np
 
 from errors import UserError
 from fileio import open_h5, parse_settings
-from store import ResultStore
+from store import DoneMask, ResultStore
 
 FORMAT = "loss-landscape-surface"
 FORMAT_VERSION = 2
@@ -41,10 +41,11 @@ COORD_NAMES = ("xcoordinates", "ycoordinates")
 NON_METRICS = set(COORD_NAMES) | {"done"}
 
 
-class Surface:
+class Surface(DoneMask):
     """A surface read from disk, in [i, j] = (x_i, y_j) orientation whatever the source."""
 
-    def __init__(self, path, x, y, values, done, attrs, original):
+    def __init__(self, path: str, x: np.ndarray, y: np.ndarray | None, values: dict[str, np.ndarray],
+                 done: np.ndarray, attrs: dict[str, Any], original: bool):
         self.path = path
         self.x = x
         self.y = y
@@ -54,30 +55,18 @@ class Surface:
         self.original = original      # True for files written by the original code
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return 1 if self.y is None else 2
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.done.shape
 
     @property
-    def settings(self):
+    def settings(self) -> dict:
         return self.attrs.get("settings", {})
 
-    @property
-    def n_done(self):
-        return int(self.done.sum())
-
-    @property
-    def n_total(self):
-        return int(self.done.size)
-
-    @property
-    def complete(self):
-        return self.n_done == self.n_total
-
-    def names(self):
+    def names(self) -> list[str]:
         """Stored quantities plus the ones derived from them."""
         names = list(self.values)
         for split in ("train", "test"):
@@ -87,7 +76,7 @@ class Surface:
             names.append("eig_ratio")
         return names
 
-    def get(self, name):
+    def get(self, name: str) -> np.ndarray:
         """Values of a stored or derived quantity (train_err = 100 - train_acc, ...)."""
         if name in self.values:
             return self.values[name]
@@ -100,7 +89,7 @@ class Surface:
                         f"available: {', '.join(self.names()) or '(none)'}")
 
 
-def read_surface(path):
+def read_surface(path: str) -> Surface:
     """Read a surface file written by this toolkit or by the original code.
 
     A file that is not a whole surface file (missing, empty, text, truncated; malformed
@@ -119,7 +108,7 @@ def read_surface(path):
 DAMAGED = "; the file is damaged or was not written by plot_surface.py: recompute it (--overwrite)"
 
 
-def _coords(f, name, path):
+def _coords(f: Any, name: str, path: str) -> np.ndarray | None:
     if name not in f:
         return None
     d = f[name]
@@ -131,7 +120,7 @@ def _coords(f, name, path):
     return v
 
 
-def _read_surface(path):
+def _read_surface(path: str) -> Surface:
     with open_h5(path, "surface file") as f:
         x = _coords(f, "xcoordinates", path)
         if x is None:
@@ -145,42 +134,57 @@ def _read_surface(path):
             attrs["settings"] = parse_settings(attrs["settings"], path)
         original = "format_version" not in f.attrs
         if not original:
-            version = attrs["format_version"]
-            if not isinstance(version, int):
-                raise UserError(f"{path}: format_version {version!r} is not a number; not a surface file "
-                                f"of this toolkit{DAMAGED}")
-            if version > FORMAT_VERSION:
-                raise UserError(f"{path} has format_version {version}, newer than this toolkit reads "
-                                f"({FORMAT_VERSION}); update the toolkit")
-            if "done" not in f or not isinstance(f["done"], h5py.Dataset):
-                raise UserError(f"{path} has no 'done' mask, so it cannot tell computed points from "
-                                f"missing ones{DAMAGED}")
-            if tuple(f["done"].shape) != shape:
-                raise UserError(f"{path}: 'done' has shape {tuple(f['done'].shape)} but the grid is {shape}{DAMAGED}")
-        raw = {}
-        for name, d in f.items():
-            if name in NON_METRICS or not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiub":
-                continue
-            if (tuple(d.shape) != shape) if not original else (d.size != int(np.prod(shape))):
-                if original and d.size != int(np.prod(shape)):
-                    continue  # the original's files hold other datasets (dir_file, ...)
-                raise UserError(f"{path}: '{name}' has shape {tuple(d.shape)} but the grid is {shape}{DAMAGED}")
-            raw[name] = np.asarray(d[()], dtype=np.float64)
+            _check_ours(f, attrs, shape, path)
+        raw = _metric_arrays(f, shape, original, path)
         if original:
-            values = {k: (v.ravel().reshape(shape[::-1]).T if y is not None else v.reshape(shape))
-                      for k, v in raw.items()}
-            ref = next((values[k] for k in ("train_loss", "test_loss", "max_eig") if k in values),
-                       next(iter(values.values()), None))
-            done = np.zeros(shape, bool) if ref is None else (ref != -1)
-            for k in values:
-                values[k] = np.where(done, values[k], np.nan)
+            values, done = _original_values(raw, shape, y is not None)
         else:
             done = np.asarray(f["done"][()]).astype(bool).reshape(shape)
             values = {k: v.reshape(shape) for k, v in raw.items()}
     return Surface(path, x, y, values, done, attrs, original)
 
 
-def _attr(v):
+def _check_ours(f: Any, attrs: dict, shape: tuple[int, ...], path: str) -> None:
+    """A file of this toolkit: a version we read and a ``done`` mask of the grid's shape."""
+    version = attrs["format_version"]
+    if not isinstance(version, int):
+        raise UserError(f"{path}: format_version {version!r} is not a number; not a surface file "
+                        f"of this toolkit{DAMAGED}")
+    if version > FORMAT_VERSION:
+        raise UserError(f"{path} has format_version {version}, newer than this toolkit reads "
+                        f"({FORMAT_VERSION}); update the toolkit")
+    if "done" not in f or not isinstance(f["done"], h5py.Dataset):
+        raise UserError(f"{path} has no 'done' mask, so it cannot tell computed points from "
+                        f"missing ones{DAMAGED}")
+    if tuple(f["done"].shape) != shape:
+        raise UserError(f"{path}: 'done' has shape {tuple(f['done'].shape)} but the grid is {shape}{DAMAGED}")
+
+
+def _metric_arrays(f: Any, shape: tuple[int, ...], original: bool, path: str) -> dict[str, np.ndarray]:
+    """The numeric datasets of the grid's size (the original's files hold others too)."""
+    raw = {}
+    for name, d in f.items():
+        if name in NON_METRICS or not isinstance(d, h5py.Dataset) or d.dtype.kind not in "fiub":
+            continue
+        if original and d.size != int(np.prod(shape)):
+            continue  # the original's files hold other datasets (dir_file, ...)
+        if not original and tuple(d.shape) != shape:
+            raise UserError(f"{path}: '{name}' has shape {tuple(d.shape)} but the grid is {shape}{DAMAGED}")
+        raw[name] = np.asarray(d[()], dtype=np.float64)
+    return raw
+
+
+def _original_values(raw: dict[str, np.ndarray], shape: tuple[int, ...],
+                     two_d: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The original's meshgrid-order arrays in our orientation, -1 read as not computed."""
+    values = {k: (v.ravel().reshape(shape[::-1]).T if two_d else v.reshape(shape)) for k, v in raw.items()}
+    ref = next((values[k] for k in ("train_loss", "test_loss", "max_eig") if k in values),
+               next(iter(values.values()), None))
+    done = np.zeros(shape, bool) if ref is None else (ref != -1)
+    return {k: np.where(done, v, np.nan) for k, v in values.items()}, done
+
+
+def _attr(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode()
     if isinstance(v, np.generic):
