@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from conftest import REPO, assert_main_error, run_script, snapshot
+from conftest import REPO, assert_main_error, fill_disk, run_script, snapshot
 
 import curves
 import mode_connectivity as mc
@@ -656,3 +656,19 @@ def test_a_signal_while_setting_up_under_mpi_ends_every_rank(world, rank):
     assert err.count("interrupted by SIGTERM") == 1, err
     for word in ("Traceback", "BAD TERMINATION", "Abort"):
         assert word not in err + out, err
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_keeps_every_file(finished, small_disk, capsys):
+    """A real file system that is full (tmpfs, ENOSPC) under --out_dir: the rerun with
+    --overwrite fails at its first save in one line; every file is as it was, no temporary."""
+    d, argv = finished
+    disk = small_disk("1m")
+    out = os.path.join(disk, "out")
+    shutil.copytree(os.path.join(d, "out"), out)
+    fill_disk(disk)
+    before = snapshot(disk)
+    argv = [out if a == os.path.join(d, "out") else a for a in argv]
+    line = assert_main_error(mc.main, argv + ["--overwrite", "--lr", "0.07"], capsys)
+    assert "cannot write" in line and "No space left on device" in line
+    assert snapshot(disk) == before

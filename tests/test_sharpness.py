@@ -19,7 +19,8 @@ import torch
 import net_plotter
 import sharpness
 from cifar10.models import MODELS
-from conftest import REPO, assert_main_error, snapshot
+from conftest import REPO, assert_main_error, fill_disk, snapshot
+from errors import run_main
 
 QUADRATIC = textwrap.dedent('''
     """A linear model with a squared-error loss: the loss is exactly quadratic in the weights."""
@@ -310,3 +311,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mlp_file, ex
             *extra.format(d=d).split()]
     assert needle in assert_main_error(sharpness.main, argv, capsys)
     assert snapshot(d) == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_keeps_the_files(mlp_file, small_disk, capsys):
+    """A real full file system (tmpfs, ENOSPC) under --out: the rerun with --overwrite fails
+    at its save in one line, the finished files of the first run whole, no temporary."""
+    out = os.path.join(small_disk("1m"), "sharp")
+    argv = ["--model", "digits_mlp", "--model_file", mlp_file, "--max_samples", "60", "--n_dirs", "2",
+            "--trace_samples", "2", "--ascent_steps", "1", "--out", out, "--no_progress", "--threads", "1"]
+    sharpness.main(argv)
+    fill_disk(os.path.dirname(out))
+    before = snapshot(os.path.dirname(out))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(sharpness.main, argv + ["--overwrite", "--n_dirs", "3"])  # fails while it runs: after the set-up line
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert e.value.code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert "cannot write" in errors[0] and "No space left on device" in errors[0]
+    assert snapshot(os.path.dirname(out)) == before
