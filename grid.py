@@ -39,7 +39,7 @@ from evaluation import Evaluator, get_loss_fn, keep_freed_memory
 from fileio import check_not_input, check_output_path, check_reuse, parse_settings
 import runner
 from spec import RunSpec
-from surface import SurfaceStore
+from surface import SurfaceStore, settings_record
 
 
 @dataclass(frozen=True)
@@ -313,26 +313,9 @@ def grid_coords(spec: Any) -> tuple[np.ndarray, np.ndarray | None]:
 
 def surface_settings(spec: Any, loaded: Loaded, metrics: list[str], kind: str, xdir: list, ydir: list | None,
                      dir_attrs: dict, extra: dict | None = None) -> dict:
-    """Everything that defines the surface; a resume must match it exactly (the one
-    settings builder of surface files; surface.read_surface reads them back)."""
-    ident = loaded.identity
-    settings = {
-        "kind": kind, "model": ident["model"],
-        "model_file": ident["model_file"], "model_hash": ident["model_hash"],
-        "model_file2": ident["model_file2"], "model_file3": ident["model_file3"],
-        **dataloader.data_settings(spec, loaded.data),
-        "loss_name": spec.loss_name, "dir_type": spec.dir_type,
-        "directions_hash": net_plotter.directions_hash(xdir, ydir),
-        "xnorm": str(dir_attrs.get("xnorm", "")), "ynorm": str(dir_attrs.get("ynorm", "")),
-        "xignore": str(dir_attrs.get("xignore", "")), "yignore": str(dir_attrs.get("yignore", "")),
-        "seed": spec.seed, "idx": spec.idx,
-        "x": [spec.xmin, spec.xmax, spec.xnum],
-        "y": [spec.ymin, spec.ymax, spec.ynum] if spec.y is not None else None,
-        "precision": spec.precision, "metrics": list(metrics), **(extra or {}),
-    }
-    if ident.get("random_init"):
-        settings["random_init"] = True
-    return settings
+    """Everything that defines the surface (surface.settings_record, next to its reader)."""
+    return settings_record(spec, loaded.identity, dataloader.data_settings(spec, loaded.data),
+                           net_plotter.directions_hash(xdir, ydir), dir_attrs, metrics, kind, extra)
 
 
 def _check_outputs(spec: Any, dir_file: str, surf_file: str | None) -> None:
@@ -405,11 +388,15 @@ def prepare_loaded(spec: Any, comm: Any, loaded: Loaded, metrics: list[str], kin
     return start(comm, spec, loaded, opened, t0)
 
 
-def prepare(spec: RunSpec, metrics: list[str], kind: str = "loss", extra_settings: dict | None = None) -> Run:
-    """Everything a grid run of the command line needs (see the module doc)."""
+def prepare(spec: RunSpec, metrics: list[str], kind: str = "loss", extra_settings: dict | None = None,
+            check: Callable | None = None) -> Run:
+    """Everything a grid run of the command line needs (see the module doc); ``check(net,
+    data)`` refuses a model the run cannot use, before any file is written."""
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(spec.mpi)
     loaded = load_inputs(spec, comm)
+    if check is not None:
+        mpi4pytorch.check_all(comm, lambda: check(loaded.net, loaded.data))
     return prepare_loaded(spec, comm, loaded, metrics, kind, extra_settings, t0)
 
 
@@ -485,3 +472,39 @@ def metrics_for(splits: list[str]) -> list[str]:
     """The loss and accuracy quantities of the splits."""
     return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
 
+
+# ------------------------------------------------------------- single-point runs
+def move_to_at(args: Any, net: torch.nn.Module) -> list[float]:
+    """Move ``net`` to ``args.at_point`` (``--at x[,y]``, checked by flags.check_hessian)
+    along ``--dir_file``; returns the point ([] for the model itself)."""
+    point = list(getattr(args, "at_point", []) or [])
+    if point:
+        xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)
+        net_plotter.Perturbation(net, args.dir_type, xdir, ydir).set(*point)
+    return point
+
+
+def load_point(args: Any, comm: Any = None) -> tuple[torch.device, Any, torch.nn.Module, list[float]]:
+    """The shared set-up of the single-point scripts: (device, data, net, point), the
+    model on the device and moved to ``--at``."""
+    device, data, net = load_run(args, comm)
+    net = net.to(device)
+    return device, data, net, move_to_at(args, net)
+
+
+def point_settings(args: Any, data: Any, point: list[float]) -> dict:
+    """What identifies the point and the loss a single-point result belongs to."""
+    return {"model": args.model, "model_file": os.path.basename(args.model_file),
+            "model_hash": _hash_or_init(args, args.model_file),
+            **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+            "point": list(point), "dir_type": args.dir_type if point else "",
+            "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
+
+
+def hessian_of(args: Any, net: torch.nn.Module, data: Any, device: Any,
+               params: list | None = None) -> Any:
+    """The Hessian operator (hess_vec_prod.hessian_operator) of the mean training loss of
+    ``net`` with the run's Hessian flags; ``params`` default: the multi-dimensional ones."""
+    from hess_vec_prod import hessian_operator
+    return hessian_operator(net, data.train_x.to(device), data.train_y.to(device), args.loss_name,
+                            params=params, cache_mb=args.hess_cache_mb, batch_mb=args.hess_batch_mb)

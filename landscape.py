@@ -18,6 +18,11 @@ Directions: filter-normalized Gaussian directions (``norm``, ``ignore``, ``seed`
 ``model2``/``model3`` (θ2 − θ1, θ3 − θ1), or an existing direction file (``dir_file``).
 ``dir_type="states"`` moves BatchNorm statistics too.
 
+Bad inputs raise ``errors.UserError`` with a one-line message, the command line's checks
+(``spec.RunSpec.make``), before anything is written; a shuffled DataLoader is refused (its
+order, and so the data hash, changes at every pass). The run itself is the command line's
+(``grid.prepare_loaded``): the same direction files, with their recipe, and settings.
+
 Files: with ``surf_file`` the surface is written in the toolkit's format (plot it with
 plot_1D.py / plot_2D.py / h52vtp.py), saved every ``save_every`` seconds and resumed by
 a rerun with the same settings; ``dir_file`` stores (or supplies) the directions. Under

@@ -104,7 +104,7 @@ class _State:
 class _Counter:
     """The index of the next point to hand out, shared by all ranks."""
 
-    def __init__(self, comm):
+    def __init__(self, comm: Any):
         self.comm, self.value = comm, 0
         if comm is None:
             return
@@ -180,14 +180,14 @@ class _Progress:
             self._line()
 
 
-def _isatty(f) -> bool:
+def _isatty(f: Any) -> bool:
     try:
         return f.isatty()
     except (AttributeError, ValueError):
         return False
 
 
-def _save_error(writer, e: BaseException) -> UserError:
+def _save_error(writer: Any, e: BaseException) -> UserError:
     """The one-line error of a failed save (fileio's UserError already says it all)."""
     if isinstance(e, UserError):
         return UserError(f"{e}; stopped computing (rerun to resume)")
@@ -204,7 +204,8 @@ def _save_error(writer, e: BaseException) -> UserError:
 class _Collector:
     """Rank 0: receives results, records them, saves the file periodically."""
 
-    def __init__(self, comm, writer, save_every, total, progress, desc, state):
+    def __init__(self, comm: Any, writer: Any, save_every: float, total: int, progress: bool, desc: str,
+                 state: _State):
         self.comm, self.writer, self.save_every, self.state = comm, writer, save_every, state
         self.workers = 0 if comm is None else comm.Get_size() - 1
         self.done: set[int] = set()  # worker ranks that sent DONE
@@ -222,7 +223,7 @@ class _Collector:
     def all_back(self) -> bool:
         return len(self.done) >= self.workers
 
-    def record(self, indices, values) -> None:
+    def record(self, indices: Sequence[int], values: Mapping[str, Any]) -> None:
         with self.lock:
             self.writer.record(indices, values)
             if self.progress:
@@ -311,7 +312,7 @@ def _thread_multiple() -> bool:
 class _Watcher:
     """Workers: a thread that turns rank 0's STOP message into an interruption of compute()."""
 
-    def __init__(self, comm, state):
+    def __init__(self, comm: Any, state: _State):
         self.comm, self.state = comm, state
         self.end = threading.Event()
         self.thread = None
@@ -332,7 +333,7 @@ class _Watcher:
             self.thread.join(1.0)
 
 
-def _final_word(comm) -> tuple[bool, int | None]:
+def _final_word(comm: Any) -> tuple[bool, int | None]:
     """Workers, after DONE: wait (politely, not spinning) for rank 0's last word: free
     the window together or not, and the signal that interrupted the run, if any. Rank 0
     either sends it or ends the job (MPI_Abort), so this returns."""

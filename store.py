@@ -30,7 +30,9 @@ How a script uses it (with ``runner.run``)::
 ``compute(k)`` returns ``{field: value}`` for item ``k`` (a flat index into ``shape``);
 ``record`` stores it and ``save`` writes the file when anything changed. Items may be
 addressed by name too: ``keys`` (one string per item) is stored in the file and
-``index(key)`` finds an item (sharpness's checkpoint/direction items).
+``index(key)`` finds an item. Items whose values differ in kind from one item to the
+next (sharpness's checkpoint x measure items) go into a ``KeyedStore``: one group
+``items/<key>`` per finished item.
 
 Layout (written by ``_write``; subclasses with a file format of their own -- the surface
 file -- override ``_write`` and ``_load``): root attributes ``format`` (= ``kind``),
@@ -246,13 +248,17 @@ class ResultStore(DoneMask):
             self._write(f)
         self.dirty = False
 
-    def _write(self, f: Any) -> None:
+    def _write_head(self, f: Any) -> None:
+        """The root attributes: format, format_version (when set), settings, attrs."""
         f.attrs["format"] = self.kind
         if self.format_version is not None:
             f.attrs["format_version"] = self.format_version
         f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
         for k, v in self.attrs.items():
             f.attrs[k] = v
+
+    def _write(self, f: Any) -> None:
+        self._write_head(f)
         for k, v in self.values.items():
             f[k] = v
         f["done"] = self.done.astype(np.uint8)
@@ -273,3 +279,62 @@ class ResultStore(DoneMask):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class KeyedStore(ResultStore):
+    """A store whose items each have a name (``keys``) and values of their own kind (a dict
+    of arrays per item, not the same fields for all: sharpness's checkpoint x measure items).
+
+    Layout: root attributes ``format``, ``format_version`` (when given), ``settings`` and
+    ``attrs``; one group ``items/<key>`` per finished item, with attribute ``done`` = 1 and
+    a dataset per value. ``write_more(f)`` (optional) adds the derived results at each
+    save. Items of the file that this run does not ask for are kept. ``items[key]`` holds
+    the values of a finished item.
+    """
+
+    def __init__(self, path: str | None, kind: str, what: str, keys: Sequence[str], settings: Mapping[str, Any],
+                 *, format_version: int | None = None, overwrite: bool = False,
+                 inputs: Mapping[str, str | None] | None = None, hint: str | None = None,
+                 attrs: Mapping[str, Any] | None = None):
+        self.items: dict[str, dict[str, np.ndarray]] = {}
+        self.write_more: Any = None
+        self.format_version = format_version
+        super().__init__(path, kind, what, len(keys), {}, settings, overwrite=overwrite, keys=keys, inputs=inputs,
+                         hint=hint, attrs=attrs)
+
+    def _load(self) -> tuple[dict | None, dict[str, np.ndarray], np.ndarray] | None:
+        import h5py
+        with open_h5(self.path, self.what) as f:
+            if f.attrs.get("format") != self.kind:
+                raise UserError(f"{self.path} exists but is not a {self.what} ({self.kind}); pass "
+                                "--overwrite to replace it or choose another output file")
+            settings = parse_settings(f.attrs["settings"], self.path) if "settings" in f.attrs else None
+            found: dict[str, dict[str, np.ndarray]] = {}
+
+            def visit(name: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Group) and "done" in obj.attrs:
+                    found[name] = {k: obj[k][()] for k in obj}
+            if "items" in f:
+                f["items"].visititems(visit)
+        if not found:
+            return None  # no finished item: no settings record, start afresh
+        check_reuse(self.path, settings, self.settings, self.what, hint=self.hint)
+        self.items = found  # the same settings: every finished item is kept, asked for or not
+        return settings, {}, np.array([k in found for k in self.keys or []], dtype=bool)
+
+    def record(self, indices: Sequence[int], values: Mapping[str, Any]) -> None:
+        """Store the values of the items at ``indices`` (one dict for all of them)."""
+        for i in np.asarray(indices, dtype=np.int64).reshape(-1):
+            self.items[self.keys[int(i)]] = {k: np.asarray(v) for k, v in values.items()}
+            self.done[int(i)] = True
+        self.dirty = True
+
+    def _write(self, f: Any) -> None:
+        self._write_head(f)
+        for key, values in self.items.items():
+            g = f.create_group(f"items/{key}")
+            g.attrs["done"] = 1
+            for k, v in values.items():
+                g[k] = np.asarray(v)
+        if self.write_more is not None:
+            self.write_more(f)

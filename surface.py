@@ -192,6 +192,31 @@ def _attr(v: Any) -> Any:
     return v
 
 
+def settings_record(spec: Any, identity: Mapping[str, Any], data: Mapping[str, Any], directions_hash: str,
+                    dir_attrs: Mapping[str, Any], metrics: Sequence[str], kind: str,
+                    extra: Mapping[str, Any] | None = None) -> dict:
+    """The ``settings`` of a surface file (the one writer of them; a resume must match
+    them exactly): what ``spec`` (a RunSpec) asks, the model's ``identity`` (name, content
+    hashes, checkpoint names), the ``data`` by content (dataloader.data_settings), the
+    directions by content and their normalizations."""
+    settings = {
+        "kind": kind, "model": identity["model"],
+        "model_file": identity["model_file"], "model_hash": identity["model_hash"],
+        "model_file2": identity["model_file2"], "model_file3": identity["model_file3"],
+        **data, "loss_name": spec.loss_name, "dir_type": spec.dir_type,
+        "directions_hash": directions_hash,
+        "xnorm": str(dir_attrs.get("xnorm", "")), "ynorm": str(dir_attrs.get("ynorm", "")),
+        "xignore": str(dir_attrs.get("xignore", "")), "yignore": str(dir_attrs.get("yignore", "")),
+        "seed": spec.seed, "idx": spec.idx,
+        "x": [spec.xmin, spec.xmax, spec.xnum],
+        "y": [spec.ymin, spec.ymax, spec.ynum] if spec.y is not None else None,
+        "precision": spec.precision, "metrics": list(metrics), **(extra or {}),
+    }
+    if identity.get("random_init"):
+        settings["random_init"] = True
+    return settings
+
+
 class SurfaceStore(ResultStore):
     """Rank 0's copy of a surface being computed: the grid-shaped view of the result
     store (items are the grid points, flat C-order indices of (nx,) or (nx, ny)).
