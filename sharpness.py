@@ -27,7 +27,7 @@ whole evaluation set, evaluation.Evaluator):
   the largest of them (so it is at least the largest random increase).
 
 Work is split into items (checkpoint × quantity: loss, λmax, trace, each random
-direction, each ascent), kept in one result store (store.ResultStore, by runner.run);
+direction, each ascent), kept in one result store (store.KeyedStore, by runner.run);
 with ``--mpi`` the ranks take items from a shared counter
 (scheduler.run_grid) and rank 0 saves them. Output: a text table on stdout and in
 ``PREFIX.txt``, an HTML table ``PREFIX.html``, and ``PREFIX.h5`` with every number
@@ -52,13 +52,13 @@ from evaluation import Evaluator, get_loss_fn
 from fileio import check_output_path, written_atomically
 from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, hessian_operator, hessian_params, hutchinson_trace, top_k
 import runner
-from store import ResultStore
+from store import KeyedStore
 from tables import SHARPNESS_FORMAT, html_table, sharpness_table, text_table, write_sharpness_rows
 
 from grid import load_run
 
 FORMAT = SHARPNESS_FORMAT
-FORMAT_VERSION = 2  # 1: one group per item under items/ (its tables are still read)
+FORMAT_VERSION = 1
 HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
 TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
 
@@ -175,38 +175,13 @@ def _short(path):
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
-def fields_of(args: argparse.Namespace) -> dict:
-    """The fields of every item (an item fills those of its kind; the others stay NaN)."""
-    radii, steps = len(args.radii), args.ascent_steps + 1
-    shapes = {"train_loss": (), "train_acc": (), "lambda_max": (), "products": (), "trace": (), "trace_stderr": (),
-              "trace_samples": (args.trace_samples,), "loss0": (), "loss": (radii,), "increase": (radii,),
-              "ascent_increase": (steps,), "worst": (), "start_direction": (), "max_filter_ratio": ()}
-    return {k: (s, np.nan) for k, s in shapes.items()}
-
-
-class SharpnessStore(ResultStore):
-    """The sharpness file: one item per (checkpoint, quantity), named by its key
-    (``0/base``, ``0/random/3``, ``1/ascent/0``...), and once finished the table's rows
-    (``checkpoint_<c>`` groups: tables.write_sharpness_rows, read by
-    tables.read_sharpness_table)."""
-
-    format_version = FORMAT_VERSION
-
-    def __init__(self, args: argparse.Namespace, settings: dict, keys: list[str]):
-        super().__init__(args.out + ".h5", FORMAT, "sharpness file", len(keys), fields_of(args), settings,
-                         overwrite=args.overwrite, keys=keys, inputs=runner.inputs_of(args),
-                         hint="rerun with --overwrite to start fresh or choose another --out")
-        self.summary: list[dict] | None = None
-
-    def item(self, key: str) -> dict:
-        """The stored values of the item named ``key``."""
-        i = self.index(key)
-        return {k: v[i] for k, v in self.values.items()}
-
-    def _write(self, f) -> None:
-        super()._write(f)
-        if self.summary is not None:
-            write_sharpness_rows(f, self.summary)
+def open_store(args: argparse.Namespace, settings: dict, keys: list[str]) -> KeyedStore:
+    """Rank 0: the sharpness file, one item per (checkpoint, quantity) named by its key
+    (``0/base``, ``0/random/3``, ``1/ascent/0``...): store.KeyedStore, the ``items/<key>``
+    layout; once finished, also the table's rows (``checkpoint_<c>`` groups)."""
+    return KeyedStore(args.out + ".h5", FORMAT, "sharpness file", keys, settings, format_version=FORMAT_VERSION,
+                      overwrite=args.overwrite, inputs=runner.inputs_of(args),
+                      hint="rerun with --overwrite to start fresh or choose another --out")
 
 
 # ----------------------------------------------------------------------- computing
@@ -323,16 +298,16 @@ class Worker:
             torch._foreach_copy_(self.params, base)
         inc = np.array(increases)
         finite = inc[np.isfinite(inc)]
-        return {"loss0": loss0, "ascent_increase": inc, "worst": float(finite.max()) if len(finite) else np.nan,
+        return {"loss0": loss0, "increase": inc, "worst": float(finite.max()) if len(finite) else np.nan,
                 "start_direction": start, "max_filter_ratio": ratio}
 
 
 # ----------------------------------------------------------------------- summary
-def summarize(args: argparse.Namespace, store: SharpnessStore) -> list[dict]:
+def summarize(args: argparse.Namespace, store: KeyedStore) -> list[dict]:
     """Per checkpoint: every number of the table (from the item results)."""
     rows = []
     for c, path in enumerate(args.model_file):
-        get = lambda q, c=c: store.item(f"{c}/{q}")
+        get = lambda q, c=c: store.items[f"{c}/{q}"]
         rand = np.array([get(f"random/{i}")["increase"] for i in range(args.n_dirs)])
         row = {"label": args.labels[c] if args.labels else _short(path), "model_file": path,
                "model_hash": model_loader.file_hash(path),
@@ -343,7 +318,7 @@ def summarize(args: argparse.Namespace, store: SharpnessStore) -> list[dict]:
                "random_std": rand.std(axis=0, ddof=1) if args.n_dirs > 1 else np.zeros(len(args.radii))}
         if args.ascent_steps:
             asc = [get(f"ascent/{r}") for r in range(len(args.radii))]
-            row["ascent_increase"] = np.array([a["ascent_increase"] for a in asc])
+            row["ascent_increase"] = np.array([a["increase"] for a in asc])
             row["worst"] = np.array([float(a["worst"]) for a in asc])
             row["ascent_start_direction"] = np.array([int(a["start_direction"]) for a in asc])
         rows.append(row)
@@ -359,7 +334,7 @@ def write_outputs(args, store, rows):
                       "<h1>Sharpness</h1>", html_table(header, cells, note, "sharpness"),
                       f"<p>Every number and its settings: <code>{html.escape(os.path.basename(store.path))}"
                       "</code></p>", "</body></html>"])
-    store.summary = rows
+    store.write_more = lambda f: write_sharpness_rows(f, rows)
     store.dirty = True
     store.save()
     for path, content in ((args.out + ".html", page), (args.out + ".txt", TXT_MARK + "\n" + text)):
@@ -371,21 +346,15 @@ def write_outputs(args, store, rows):
 # --------------------------------------------------------------------------- main
 def run_phase(args, comm, store, worker, keys, n, desc, setup_seconds=0.0):
     """The items of one phase (the first ``n`` of the store, or all): runner.run."""
-    fields = fields_of(args)
-
-    def compute(k):  # an item fills the fields of its kind; the others are NaN
-        values = worker.compute(keys[k])
-        return {f: values.get(f, np.full(shape, fill)) for f, (shape, fill) in fields.items()}
-
-    runner.run(comm, store, compute, what="items", desc=desc, n=n, save_every=args.save_every,
-               progress=not args.no_progress, setup_seconds=setup_seconds)
+    runner.run(comm, store, lambda k: worker.compute(keys[k]), what="items", desc=desc, n=n,
+               save_every=args.save_every, progress=not args.no_progress, setup_seconds=setup_seconds)
 
 
 def ascent_starts(args, store) -> dict:
     """(checkpoint, radius) -> the random direction with the largest increase there."""
     starts = {}
     for c in range(len(args.model_file)):
-        inc = np.array([store.item(f"{c}/random/{i}")["increase"] for i in range(args.n_dirs)])
+        inc = np.array([store.items[f"{c}/random/{i}"]["increase"] for i in range(args.n_dirs)])
         inc = np.where(np.isfinite(inc), inc, -np.inf)
         for r in range(len(args.radii)):
             starts[(c, r)] = int(np.argmax(inc[:, r]))
@@ -413,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     mpi4pytorch.check_all(comm, lambda: check_checkpoints(args, net))
     settings = settings_of(args, data)
     first, second = make_items(args)
-    store = mpi4pytorch.check_all(comm, lambda: SharpnessStore(args, settings, first + second))
+    store = mpi4pytorch.check_all(comm, lambda: open_store(args, settings, first + second))
     worker = Worker(args, device, data, net)
     run_phase(args, comm, store, worker, first + second, len(first), "sharpness", time.perf_counter() - t0)
     if second:

@@ -20,7 +20,7 @@ import net_plotter
 import sharpness
 from cifar10.models import MODELS
 from conftest import REPO, assert_main_error, fill_disk, snapshot
-from errors import run_main
+from errors import UserError, run_main
 
 QUADRATIC = textwrap.dedent('''
     """A linear model with a squared-error loss: the loss is exactly quadratic in the weights."""
@@ -113,7 +113,7 @@ def mpiexec(args, n=2, timeout=300):
 
 
 def datasets(path):
-    """Every dataset of the file (items, done mask, keys, the table's rows) and its settings."""
+    """Every dataset of the file (the items, the table's rows) and its settings."""
     out = {}
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, obj: out.update({name: obj[()]} if isinstance(obj, h5py.Dataset) else {}))
@@ -122,11 +122,14 @@ def datasets(path):
 
 
 def _n_done(path):
+    """Finished items in a sharpness file (items/<checkpoint>/<quantity>[/<i>] groups with ``done``)."""
+    found = []
     try:
         with h5py.File(path, "r") as f:
-            return int(f["done"][()].sum())
+            f["items"].visititems(lambda name, obj: found.append(name) if "done" in obj.attrs else None)
     except (OSError, KeyError):
         return 0
+    return len(found)
 
 
 def assert_same_datasets(a, b):
@@ -166,18 +169,12 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys, monkeypatch):
     one = str(tmp_path / "one")
     sharpness.main(common[1:] + ["--out", one])
     a, b = datasets(one + ".h5"), datasets(str(tmp_path / "two.h5"))
-    assert len(a["keys"]) == 2 * (3 + 3) + 2 * 2 and a["done"].all()
-    assert (a["products"][np.isfinite(a["products"])] > 0).all()  # this item's products, not a running count
+    assert _n_done(one + ".h5") == 2 * (3 + 3) + 2 * 2
+    assert 0 < a["items/1/lmax/products"] <= 2 * a["items/0/lmax/products"]  # this item's, not a running count
     assert_same_datasets(a, b)
     # interrupted file: two items not done -> the rerun computes those two only, same file
-    keys = [k.decode() for k in a["keys"]]
     with h5py.File(one + ".h5", "a") as f:
-        for key in ("1/random/2", "0/ascent/1"):
-            f["done"][keys.index(key)] = 0
-            for name in sharpness.fields_of(sharpness.parse_args(common[1:])):
-                f[name][keys.index(key)] = np.nan
-        for c in range(2):
-            del f[f"checkpoint_{c}"]
+        del f["items/1/random/2"], f["items/0/ascent/1"], f["checkpoint_0"], f["checkpoint_1"]
     capsys.readouterr()
     sharpness.main(common[1:] + ["--out", one])
     err = capsys.readouterr().err
@@ -240,22 +237,19 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, mlp_file, extra, needle):
 
 def test_a_file_without_finished_items_is_replaced(tmp_path, mlp_file):
     """A sharpness file saved before any item finished holds no result: the corrected run
-    starts afresh; one with a finished item resumes it."""
+    starts afresh; one with a finished item resumes it (the same settings) or is refused."""
     args = sharpness.parse_args(["--model", "digits_mlp", "--model_file", mlp_file, "--out", str(tmp_path / "s")])
     keys = sharpness.make_items(args)[0]
-    store = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.1]}, keys)
-    store.save()
-    store.close()
-    store = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.2]}, keys)  # other settings: no matter
-    assert store.n_done == 0
-    fields = sharpness.fields_of(args)
-    store.record([store.index("0/base")], {k: (0.5 if k == "train_loss" else np.full(s, np.nan))
-                                           for k, (s, _) in fields.items()})
-    store.save()
-    store.close()
-    again = sharpness.SharpnessStore(args, {"kind": "sharpness", "rho": [0.2]}, keys)
-    assert again.resumed and again.item("0/base")["train_loss"] == 0.5
-    again.close()
+    with sharpness.open_store(args, {"kind": "sharpness", "rho": [0.1]}, keys) as store:
+        store.save()
+    with sharpness.open_store(args, {"kind": "sharpness", "rho": [0.2]}, keys) as store:  # other settings: no matter
+        assert store.n_done == 0
+        store.record([store.index("0/base")], {"train_loss": 0.5, "train_acc": 90.0})
+        store.save()
+    with sharpness.open_store(args, {"kind": "sharpness", "rho": [0.2]}, keys) as again:
+        assert again.resumed and again.items["0/base"]["train_loss"] == 0.5
+    with pytest.raises(UserError, match="different settings"):
+        sharpness.open_store(args, {"kind": "sharpness", "rho": [0.3]}, keys)
 
 
 # ------------------------------------------------------------------ the contract, table-driven
@@ -267,6 +261,14 @@ def _cnn_checkpoint(d):
 def _text(d, name, text="not a checkpoint\n"):
     with open(os.path.join(d, name), "w") as f:
         f.write(text)
+
+
+def _finished_item(d):
+    """A sharpness file of ours with a finished item, made with other settings."""
+    with h5py.File(os.path.join(d, "out.h5"), "w") as f:
+        f.attrs.update(format="loss-landscape-sharpness", format_version=1, settings='{"n_dirs": 7}')
+        f["items/0/base/train_loss"] = 0.5
+        f["items/0/base"].attrs["done"] = 1
 
 
 def _h5(d, name, done=None, **attrs):
@@ -285,7 +287,7 @@ CONTRACT = [  # (flags after --model_file MLP, what the one line says, set-up of
     ("--overwrite", "not a file of this toolkit", lambda d: _text(d, "out.h5", "my notes\n")),
     ("", "cannot read", lambda d: _text(d, "out.h5", "my notes\n")),
     ("", "is not a sharpness file", lambda d: _h5(d, "out.h5", format="something-else")),
-    ("", "no 'done' mask", lambda d: _h5(d, "out.h5", format="loss-landscape-sharpness", settings="{}")),
+    ("", "different settings", _finished_item),
     ("", "not valid JSON", lambda d: _h5(d, "out.h5", np.ones(12, np.uint8), format="loss-landscape-sharpness",
                                             settings="{oops")),
     ("", "not written by sharpness.py", lambda d: _text(d, "out.txt", "my table\n")),
