@@ -54,46 +54,23 @@ evaluation points are shared among all ranks. The curve, its training and the ba
 heights are the library ``curves.py``.
 """
 import argparse
-import json
-import math
-import os
-import signal
-import sys
-import time
 
-import numpy as np
-import torch
-
-import dataloader
-import model_loader
-import mpi4pytorch
-from curves import (CURVES, FORMAT, Curve, aliases, barrier_heights, check_trainable, curve_projection,
-                    has_batchnorm, is_own_file, line_state, make_optimizer, read_results, save_torch, train_epoch,
-                    update_bn)
-from errors import SharedUserError, UserError, run_main
-from evaluation import Evaluator, get_loss_fn
 import flags
-import grid
-import runner
-from fileio import check_not_input, check_output_path, check_reuse, h5_written_atomically
-from store import Lock
-from surface import SurfaceStore
-
-TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
-                                                     "mode_connectivity.h5", "curve_proj.h5")
-# flags of plot_surface.py that mean nothing here: refused when given, hidden from --help
-UNUSED_FLAGS = ("x", "y", "dir_file", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "same_dir",
-                "idx", "surf_file", "proj_file", "model_file3", "ngpu", "loss_max", "vmin", "vmax",
-                "vlevel", "engine", "points_per_pass")
 
 
-# ============================================================================== flags
-def build_parser() -> argparse.ArgumentParser:
-    """plot_surface.py's model/data/loss/output flags and this script's own."""
-    p = flags.build_parser(__doc__.split("\n\n")[0])
-    for a in p._actions:
-        if a.dest in UNUSED_FLAGS:
-            a.help = argparse.SUPPRESS
+def build_parser() -> flags.ArgumentParser:
+    """The run, data, model (two end points), evaluation, output and plot groups, and this script's own."""
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_run_group(p, ngpu=False)
+    flags.add_grid_group(p, axes="", engine=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints=2, helps={"model_file": "end point A of the curve (t = 0)",
+                                                   "model_file2": "end point B of the curve (t = 1)"})
+    flags.add_seed(p, "seed of the training (the values of t and the batches) and of a random model")
+    flags.add_output_group(p, surf_file=False,
+                           overwrite_help="retrain and re-evaluate from scratch (replaces only files this "
+                                          "script wrote)")
+    flags.add_plot_group(p, contours=False)
     g = p.add_argument_group("mode connectivity")
     g.add_argument("--curve", default="bezier", help="bezier (quadratic Bezier curve) or polychain")
     g.add_argument("--epochs", type=int, default=20, help="training epochs of the curve (0: the line)")
@@ -111,14 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+import dataloader
+import model_loader
+import mpi4pytorch
+from curves import (CURVES, FORMAT, Curve, aliases, barrier_heights, check_trainable, curve_projection,
+                    has_batchnorm, is_own_file, line_state, make_optimizer, read_results, save_torch, train_epoch,
+                    update_bn)
+from errors import SharedUserError, UserError, run_main
+from evaluation import Evaluator, get_loss_fn
+import grid
+import runner
+from fileio import check_not_input, check_output_path, check_reuse, h5_written_atomically
+from store import Lock
+from surface import SurfaceStore
+
+TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
+                                                     "mode_connectivity.h5", "curve_proj.h5")
+
+
+# ============================================================================== flags
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = flags.parse_args(parser, argv)
-    defaults = {a.dest: a.default for a in parser._actions}
-    given = [f"--{k}" for k in UNUSED_FLAGS if getattr(args, k, None) != defaults.get(k)]
-    if given:
-        raise UserError(f"{', '.join(given)} not used by mode_connectivity.py (the path is set by "
-                        "--model_file, --model_file2 and --curve)")
+    args = flags.parse_args(build_parser(), argv)
     if not args.model_file or not args.model_file2:
         raise UserError("give the two end points: --model_file A.t7 --model_file2 B.t7")
     if args.curve not in CURVES:

@@ -13,8 +13,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from errors import UserError
 
 SHARPNESS_FORMAT = "loss-landscape-sharpness"
@@ -94,6 +92,7 @@ def read_sharpness_table(path: str) -> tuple[list[str], list[list[str]], str, li
 def write_sharpness_rows(f: Any, rows: Sequence[Mapping]) -> None:
     """The rows into an open HDF5 file: a group ``checkpoint_<c>`` per row (label,
     model_file and model_hash as attributes, every number as a dataset)."""
+    import numpy as np
     for c, row in enumerate(rows):
         g = f.create_group(f"checkpoint_{c}")
         for k in ("label", "model_file", "model_hash"):

@@ -25,11 +25,13 @@ import pytest  # noqa: E402
 import h52vtp  # noqa: E402
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
-from conftest import assert_one_line_error, run_script, snapshot  # noqa: E402
-from errors import run_main  # noqa: E402
-from test_plots import SETTINGS, grid, write_ours  # noqa: E402
+from conftest import assert_one_line_error, run_script  # noqa: E402
+from conftest import SURFACE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
+from conftest import assert_one_error_line, run_main_error, snapshot, write_ours  # noqa: E402
 
 SCRIPTS = {"plot_1D": plot_1D, "plot_2D": plot_2D, "h52vtp": h52vtp}
+pytestmark = pytest.mark.usefixtures("quick_dpi")
 
 
 def _copy_and_edit(folder, source, name, edit):
@@ -157,19 +159,12 @@ CASES = [
 
 
 def run_in_process(capsys, script, argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        run_main(SCRIPTS[script].main, argv)
-    out = capsys.readouterr()
-    return exit_.value.code, out.err
+    return run_main_error(SCRIPTS[script].main, argv, capsys)
 
 
 def check_one_line(code, err, expected):
     assert code == 2, (code, err)
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0], lines[0]
+    assert expected in assert_one_error_line(err, only=True)
 
 
 @pytest.mark.parametrize("script,argv,expected", CASES,

@@ -18,8 +18,7 @@ import torch
 
 import net_plotter
 import sharpness
-from cifar10.models import MODELS
-from conftest import REPO, assert_main_error, fill_disk, snapshot
+from conftest import REPO, assert_main_error, fill_disk, run_mpi, save_checkpoint, snapshot
 from errors import UserError, run_main
 
 QUADRATIC = textwrap.dedent('''
@@ -106,12 +105,6 @@ def test_quadratic_known_answers(tmp_path, quadratic, capsys):
     assert open(out + ".txt").read().split("\n", 1)[1].strip() in text
 
 
-def mpiexec(args, n=2, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(["mpiexec", "-n", str(n), sys.executable] + [str(a) for a in args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def datasets(path):
     """Every dataset of the file (the items, the table's rows) and its settings."""
     out = {}
@@ -158,13 +151,11 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     files = []
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        files.append(str(tmp_path / f"mlp{seed}.t7"))
-        torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, files[-1])
+        files.append(save_checkpoint(tmp_path / f"mlp{seed}.t7", "digits_mlp", seed))
     common = ["sharpness.py", "--model", "digits_mlp", "--model_file"] + files + [
         "--max_samples", "60", "--n_dirs", "3", "--trace_samples", "4", "--ascent_steps", "2",
         "--rho", "0.1,0.3", "--threads", "1", "--no_progress", "--loss_name", "slowloss:loss"]
-    p = mpiexec(common + ["--mpi", "--out", tmp_path / "two"])
+    p = run_mpi(common + ["--mpi", "--out", tmp_path / "two"])
     assert p.returncode == 0, p.stderr
     one = str(tmp_path / "one")
     sharpness.main(common[1:] + ["--out", one])
@@ -205,10 +196,7 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("mlp") / "mlp.t7")
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, path)
-    return path
+    return save_checkpoint(tmp_path_factory.mktemp("mlp") / "mlp.t7", "digits_mlp", seed=0)
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -254,8 +242,7 @@ def test_a_file_without_finished_items_is_replaced(tmp_path, mlp_file):
 
 # ------------------------------------------------------------------ the contract, table-driven
 def _cnn_checkpoint(d):
-    torch.manual_seed(0)
-    torch.save({"state_dict": MODELS["digits_cnn"]().state_dict()}, os.path.join(d, "cnn.t7"))
+    save_checkpoint(os.path.join(d, "cnn.t7"), "digits_cnn")
 
 
 def _text(d, name, text="not a checkpoint\n"):
@@ -283,7 +270,7 @@ CONTRACT = [  # (flags after --model_file MLP, what the one line says, set-up of
     ("{d}/cnn.t7", "does not fit this model", _cnn_checkpoint),
     ("{d}/junk.t7", "junk.t7", lambda d: _text(d, "junk.t7")),
     ("{d}/mlp2.h5 --out {d}/mlp2", "is the --model_file[1] of this run",
-     lambda d: torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, os.path.join(d, "mlp2.h5"))),
+     lambda d: save_checkpoint(os.path.join(d, "mlp2.h5"))),
     ("--overwrite", "not a file of this toolkit", lambda d: _text(d, "out.h5", "my notes\n")),
     ("", "cannot read", lambda d: _text(d, "out.h5", "my notes\n")),
     ("", "is not a sharpness file", lambda d: _h5(d, "out.h5", format="something-else")),
