@@ -419,3 +419,4 @@ def fill_disk(folder):
     except OSError:
         pass
     os.close(fd)
+
