@@ -65,6 +65,7 @@ from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
 import flags
 import grid
+from curves import barrier_heights, has_batchnorm, interpolate_buffers, line_state, update_bn
 from fileio import check_output_path, check_reuse, written_atomically
 from surface import SurfaceWriter, read_surface
 
@@ -78,10 +79,6 @@ UNUSED_FLAGS = ("x", "y", "dir_file", "dir_type", "xnorm", "ynorm", "xignore", "
 
 
 # ============================================================================ library
-def has_batchnorm(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 def _aliases(net: nn.Module) -> dict:
     """Every parameter name (tied ones included) -> the canonical name of its tensor."""
     canonical, out = {}, {}
@@ -156,46 +153,6 @@ class Curve:
                 for k in self.keys}
 
 
-def interpolate_buffers(start: dict, end: dict, keys, t: float) -> dict:
-    """Floating entries (1−t)·start + t·end; integer ones copied from the nearer end."""
-    out = {}
-    for k in keys:
-        a, b = start[k], end[k]
-        if a.is_floating_point():
-            out[k] = (1 - t) * a + t * b
-        else:
-            out[k] = (a if t < 0.5 else b).clone()
-    return out
-
-
-def line_state(start: dict, end: dict, t: float) -> dict:
-    """The state_dict at t on the straight line (1−t)θ_A + tθ_B (integer entries: nearer end)."""
-    return interpolate_buffers(start, end, list(start), t)
-
-
-@torch.no_grad()
-def update_bn(net: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Re-estimate BatchNorm running statistics: one pass over ``x`` in train mode, the
-    statistics being the exact average of the batch statistics weighted by batch size."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-    net.train()
-    seen = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        for m in bns:
-            m.momentum = len(xb) / (seen + len(xb))
-        net(xb)
-        seen += len(xb)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    net.eval()
-
-
 def lr_factor(epoch: int, epochs: int) -> float:
     """Garipov et al.'s schedule: constant for the first half, then linear down to 1 %
     at 90 % of the epochs (``epoch`` counts from 1)."""
@@ -242,18 +199,6 @@ def train_epoch(net: nn.Module, curve: Curve, optimizer: torch.optim.Optimizer, 
         if stop():
             return None
     return total / max(n, 1)
-
-
-def barrier_heights(t, loss) -> dict:
-    """Both barrier heights of a path sampled at ``t`` (increasing, from 0 to 1):
-    ``barrier_max`` = max_t L(t) − max(L(0), L(1)) and
-    ``barrier_interp`` = max_t [L(t) − ((1−t) L(0) + t L(1))], with the t of each maximum."""
-    t, loss = np.asarray(t, dtype=np.float64), np.asarray(loss, dtype=np.float64)
-    above_max = loss - max(loss[0], loss[-1])
-    above_line = loss - ((1 - t) * loss[0] + t * loss[-1])
-    i, j = int(np.argmax(above_max)), int(np.argmax(above_line))
-    return {"barrier_max": float(above_max[i]), "t_max": float(t[i]),
-            "barrier_interp": float(above_line[j]), "t_interp": float(t[j])}
 
 
 def load_curve(path: str, model: str) -> Curve:
