@@ -157,7 +157,7 @@ def align_one(run: dict, path: str, args: argparse.Namespace) -> dict:
     if args.method == "weight":
         perms, sweeps = al.weight_matching(spec, state_a, state_b, keys, args.seed, args.max_sweeps)
     else:
-        net_b = al_net(args, state_b)
+        net_b = model_with(args, state_b)
         perms, sweeps = al.activation_matching(spec, net, net_b, run["data"].train_x, args.batch_size), 1
     seconds = time.perf_counter() - t0
     aligned = al.permute_state(state_b, spec, perms)
@@ -176,7 +176,7 @@ def align_one(run: dict, path: str, args: argparse.Namespace) -> dict:
             "distance": [al.distance(state_a, state_b, keys), al.distance(state_a, aligned, keys)]}
 
 
-def al_net(args: argparse.Namespace, state: dict):
+def model_with(args: argparse.Namespace, state: dict):
     import model_loader
     net = model_loader.build_model(args.model)
     net.load_state_dict(state)
@@ -202,13 +202,15 @@ def report(run: dict, results: list, args: argparse.Namespace) -> dict:
     for r in results:
         print(f"{r['path']}: objective Σ<A, B> {r['objective'][0]:.6g} -> {r['objective'][1]:.6g}; "
               f"|A - B| {r['distance'][0]:.6g} -> {r['distance'][1]:.6g}", flush=True)
+    aligned = []
+    for r in results:
+        entry = {k: v for k, v in r.items() if k not in ("state", "perms")}
+        entry["moved_fraction"] = al.moved_fraction(r["perms"])
+        entry["perms"] = [[int(u) for u in p] for p in r["perms"].values()]  # in the order of "groups"
+        aligned.append(entry)
     return {"format": "loss-landscape-alignment", "version": 1, "model": args.model,
             "model_file": os.path.abspath(args.model_file), "method": args.method, "groups": groups,
-            "unpermuted": unpermuted, "notes": spec.notes,
-            "aligned": [{k: (v if k != "perms" else {str(i): [int(u) for u in p]
-                                                    for i, p in enumerate(v.values())})
-                         for k, v in r.items() if k != "state"} | {"moved_fraction": al.moved_fraction(r["perms"])}
-                        for r in results]}
+            "unpermuted": unpermuted, "notes": spec.notes, "aligned": aligned}
 
 
 def evaluators(run: dict, args: argparse.Namespace) -> dict:

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from errors import UserError
 
 FIXED = 0  # the union-find element of every axis that must not move
-Segments = "list[tuple[int, int]] | None"  # (variable, inner block size) per block; None: fixed
+# A channel axis is laid out as segments [(variable, inner)]: unit u of the variable occupies
+# [u·inner, (u+1)·inner) of its block; None: the whole axis is fixed.
 
 _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                         nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
