@@ -61,6 +61,8 @@ _SHAPE_METHODS = {"flatten", "view", "reshape"}
 _REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _CAT = {torch.cat, torch.concat}
+_QUERY_METHODS = {"size", "dim", "numel"}  # shape queries: they move nothing
+_QUERY_ATTRIBUTES = {"shape", "dtype", "device", "ndim"}
 
 
 @dataclass
@@ -104,6 +106,13 @@ def trace(net: nn.Module, what: str = "the model") -> torch.fx.GraphModule:
 def _shape(node: Any) -> tuple | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _is_query(node: torch.fx.Node) -> bool:
+    """x.size(), x.dim(), x.shape, ...: a question about a tensor, not a use of its values."""
+    return (node.op == "call_method" and node.target in _QUERY_METHODS) or \
+        (node.op == "call_function" and node.target is getattr and len(node.args) > 1
+         and node.args[1] in _QUERY_ATTRIBUTES)
 
 
 class _Builder:
@@ -177,6 +186,8 @@ class _Builder:
                 self.fix(self.feat[a][1])
 
     def visit(self, node: torch.fx.Node) -> None:
+        if _is_query(node):
+            return
         if node.op in ("placeholder", "get_attr"):
             self._fixed_output(node)
         elif node.op == "output":

@@ -47,10 +47,11 @@ class Custom(nn.Module):
         h = F.relu(self.stem(x))
         h = h + self.pw(F.relu(self.bn(self.dw(h))))
         h = torch.cat([h, torch.tanh(self.side(h))], dim=1)
-        h = F.max_pool2d(h, 2).view(x.shape[0], -1)
+        h = F.max_pool2d(h, 2)
+        h = h.view(h.size(0), -1)  # shape queries on a moving tensor move nothing
         z = self.norm(self.fc1(h))
         z = z + F.gelu(self.fc2(z))
-        return self.head(z)
+        return self.head(z.reshape(z.shape[0], z.size(1)))
 
 
 class Unknown(nn.Module):
