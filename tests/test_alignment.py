@@ -343,6 +343,16 @@ def test_merge_of_a_network_with_a_permuted_copy_is_the_network(files, tmp_path)
     naive, aligned = (rep["barriers"][k]["values"]["train_loss"] for k in ("naive", "aligned"))
     assert max(abs(u - v) for u, v in zip(naive, aligned)) > 0.1  # the naive line goes elsewhere
     assert rep["merge"]["t"] == 0.3 and rep["merge"]["models"] == 2
+    # three models: A and two permuted copies, each aligned to A; their mean is A
+    b2 = str(tmp_path / "perm2.t7")
+    perms2 = {g: np.random.default_rng(4).permutation(grp.size) for g, grp in spec.groups.items()}
+    torch.save({"state_dict": al.permute_state(a.state_dict(), spec, perms2)}, b2)
+    align.main(["--model", "digits_mlp", "--model_file", files["a"], "--model_file2", b, b2, "--out", out,
+                "--merge", "--overwrite", "--max_samples", "200"])
+    merged = model_loader.load("digits_mlp", out).state_dict()
+    for k, v in a.state_dict().items():
+        assert torch.allclose(merged[k], v, atol=1e-6, rtol=0), k
+    assert json.load(open(out + ".json"))["merge"]["models"] == 3
 
 
 @pytest.mark.slow
