@@ -131,6 +131,10 @@ def device_for(comm, cuda):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("--cuda was given but PyTorch sees no CUDA GPU; drop --cuda to run on the CPU")
+    # fp32 means fp32: PyTorch lets cuDNN convolutions round to TF32 by default, which would
+    # make the Hessian, training and sharpness on a GPU differ from the CPU by ~1e-3;
+    # --precision tf32 turns it on where it is asked for (evaluation.precision_mode)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     lr, _ = local_rank_and_size(comm)
     return torch.device("cuda", lr % torch.cuda.device_count())
 

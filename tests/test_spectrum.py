@@ -210,6 +210,7 @@ def test_resume_after_kill(tiny, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 @pytest.mark.slow
 def test_cuda_equals_cpu(tiny, tmp_path):
     cpu, gpu = str(tmp_path / "cpu.h5"), str(tmp_path / "gpu.h5")
