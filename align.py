@@ -31,11 +31,17 @@ accuracy; with several ``--model_file2`` each is aligned to A and ``--out`` is t
 ``plot_surface.py --model_file A --model_file2 B_aligned.t7 --dir_type states`` draws the
 aligned line as any line (add ``--bn_update N`` for BatchNorm models).
 """
+from __future__ import annotations
+
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 import dataloader
 from errors import UserError, run_main
+
+if TYPE_CHECKING:  # torch is imported only once the flags are checked
+    import torch
 
 METHODS = ("weight", "activation")
 TOLERANCE = 1e-4  # the largest logit difference allowed, relative to the largest logit
@@ -176,7 +182,7 @@ def align_one(run: dict, path: str, args: argparse.Namespace) -> dict:
             "distance": [al.distance(state_a, state_b, keys), al.distance(state_a, aligned, keys)]}
 
 
-def model_with(args: argparse.Namespace, state: dict):
+def model_with(args: argparse.Namespace, state: dict) -> torch.nn.Module:
     import model_loader
     net = model_loader.build_model(args.model)
     net.load_state_dict(state)
@@ -222,7 +228,7 @@ def evaluators(run: dict, args: argparse.Namespace) -> dict:
             for s in ("train", "test") if len(run["data"].split(s)[1])}
 
 
-def bn_batches(run: dict, args: argparse.Namespace):
+def bn_batches(run: dict, args: argparse.Namespace) -> torch.Tensor | None:
     return run["data"].train_x[:args.bn_update * args.batch_size] if args.bn_update else None
 
 
