@@ -197,3 +197,93 @@ def _points_per_pass(text):
     if k < 1:
         raise UserError(f"--points_per_pass must be 'auto' or an integer >= 1 (got '{text}')")
     return k
+
+
+def spec_of(args: argparse.Namespace, **changes):
+    """The typed run specification (spec.RunSpec) of parsed flags; ``changes`` replace fields."""
+    from spec import RunSpec
+    y = (args.ymin, args.ymax, args.ynum) if args.y is not None else None
+    fields = {name: getattr(args, name) for name in RunSpec.__dataclass_fields__
+              if name not in ("x", "y", "progress", "data_args") and hasattr(args, name)}
+    return RunSpec(**{**fields, "x": (args.xmin, args.xmax, args.xnum), "y": y,
+                      "progress": not args.no_progress, "data_args": args, **changes})
+
+
+# ======================================================================== Hessian
+# The Hessian flag group of plot_hessian_eigen.py, hessian_spectrum.py, layer_curvature.py
+# and hessian_directions.py, and its checks (standard library only, like the rest of this
+# module). The defaults are those of hess_vec_prod (tests/test_hessian_edges.py checks they agree).
+HESSIAN_TOL = 1e-3            # hess_vec_prod.DEFAULT_TOL
+HESSIAN_CACHE_MB = 2048       # hess_vec_prod.DEFAULT_CACHE_MB
+HESSIAN_BATCH_MB = 256        # hess_vec_prod.DEFAULT_BATCH_MB
+
+
+def add_hessian_group(p: argparse.ArgumentParser, eig: bool = True, single_point: bool = True,
+                      eig_tol: float = HESSIAN_TOL, title: str = "Hessian") -> argparse._ArgumentGroup:
+    """The Hessian flags: memory for the product batches and the kept gradient graphs,
+    progress lines, the Lanczos (ARPACK) flags when ``eig`` and ``--at`` when
+    ``single_point``; returns the group (the scripts add their own flags to it)."""
+    g = p.add_argument_group(title)
+    g.add_argument("--hess_cache_mb", type=float, default=HESSIAN_CACHE_MB,
+                   help="memory for the gradient graphs kept between products at a point (0: none)")
+    g.add_argument("--hess_batch_mb", type=float, default=HESSIAN_BATCH_MB,
+                   help="memory for one product batch's graph: the batch of Hessian-vector products is the "
+                        "largest that fits (at most the data set; --batch_size is for evaluation only)")
+    g.add_argument("--progress_every", type=float, default=5.0,
+                   help="seconds between progress lines on stderr (--no_progress: none)")
+    if eig:
+        g.add_argument("--eig_tol", type=float, default=eig_tol,
+                       help="Lanczos (ARPACK) tolerance, relative to the spectral radius")
+        g.add_argument("--eig_maxiter", type=int, default=None,
+                       help="Lanczos restarts before giving up (default: ARPACK's, 10 × parameters)")
+    else:
+        g.set_defaults(eig_tol=eig_tol, eig_maxiter=None)
+    if single_point:
+        g.add_argument("--at", default="", help="x or x,y along --dir_file (default: the model)")
+    return g
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def check_hessian(args: argparse.Namespace) -> None:
+    """Refuse bad Hessian flags with one line, before any work; sets ``args.at_point``."""
+    if args.test:
+        raise UserError("--test is not used here: the Hessian is that of the training loss")
+    if args.precision != "fp32":
+        raise UserError("the Hessian is computed in fp32; drop --precision")
+    if not _finite(args.eig_tol) or args.eig_tol < 0:
+        raise UserError(f"--eig_tol must be a finite number >= 0 (0: machine precision), got {args.eig_tol}")
+    if args.eig_maxiter is not None and args.eig_maxiter < 1:
+        raise UserError(f"--eig_maxiter must be >= 1 (Lanczos restarts), got {args.eig_maxiter}")
+    if not _finite(args.hess_cache_mb) or args.hess_cache_mb < 0:
+        raise UserError(f"--hess_cache_mb must be a finite number >= 0 (MiB), got {args.hess_cache_mb}")
+    if not _finite(args.hess_batch_mb) or args.hess_batch_mb <= 0:
+        raise UserError(f"--hess_batch_mb must be a finite number > 0 (MiB), got {args.hess_batch_mb}")
+    if not _finite(args.progress_every) or args.progress_every < 0:
+        raise UserError(f"--progress_every must be a finite number >= 0 (seconds), got {args.progress_every}")
+    args.at_point = parse_at(args.at) if getattr(args, "at", "") else []
+    if args.at_point:
+        if not args.dir_file:
+            raise UserError("--at needs the --dir_file whose directions the point refers to")
+        if not os.path.isfile(args.dir_file):
+            raise UserError(f"direction file not found: {args.dir_file!r} (--at refers to an existing one)")
+
+
+def parse_at(text: str) -> list[float]:
+    """'x' or 'x,y' -> [x] or [x, y] (finite numbers), else a UserError."""
+    try:
+        point = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        point = []
+    if not 1 <= len(point) <= 2 or not all(math.isfinite(v) for v in point):
+        raise UserError(f"--at must be x or x,y with finite numbers (got '{text}')")
+    return point
+
+
+def one_point_only(args: argparse.Namespace, script: str) -> None:
+    """The single-point scripts take their point from --at, not from a grid or checkpoints."""
+    if args.y is not None or args.model_file2 or args.model_file3:
+        raise UserError(f"{script} computes one point: use --at x[,y] --dir_file D, "
+                        "not --y/--model_file2/--model_file3")

@@ -20,12 +20,11 @@ of loss and accuracy that plot_surface.py and landscape.py share.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -38,32 +37,44 @@ import mpi4pytorch
 import net_plotter
 from errors import UserError
 from evaluation import Evaluator, get_loss_fn, keep_freed_memory
-from fileio import check_output_path, check_reuse
-from scheduler import Interrupted, run_grid
-from surface import SurfaceWriter
+from fileio import check_not_input, check_output_path, check_reuse, parse_settings
+import runner
+from spec import RunSpec
+from surface import SurfaceStore, settings_record
 
 
-@dataclass
+@dataclass(frozen=True)
+class Loaded:
+    """What a run starts from: the device, the data, the model at (0, 0) and the models of
+    the other checkpoints (``model_file2``/``model_file3``: their difference directions),
+    with the identity of each that the files record (``identity``: model, model_hash,
+    model_hash2/3, model_file/2/3, random_init)."""
+    device: torch.device
+    data: Any
+    net: torch.nn.Module
+    others: dict[str, torch.nn.Module]
+    identity: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Run:
-    """Everything a running grid needs (rank 0 also holds the writer)."""
+    """Everything a running grid needs (rank 0 also holds the store)."""
     comm: Any
     rank: int
+    spec: RunSpec
     device: torch.device
     data: Any
     net: torch.nn.Module
     dir_file: str
+    surf_file: str
     xdir: list
     ydir: list | None
     xcoords: np.ndarray
     ycoords: np.ndarray | None
-    surf_file: str
-    writer: SurfaceWriter | None
-    todo: np.ndarray
+    writer: SurfaceStore | None
     perturb: net_plotter.Perturbation
     settings: dict
     setup_seconds: float = 0.0
-    notes: list = field(default_factory=list)   # extra words for the timing line
-    chunk: int = 1                               # grid points per call of compute (several per pass)
 
     def point(self, k: int) -> tuple[float, float | None]:
         """(x, y) of flat grid index k (y None for 1D)."""
@@ -73,13 +84,25 @@ class Run:
         return float(self.xcoords[i]), float(self.ycoords[j])
 
 
+@dataclass(frozen=True)
+class PointCompute:
+    """``compute`` of the runner for grid points: one point (``chunk`` 1) or a list of
+    ``chunk`` points per call; ``note`` says which evaluation path runs (timing line)."""
+    fn: Callable
+    chunk: int = 1
+    note: str = ""
+
+    def __call__(self, k: Any) -> dict:
+        return self.fn(k)
+
+
 # ----------------------------------------------------------------------- file names
-def model_stem(args: argparse.Namespace) -> str:
+def model_stem(args: Any) -> str:
     """The model file, or out/<model> for a freshly initialized one: output names start here."""
     return args.model_file or os.path.join("out", args.model.replace(":", "_"))
 
 
-def name_direction_file(args: argparse.Namespace) -> str:
+def name_direction_file(args: Any) -> str:
     """The original's naming (next to the model file), with the --model_file3 defect fixed."""
     if args.dir_file:
         return args.dir_file
@@ -100,16 +123,7 @@ def name_direction_file(args: argparse.Namespace) -> str:
         if args.xnorm:
             name += "_xnorm=" + args.xnorm
     if args.y is not None:
-        if f3:
-            prefix = os.path.dirname(os.path.commonprefix([f1, f3]) + "x")
-            name += "_" + os.path.relpath(f3, prefix or ".").replace(os.sep, "_")
-        else:
-            if args.yignore:
-                name += "_yignore=" + args.yignore
-            if args.ynorm:
-                name += "_ynorm=" + args.ynorm
-            if args.same_dir:
-                name += "_same_dir"
+        name += _y_name(args, f1, f3)
     if args.idx > 0:
         name += "_idx=" + str(args.idx)
     if args.seed:
@@ -117,7 +131,23 @@ def name_direction_file(args: argparse.Namespace) -> str:
     return name + ".h5"
 
 
-def name_surface_file(args: argparse.Namespace, dir_file: str) -> str:
+def _y_name(args: Any, f1: str, f3: str) -> str:
+    """The y direction's part of a direction file's name."""
+    if f3:
+        prefix = os.path.dirname(os.path.commonprefix([f1, f3]) + "x")
+        return "_" + os.path.relpath(f3, prefix or ".").replace(os.sep, "_")
+    name = ""
+    if args.yignore:
+        name += "_yignore=" + args.yignore
+    if args.ynorm:
+        name += "_ynorm=" + args.ynorm
+    if args.same_dir:
+        name += "_same_dir"
+    return name
+
+
+def name_surface_file(args: Any, dir_file: str) -> str:
+    """The original's surface file name: the direction file's with the grid ranges."""
     if args.surf_file:
         return args.surf_file
     name = dir_file + "_[%s,%s,%d]" % (args.xmin, args.xmax, args.xnum)
@@ -127,20 +157,31 @@ def name_surface_file(args: argparse.Namespace, dir_file: str) -> str:
 
 
 # ------------------------------------------------------------------------ inputs
-def _load(args, path):
-    return model_loader.load(args.model, path, args.unsafe_load)
+def _load(spec: Any, path: str) -> torch.nn.Module:
+    net = model_loader.load(spec.model, path, spec.unsafe_load)
+    check_finite(net, path)
+    return net
 
 
-def _hash_or_init(args, path):
-    return model_loader.file_hash(path) if path else f"init(seed={args.seed})"
+def check_finite(net: torch.nn.Module, what: str) -> None:
+    """Refuse a model holding NaN or infinite weights (before anything is written, so the
+    repaired checkpoint is not refused later for a file made from the broken one)."""
+    for name, t in net.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{what or 'the model'}: '{name}' holds NaN or infinite values; give a "
+                            "checkpoint with finite weights")
 
 
-def _short(path):
+def _hash_or_init(spec: Any, path: str) -> str:
+    return model_loader.file_hash(path) if path else f"init(seed={spec.seed})"
+
+
+def _short(path: str) -> str:
     """A checkpoint's folder and file name: enough to tell runs apart in plot labels."""
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)) if path else ""
 
 
-def set_threads(requested: int, comm) -> int:
+def set_threads(requested: int, comm: Any) -> int:
     """CPU threads of this rank: --threads, else $OMP_NUM_THREADS, else cores per rank."""
     n = requested or mpi4pytorch.default_threads(comm)
     if n != torch.get_num_threads():
@@ -148,8 +189,9 @@ def set_threads(requested: int, comm) -> int:
     return n
 
 
-def load_run(args: argparse.Namespace, comm) -> tuple[torch.device, Any, torch.nn.Module]:
-    """What every run starts from: threads, device, the data and the model at (0, 0)."""
+def load_run(args: Any, comm: Any) -> tuple[torch.device, Any, torch.nn.Module]:
+    """What every run starts from: threads, device, the data and the model at (0, 0)
+    (``args``: a RunSpec or the parsed flags)."""
     for flag in ("model_file", "model_file2", "model_file3"):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
@@ -157,7 +199,7 @@ def load_run(args: argparse.Namespace, comm) -> tuple[torch.device, Any, torch.n
     keep_freed_memory()
     set_threads(args.threads, comm)
     device = mpi4pytorch.device_for(comm, args.cuda)
-    data = dataloader.load_data(args)
+    data = dataloader.load_data(getattr(args, "data_args", None) or args)
     if not args.model_file:
         if mpi4pytorch.rank(comm) == 0:
             print(f"note: no --model_file: mapping a randomly initialised {args.model} (seed {args.seed}), "
@@ -168,160 +210,195 @@ def load_run(args: argparse.Namespace, comm) -> tuple[torch.device, Any, torch.n
     return device, data, net
 
 
+def load_inputs(spec: RunSpec, comm: Any) -> Loaded:
+    """The command line's inputs: ``load_run`` and the other checkpoints, all checked."""
+    device, data, net = load_run(spec, comm)
+    others = {f: _load(spec, getattr(spec, f)) for f in ("model_file2", "model_file3") if getattr(spec, f)}
+    identity = {"model": spec.model, "model_hash": _hash_or_init(spec, spec.model_file),
+                "model_file": _short(spec.model_file), "model_file2": _short(spec.model_file2),
+                "model_file3": _short(spec.model_file3)}
+    for i, flag in ((2, "model_file2"), (3, "model_file3")):
+        if getattr(spec, flag):
+            identity[f"model_hash{i}"] = model_loader.file_hash(getattr(spec, flag))
+    if not spec.model_file:
+        identity["random_init"] = True
+    return Loaded(device, data, net, others, identity)
+
+
 # ---------------------------------------------------------------------- directions
-def direction_recipe(args: argparse.Namespace) -> dict:
+def direction_recipe(spec: Any, identity: dict) -> dict:
     """What makes the directions; stored in the direction file, checked on reuse."""
-    r = {"dir_type": args.dir_type, "model": args.model,
-         "model_hash": _hash_or_init(args, args.model_file)}
-    if args.model_file2:
-        r["model_hash2"] = model_loader.file_hash(args.model_file2)
+    r = {"dir_type": spec.dir_type, "model": identity["model"], "model_hash": identity["model_hash"]}
+    if "model_hash2" in identity:
+        r["model_hash2"] = identity["model_hash2"]
     else:
-        r.update(xnorm=args.xnorm, xignore=args.xignore, seed=args.seed, idx=args.idx)
-    if args.y is not None:
-        if args.model_file3:
-            r["model_hash3"] = model_loader.file_hash(args.model_file3)
+        r.update(xnorm=spec.xnorm, xignore=spec.xignore, seed=spec.seed, idx=spec.idx)
+    if spec.y is not None:
+        if "model_hash3" in identity:
+            r["model_hash3"] = identity["model_hash3"]
         else:
-            r.update(ynorm=args.ynorm, yignore=args.yignore, same_dir=args.same_dir,
-                     seed=args.seed, idx=args.idx)
+            r.update(ynorm=spec.ynorm, yignore=spec.yignore, same_dir=spec.same_dir,
+                     seed=spec.seed, idx=spec.idx)
     return r
 
 
-def _difference(args, net, path, flag):
-    other = _load(args, path)
-    d = net_plotter.difference_direction(net, other, args.dir_type)
+def _difference(spec: Any, loaded: Loaded, flag: str) -> list:
+    d = net_plotter.difference_direction(loaded.net, loaded.others[flag], spec.dir_type)
     if not any(t.is_floating_point() and t.any() for t in d):
-        raise UserError(f"--model_file and {flag} hold the same {args.dir_type}, so the direction between "
+        raise UserError(f"--model_file and --{flag} hold the same {spec.dir_type}, so the direction between "
                         "them is zero; give two different checkpoints")
     return d
 
 
-def directions_for(args: argparse.Namespace, net: torch.nn.Module, dir_file: str):
+def _reusable_direction_file(spec: Any, dir_file: str, recipe: dict) -> bool:
+    """The one reuse decision of a direction file: a user's own --dir_file is used as it
+    is; one named by the toolkit is reused only if made by the same recipe."""
+    if not dir_file or not os.path.exists(dir_file):
+        return False
+    if spec.dir_file:
+        return True  # the user's own file is used as it is, never modified
+
+    def stored() -> dict | None:
+        made = net_plotter.read_direction_attrs(dir_file).get("recipe")
+        return parse_settings(made, dir_file) if made else None
+    return check_reuse(dir_file, stored, recipe, "direction file", spec.overwrite,
+                       hint="delete it, pass --overwrite, or choose another --idx/--seed/--dir_file")
+
+
+def directions_for(spec: Any, loaded: Loaded, dir_file: str) -> tuple[list, list | None, dict, bool]:
     """(xdir, ydir, attrs, new): read from ``dir_file`` when it may serve, else made in memory.
 
     ``new`` says the directions must still be written to ``dir_file``. Nothing is written here.
     """
-    recipe = direction_recipe(args)
-    if args.dir_file and os.path.exists(dir_file):
-        reuse = True  # the user's own file is used as it is, never modified
-    elif os.path.exists(dir_file):
-        made = net_plotter.read_direction_attrs(dir_file).get("recipe")
-        reuse = check_reuse(dir_file, json.loads(made) if made else None, recipe, "direction file", args.overwrite,
-                            hint="delete it, pass --overwrite, or choose another --idx/--seed/--dir_file")
-    else:
-        reuse = False
-    if reuse:
-        xdir, ydir = net_plotter.read_directions(dir_file, net, args.dir_type, args.y is not None)
+    recipe = direction_recipe(spec, loaded.identity)
+    if _reusable_direction_file(spec, dir_file, recipe):
+        xdir, ydir = net_plotter.read_directions(dir_file, loaded.net, spec.dir_type, spec.y is not None)
         return xdir, ydir, net_plotter.read_direction_attrs(dir_file), False
-    gen = net_plotter.make_generator(args.seed, args.idx)
-    if args.model_file2:
-        xdir = _difference(args, net, args.model_file2, "--model_file2")
+    gen = net_plotter.make_generator(spec.seed, spec.idx)
+    if "model_file2" in loaded.others:
+        xdir = _difference(spec, loaded, "model_file2")
     else:
-        xdir = net_plotter.random_direction(net, args.dir_type, args.xnorm, args.xignore, gen)
+        xdir = net_plotter.random_direction(loaded.net, spec.dir_type, spec.xnorm, spec.xignore, gen)
     ydir = None
-    if args.y is not None:
-        if args.model_file3:
-            ydir = _difference(args, net, args.model_file3, "--model_file3")
-        elif args.same_dir:
+    if spec.y is not None:
+        if "model_file3" in loaded.others:
+            ydir = _difference(spec, loaded, "model_file3")
+        elif spec.same_dir:
             ydir = xdir
         else:
-            ydir = net_plotter.random_direction(net, args.dir_type, args.ynorm, args.yignore, gen)
-    attrs = {"dir_type": args.dir_type, "recipe": json.dumps(recipe),
-             "xnorm": "" if args.model_file2 else args.xnorm,
-             "ynorm": "" if args.model_file3 else args.ynorm,
-             "xignore": args.xignore, "yignore": args.yignore}
-    return xdir, ydir, attrs, True
+            ydir = net_plotter.random_direction(loaded.net, spec.dir_type, spec.ynorm, spec.yignore, gen)
+    return xdir, ydir, direction_attrs(spec, loaded.others, recipe), True
 
 
-def write_directions(dir_file: str, net: torch.nn.Module, dir_type: str, xdir, ydir, attrs: dict) -> None:
+def direction_attrs(spec: Any, others: dict, recipe: dict) -> dict:
+    """The root attributes of a direction file made by a grid run (read by
+    net_plotter.read_direction_attrs)."""
+    return {"dir_type": spec.dir_type, "recipe": json.dumps(recipe),
+            "xnorm": "" if "model_file2" in others else spec.xnorm,
+            "ynorm": "" if "model_file3" in others else spec.ynorm,
+            "xignore": spec.xignore, "yignore": spec.yignore}
+
+
+def write_directions(dir_file: str, net: torch.nn.Module, dir_type: str, xdir: list, ydir: list | None,
+                     attrs: dict) -> None:
     names = [n for n, _ in net_plotter.get_entries(net, dir_type)]
     net_plotter.write_directions(dir_file, names, xdir, ydir, attrs=attrs)
 
 
 # --------------------------------------------------------------------------- set-up
-def grid_coords(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None]:
-    xcoords = np.linspace(args.xmin, args.xmax, args.xnum)
-    ycoords = np.linspace(args.ymin, args.ymax, args.ynum) if args.y is not None else None
+def grid_coords(spec: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    xcoords = np.linspace(spec.xmin, spec.xmax, spec.xnum)
+    ycoords = np.linspace(spec.ymin, spec.ymax, spec.ynum) if spec.y is not None else None
     return xcoords, ycoords
 
 
-def surface_settings(args: argparse.Namespace, data, metrics, kind, xdir, ydir, dir_attrs, extra=None) -> dict:
-    """Everything that defines the surface; a resume must match it exactly."""
-    settings = {
-        "kind": kind, "model": args.model,
-        "model_file": _short(args.model_file), "model_hash": _hash_or_init(args, args.model_file),
-        "model_file2": _short(args.model_file2), "model_file3": _short(args.model_file3),
-        **dataloader.data_settings(args, data),
-        "loss_name": args.loss_name, "dir_type": args.dir_type,
-        "directions_hash": net_plotter.directions_hash(xdir, ydir),
-        "xnorm": str(dir_attrs.get("xnorm", "")), "ynorm": str(dir_attrs.get("ynorm", "")),
-        "xignore": str(dir_attrs.get("xignore", "")), "yignore": str(dir_attrs.get("yignore", "")),
-        "seed": args.seed, "idx": args.idx,
-        "x": [args.xmin, args.xmax, args.xnum],
-        "y": [args.ymin, args.ymax, args.ynum] if args.y is not None else None,
-        "precision": args.precision, "metrics": list(metrics), **(extra or {}),
-    }
-    if not args.model_file:
-        settings["random_init"] = True
-    return settings
+def surface_settings(spec: Any, loaded: Loaded, metrics: list[str], kind: str, xdir: list, ydir: list | None,
+                     dir_attrs: dict, extra: dict | None = None) -> dict:
+    """Everything that defines the surface (surface.settings_record, next to its reader)."""
+    return settings_record(spec, loaded.identity, dataloader.data_settings(spec, loaded.data),
+                           net_plotter.directions_hash(xdir, ydir), dir_attrs, metrics, kind, extra)
 
 
-def _check_outputs(args, dir_file, surf_file):
-    check_output_path(surf_file, "surface file")
-    check_output_path(dir_file, "direction file")
-    if os.path.abspath(surf_file) == os.path.abspath(dir_file):
+def _check_outputs(spec: Any, dir_file: str, surf_file: str | None) -> None:
+    if surf_file:
+        check_output_path(surf_file, "surface file")
+    if dir_file:
+        check_output_path(dir_file, "direction file")
+    if dir_file and not (spec.dir_file and os.path.exists(dir_file)):  # to be written: never an input
+        check_not_input(dir_file, "direction file", runner.without(runner.inputs_of(spec), "--dir_file"))
+    if surf_file and dir_file and os.path.abspath(surf_file) == os.path.abspath(dir_file):
         raise UserError(f"--surf_file and the direction file are the same file ({surf_file}); writing the "
                         "surface would destroy the directions: choose another --surf_file")
 
 
-def open_files(args: argparse.Namespace, net, data, metrics, kind, extra_settings=None):
-    """Rank 0: directions, settings and the surface writer; writes only once all is checked."""
-    dir_file = name_direction_file(args)
-    surf_file = name_surface_file(args, dir_file)
-    _check_outputs(args, dir_file, surf_file)
-    xdir, ydir, dir_attrs, new = directions_for(args, net, dir_file)
-    settings = surface_settings(args, data, metrics, kind, xdir, ydir, dir_attrs, extra_settings)
-    xcoords, ycoords = grid_coords(args)
-    writer = SurfaceWriter(surf_file, xcoords, ycoords, metrics, settings,
-                           attrs={"dir_file": dir_file}, overwrite=args.overwrite)
-    if new:
-        write_directions(dir_file, net, args.dir_type, xdir, ydir, dir_attrs)
-    writer.save()
+def open_files(spec: Any, loaded: Loaded, metrics: list[str], kind: str, extra_settings: dict | None = None,
+               dir_file: str | None = None, surf_file: str | None = None) -> tuple:
+    """Rank 0: directions, settings and the surface store; writes only once all is checked.
+    ``dir_file``/``surf_file`` default to the command line's names (``""``: none, in memory)."""
+    dir_file = name_direction_file(spec) if dir_file is None else dir_file
+    surf_file = name_surface_file(spec, dir_file) if surf_file is None else surf_file
+    _check_outputs(spec, dir_file, surf_file)
+    xdir, ydir, dir_attrs, new = directions_for(spec, loaded, dir_file)
+    settings = surface_settings(spec, loaded, metrics, kind, xdir, ydir, dir_attrs, extra_settings)
+    xcoords, ycoords = grid_coords(spec)
+    writer = SurfaceStore(surf_file or None, xcoords, ycoords, metrics, settings, attrs={"dir_file": dir_file},
+                          overwrite=spec.overwrite, inputs=runner.inputs_of(spec))
+    try:
+        if new and dir_file:
+            write_directions(dir_file, loaded.net, spec.dir_type, xdir, ydir, dir_attrs)
+        writer.save()
+    except BaseException:
+        writer.close()
+        raise
     return dir_file, surf_file, writer, settings, xdir, ydir
 
 
-def start(comm, net, device, data, xdir, ydir, xcoords, ycoords, dir_type, dir_file, surf_file, writer,
-          settings, t0, ngpu=1) -> Run:
-    """The Run of every rank, once rank 0 has opened the files."""
+def start(comm: Any, spec: Any, loaded: Loaded, opened: tuple, t0: float) -> Run:
+    """The Run of every rank, once rank 0 has opened the files (``opened``: its
+    ``open_files``; other ranks read the directions from the file)."""
     rank = mpi4pytorch.rank(comm)
-    todo = mpi4pytorch.bcast(comm, writer.todo() if rank == 0 else None)
-    if ngpu > 1 and comm is None:
-        net = torch.nn.DataParallel(net, device_ids=list(range(ngpu)))
-    net = net.to(device).eval()
-    perturb = net_plotter.Perturbation(net.module if hasattr(net, "module") else net, dir_type, xdir, ydir)
-    return Run(comm=comm, rank=rank, device=device, data=data, net=net, dir_file=dir_file, xdir=xdir,
-               ydir=ydir, xcoords=xcoords, ycoords=ycoords, surf_file=surf_file, writer=writer, todo=todo,
-               perturb=perturb, settings=settings, setup_seconds=time.perf_counter() - t0)
+    dir_file, surf_file, writer, settings, xdir, ydir = opened if rank == 0 else (None,) * 6
+    dir_file, surf_file, settings = mpi4pytorch.bcast(comm, (dir_file, surf_file, settings))
+    net = loaded.net
+    if rank != 0 and dir_file:
+        xdir, ydir = net_plotter.read_directions(dir_file, net, spec.dir_type, spec.y is not None)
+    elif rank != 0:  # no file (the API in memory): the same directions, made again (deterministic)
+        xdir, ydir, _, _ = directions_for(spec, loaded, "")
+    if spec.ngpu > 1 and spec.cuda and comm is None:
+        net = torch.nn.DataParallel(net, device_ids=list(range(spec.ngpu)))
+    net = net.to(loaded.device).eval()
+    perturb = net_plotter.Perturbation(net.module if hasattr(net, "module") else net, spec.dir_type, xdir, ydir)
+    xcoords, ycoords = grid_coords(spec)
+    return Run(comm=comm, rank=rank, spec=spec, device=loaded.device, data=loaded.data, net=net,
+               dir_file=dir_file, surf_file=surf_file or "(in memory)", xdir=xdir, ydir=ydir, xcoords=xcoords,
+               ycoords=ycoords, writer=writer, perturb=perturb, settings=settings,
+               setup_seconds=time.perf_counter() - t0)
 
 
-def prepare(args: argparse.Namespace, metrics: list[str], kind: str = "loss",
-            extra_settings: dict | None = None) -> Run:
-    """Everything a grid run of the command line needs (see the module doc)."""
-    t0 = time.perf_counter()
-    comm = mpi4pytorch.setup(args.mpi)
-    rank = mpi4pytorch.rank(comm)
-    device, data, net = load_run(args, comm)
-    opened = mpi4pytorch.check_all(comm, lambda: open_files(args, net, data, metrics, kind, extra_settings))
-    if args.model_file2 and args.dir_type == "weights" and rank == 0:
+def prepare_loaded(spec: Any, comm: Any, loaded: Loaded, metrics: list[str], kind: str = "loss",
+                   extra_settings: dict | None = None, t0: float | None = None,
+                   dir_file: str | None = None, surf_file: str | None = None) -> Run:
+    """The files and the Run of checked, loaded inputs (the command line and the API)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    opened = mpi4pytorch.check_all(comm, lambda: open_files(spec, loaded, metrics, kind, extra_settings,
+                                                            dir_file, surf_file))
+    if "model_file2" in loaded.others and spec.dir_type == "weights" and mpi4pytorch.rank(comm) == 0:
         print("warning: --dir_type weights moves only the parameters; BatchNorm statistics stay "
               "those of --model_file (use --dir_type states to interpolate them too)",
               file=sys.stderr)
-    dir_file, surf_file, writer, settings, xdir, ydir = opened if rank == 0 else (None,) * 6
-    dir_file, surf_file, settings = mpi4pytorch.bcast(comm, (dir_file, surf_file, settings))
-    if rank != 0:
-        xdir, ydir = net_plotter.read_directions(dir_file, net, args.dir_type, args.y is not None)
-    xcoords, ycoords = grid_coords(args)
-    return start(comm, net, device, data, xdir, ydir, xcoords, ycoords, args.dir_type, dir_file, surf_file,
-                 writer, settings, t0, ngpu=args.ngpu if args.cuda else 1)
+    return start(comm, spec, loaded, opened, t0)
+
+
+def prepare(spec: RunSpec, metrics: list[str], kind: str = "loss", extra_settings: dict | None = None,
+            check: Callable | None = None) -> Run:
+    """Everything a grid run of the command line needs (see the module doc); ``check(net,
+    data)`` refuses a model the run cannot use, before any file is written."""
+    t0 = time.perf_counter()
+    comm = mpi4pytorch.setup(spec.mpi)
+    loaded = load_inputs(spec, comm)
+    if check is not None:
+        mpi4pytorch.check_all(comm, lambda: check(loaded.net, loaded.data))
+    return prepare_loaded(spec, comm, loaded, metrics, kind, extra_settings, t0)
 
 
 # ----------------------------------------------------------------------- the grid
@@ -333,25 +410,25 @@ def move_to(run: Run, k: int) -> tuple[float, float | None]:
 
 
 def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int, precision: str = "fp32",
-                 engine: str = "auto", points_per_pass: int | str = 1, bn_update: int = 0) -> Callable:
+                 engine: str = "auto", points_per_pass: int | str = 1, bn_update: int = 0) -> PointCompute:
     """``compute``: loss and accuracy of every split at grid point k (or at a list of
-    points, ``points_per_pass`` of them in one pass with stacked weights; ``run.chunk``
-    says how many the scheduler hands out at a time). The evaluation path that runs
-    (eager, BatchNorm folded, ...) and K go into the timing line. ``bn_update`` N > 0:
-    at each point the BatchNorm statistics are first re-estimated on the first N training
-    batches (curves.update_bn; one point per pass)."""
+    points, ``points_per_pass`` of them in one pass with stacked weights: the returned
+    ``chunk``). The evaluation path that runs (eager, BatchNorm folded, ...) and K go
+    into the timing line (``note``). ``bn_update`` N > 0: at each point the BatchNorm
+    statistics are first re-estimated on the first N training batches
+    (curves.update_bn; one point per pass)."""
     evaluators = {s: Evaluator(run.net, *run.data.split(s), loss_fn, batch_size, run.device, precision, engine=engine)
                   for s in splits}
     first = evaluators[splits[0]]
     k = 1 if bn_update else first.probe_points_per_pass(run.perturb) if points_per_pass == "auto" \
         else int(points_per_pass)
-    run.chunk = max(1, mpi4pytorch.bcast(run.comm, k))  # rank 0's choice: the same K on every rank
-    run.notes.append(f"engine: {first.path}" + (f"; {run.chunk} points per pass" if run.chunk > 1 else ""))
+    chunk = max(1, mpi4pytorch.bcast(run.comm, k))  # rank 0's choice: the same K on every rank
+    note = f"engine: {first.path}" + (f"; {chunk} points per pass" if chunk > 1 else "")
     bn_x = run.data.train_x[:bn_update * batch_size].to(run.device) if bn_update else None
-    if bn_update:
-        run.notes.append(f"BN re-estimated at each point on {len(bn_x)} training images")
+    if bn_x is not None:
+        note += f"; BN re-estimated at each point on {len(bn_x)} training images"
 
-    def compute(k):
+    def compute(k: int) -> dict:
         move_to(run, k)
         if bn_x is not None:
             update_bn(run.net, bn_x, batch_size)
@@ -360,53 +437,35 @@ def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int
             out[f"{s}_loss"], out[f"{s}_acc"] = evaluate()
         return out
 
-    def compute_many(ks):
+    def compute_many(ks: list[int]) -> dict:
         points = [run.point(k) for k in ks]
         out = {}
         for s, evaluate in evaluators.items():
             values = evaluate.evaluate_points(run.perturb, points)
             out[f"{s}_loss"], out[f"{s}_acc"] = [v[0] for v in values], [v[1] for v in values]
         return out
-    return compute_many if run.chunk > 1 else compute
+    return PointCompute(compute_many if chunk > 1 else compute, chunk, note)
 
 
-def compute_grid(args: argparse.Namespace, run: Run, compute: Callable, desc: str = "surface") -> None:
+def compute_grid(spec: Any, run: Run, compute: Callable, desc: str = "surface") -> None:
     """Run ``compute(k)`` over the missing points; exit cleanly on SIGTERM/SIGINT."""
-    execute(run, compute, save_every=args.save_every, progress=not args.no_progress, desc=desc)
+    progress = spec.progress if isinstance(spec, RunSpec) else not spec.no_progress
+    execute(run, compute, save_every=spec.save_every, progress=progress, desc=desc)
 
 
 def execute(run: Run, compute: Callable, save_every: float = 10.0, progress: bool = True,
             desc: str = "surface", exit_on_signal: bool = True) -> None:
-    if run.rank == 0:
-        done = run.writer.n_done
-        total = len(run.todo) + done
-        print(f"{run.surf_file}: {total} points, {done} already done"
-              f"{' (resumed)' if run.writer.resumed and done else ''}; set-up {run.setup_seconds:.1f} s",
-              file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    try:
-        run_grid(run.comm, run.todo, compute, run.writer, save_every=save_every, progress=progress, desc=desc,
-                 chunk=run.chunk)
-    except Interrupted as e:
-        if run.rank == 0:
-            print(f"interrupted by {e}: {run.writer.n_done} of {run.writer.done.size} points saved "
-                  f"in {run.surf_file}; rerun the same command to resume", file=sys.stderr, flush=True)
-        if exit_on_signal:
-            sys.exit(128 + e.signum)
-        raise
-    seconds = time.perf_counter() - t0
-    if run.rank == 0 and len(run.todo):
-        notes = "".join(f"; {n}" for n in run.notes)
-        print(f"timing: {len(run.todo)} points in {seconds:.2f} s, {seconds / len(run.todo):.3f} s per "
-              f"point, {mpi4pytorch.size(run.comm)} rank(s) x {torch.get_num_threads()} thread(s); "
-              f"set-up {run.setup_seconds:.2f} s{notes}", file=sys.stderr, flush=True)
-    if run.rank == 0 and run.writer.n_done < run.writer.done.size:
-        raise UserError(f"incomplete: {run.writer.n_done} of {run.writer.done.size} points in "
-                        f"{run.surf_file}; rerun the same command to finish")
+    """The runner over the grid's points (runner.run); gives the surface file up at the end."""
+    note = getattr(compute, "note", "")
+    runner.run(run.comm, run.writer, compute, what="points", desc=desc, save_every=save_every,
+               progress=progress, chunk=getattr(compute, "chunk", 1), setup_seconds=run.setup_seconds,
+               notes=[note] if note else [], exit_on_signal=exit_on_signal)
+    if run.writer is not None:
+        run.writer.close()
 
 
 # ---------------------------------------------------------------------------- plots
-def plot(args: argparse.Namespace, run: Run, surf_name: str = "train_loss") -> None:
+def plot(args: Any, run: Run, surf_name: str = "train_loss") -> None:
     """The original's --plot: contours for 2D, loss/accuracy curves for 1D."""
     if run.ycoords is not None:
         import plot_2D
@@ -419,5 +478,42 @@ def plot(args: argparse.Namespace, run: Run, surf_name: str = "train_loss") -> N
 
 
 def metrics_for(splits: list[str]) -> list[str]:
+    """The loss and accuracy quantities of the splits."""
     return [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
 
+
+# ------------------------------------------------------------- single-point runs
+def move_to_at(args: Any, net: torch.nn.Module) -> list[float]:
+    """Move ``net`` to ``args.at_point`` (``--at x[,y]``, checked by flags.check_hessian)
+    along ``--dir_file``; returns the point ([] for the model itself)."""
+    point = list(getattr(args, "at_point", []) or [])
+    if point:
+        xdir, ydir = net_plotter.read_directions(args.dir_file, net, args.dir_type, len(point) == 2)
+        net_plotter.Perturbation(net, args.dir_type, xdir, ydir).set(*point)
+    return point
+
+
+def load_point(args: Any, comm: Any = None) -> tuple[torch.device, Any, torch.nn.Module, list[float]]:
+    """The shared set-up of the single-point scripts: (device, data, net, point), the
+    model on the device and moved to ``--at``."""
+    device, data, net = load_run(args, comm)
+    net = net.to(device)
+    return device, data, net, move_to_at(args, net)
+
+
+def point_settings(args: Any, data: Any, point: list[float]) -> dict:
+    """What identifies the point and the loss a single-point result belongs to."""
+    return {"model": args.model, "model_file": os.path.basename(args.model_file),
+            "model_hash": _hash_or_init(args, args.model_file),
+            **dataloader.data_settings(args, data), "loss_name": args.loss_name,
+            "point": list(point), "dir_type": args.dir_type if point else "",
+            "dir_hash": model_loader.file_hash(args.dir_file) if point else ""}
+
+
+def hessian_of(args: Any, net: torch.nn.Module, data: Any, device: Any,
+               params: list | None = None) -> Any:
+    """The Hessian operator (hess_vec_prod.hessian_operator) of the mean training loss of
+    ``net`` with the run's Hessian flags; ``params`` default: the multi-dimensional ones."""
+    from hess_vec_prod import hessian_operator
+    return hessian_operator(net, data.train_x.to(device), data.train_y.to(device), args.loss_name,
+                            params=params, cache_mb=args.hess_cache_mb, batch_mb=args.hess_batch_mb)

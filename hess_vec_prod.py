@@ -33,24 +33,67 @@ Default ``tol=1e-3``.
 import sys
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
+
+from errors import UserError
 
 DEFAULT_TOL = 1e-3
 DEFAULT_CACHE_MB = 2048
+DEFAULT_BATCH_MB = 256
 
 
-def hessian_params(net):
-    """[(name, parameter)] the Hessian is taken with respect to: those with > 1 dimension."""
-    return [(n, p) for n, p in net.named_parameters() if p.dim() > 1]
+def hessian_params(net: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """[(name, parameter)] the Hessian is taken with respect to: those with > 1 dimension
+    (of the wrapped model for a ``DataParallel``-like wrapper with ``.module``)."""
+    model = net.module if hasattr(net, "module") else net
+    return [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
+
+
+def _saved_bytes(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_sum: Callable,
+                 params: list) -> tuple[tuple, int]:
+    """The gradient of the summed loss of (x, y) with its graph, and the bytes of the
+    tensors that graph saves (activations and the double-backward graph)."""
+    held = [0]
+
+    def pack(t):
+        held[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_sum(net(x), y)
+        if not loss.requires_grad:
+            name = getattr(loss_sum, "loss_name", "")
+            raise NotDifferentiable(f"the loss{' ' + name if name else ''} has no gradient with respect to "
+                                    "the parameters (not differentiable, e.g. a 0-1 loss): the Hessian "
+                                    "needs a differentiable loss")
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    return grads, held[0]
+
+
+def auto_batch(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_sum: Callable,
+               params: list, batch_mb: float = DEFAULT_BATCH_MB, probe: int = 32) -> int:
+    """The batch for Hessian-vector products chosen by memory: the largest whose gradient
+    graph (the tensors saved by the forward pass and the first backward pass) fits in
+    ``batch_mb`` MiB, estimated linearly from one probe batch of ``probe`` samples, at
+    least 1 and at most the data size. Fewer, larger batches cost fewer passes through
+    the Python layers and the same arithmetic, and the summed products do not depend on
+    the batch (up to float rounding)."""
+    n = len(y)
+    m = max(1, min(int(probe), n))
+    _, nbytes = _saved_bytes(net, x[:m], y[:m], loss_sum, params)
+    per_sample = max(nbytes / m, 1.0)
+    return int(max(1, min(n, batch_mb * 2 ** 20 // per_sample)))
 
 
 class Hessian(LinearOperator):
     """H of the mean loss of ``net`` over (x, y), as a symmetric float64 LinearOperator.
 
-    ``loss_sum(outputs, targets)`` returns the summed loss of a batch (a 0-d tensor), as
+    Build it with ``hessian_operator`` (the one way the scripts do). ``loss_sum(outputs,
+    targets)`` returns the summed loss of a batch (a 0-d tensor), as
     ``evaluation.get_loss_fn`` gives it. ``params`` defaults to ``hessian_params(net)``.
     ``count`` counts the products.
 
@@ -65,6 +108,8 @@ class Hessian(LinearOperator):
     def __init__(self, net, x, y, loss_sum, batch_size, params=None, cache_mb=DEFAULT_CACHE_MB):
         self.net = net.eval()
         self.params = [p for _, p in hessian_params(net)] if params is None else list(params)
+        if not self.params:
+            raise NoParameters("no parameters to take the Hessian with respect to")
         for p in self.params:
             p.requires_grad_(True)
         self.x, self.y = x, y
@@ -83,61 +128,85 @@ class Hessian(LinearOperator):
 
     def _check_cache(self):
         """Drop the cached graphs if the model has moved since they were made."""
-        state = list(self.net.state_dict().values())
+        state = [*self.net.parameters(), *self.net.buffers()]  # cheaper than state_dict()
         if self.state is None or len(state) != len(self.state) or \
                 not all(torch.equal(a, b) for a, b in zip(state, self.state)):
             self._drop_cache()
-            self.state = [t.clone() for t in state]
+            self.state = [t.detach().clone() for t in state]
 
     def _gradient(self, i):
         """Gradient of batch i's summed loss, with its graph; and the bytes it holds."""
-        held = [0]
-
-        def pack(t):
-            held[0] += t.numel() * t.element_size()
-            return t
-
         xb, yb = self.x[i:i + self.batch_size], self.y[i:i + self.batch_size]
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = self.loss_sum(self.net(xb), yb)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-        return grads, held[0]
+        return _saved_bytes(self.net, xb, yb, self.loss_sum, self.params)
+
+    def _batch_gradient(self, b, i):
+        """(gradient with graph, kept in the cache?) of batch b starting at sample i."""
+        if b < len(self.cache):
+            return self.cache[b], True
+        grads, nbytes = self._gradient(i)
+        if not self.cache_full and b == len(self.cache) and self.cache_bytes + nbytes <= self.budget:
+            self.cache.append(grads)
+            self.cache_bytes += nbytes
+            return grads, True
+        self.cache_full = True
+        return grads, False
 
     def _matvec(self, v):
         self._check_cache()
-        v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1))
-        vs = [c.view_as(p).to(p.device, p.dtype) for c, p in zip(v.split(self.sizes), self.params)]
-        out = torch.zeros(self.shape[0], dtype=torch.float64, device=self.params[0].device)
+        p0 = self.params[0]
+        v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1)).to(p0.device, p0.dtype)
+        vs = [c.view_as(p).to(p.dtype) for c, p in zip(v.split(self.sizes), self.params)]
+        out = None
         for b, i in enumerate(range(0, len(self.y), self.batch_size)):
-            cached = b < len(self.cache)
-            if cached:
-                grads = self.cache[b]
-            else:
-                grads, nbytes = self._gradient(i)
-                if not self.cache_full and b == len(self.cache) and \
-                        self.cache_bytes + nbytes <= self.budget:
-                    self.cache.append(grads)
-                    self.cache_bytes += nbytes
-                    cached = True
-                else:
-                    self.cache_full = True
+            grads, cached = self._batch_gradient(b, i)
+            used = [(g, u) for g, u in zip(grads, vs) if g is not None and g.requires_grad]
+            if not used:
+                continue  # the gradient does not depend on θ here: H = 0
             with torch.enable_grad():
-                dot = sum((g * u).sum() for g, u in zip(grads, vs) if g is not None)
-                if not torch.is_tensor(dot) or not dot.requires_grad:
-                    continue  # the gradient does not depend on θ here: H = 0
-                hv = torch.autograd.grad(dot, self.params, retain_graph=cached,
-                                         allow_unused=True, materialize_grads=True)
-            out += torch.cat([h.reshape(-1) for h in hv]).double()
+                hv = torch.autograd.grad([g for g, _ in used], self.params, [u for _, u in used],
+                                         retain_graph=cached, allow_unused=True, materialize_grads=True)
+            part = torch.cat([h.reshape(-1) for h in hv]).double()
+            out = part if out is None else out.add_(part)
         self.count += 1
         if self.on_product is not None:
             self.on_product(self.count)
-        return (out / len(self.y)).cpu().numpy()
+        if out is None:
+            return np.zeros(self.shape[0])
+        return out.div_(len(self.y)).cpu().numpy()
 
     def _rmatvec(self, v):
         return self._matvec(v)
 
 
-def start_vector(n, seed=0):
+def hessian_operator(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str | Callable,
+                     batch_size: int | None = None, params: list | None = None,
+                     cache_mb: float = DEFAULT_CACHE_MB, batch_mb: float = DEFAULT_BATCH_MB) -> Hessian:
+    """The one way to build the Hessian of the mean loss of ``net`` over (x, y).
+
+    ``loss``: a loss name of ``evaluation.get_loss_fn`` or a summed-loss callable;
+    ``params``: default ``hessian_params(net)`` (raises ``NoParameters`` if there are none);
+    ``batch_size``: samples per product batch, default chosen by memory (``auto_batch``
+    with ``batch_mb``). Raises ``NotDifferentiable`` if the loss has no graph. The model
+    is put in eval mode (BatchNorm uses its running statistics, so a batch of one sample
+    is as good as any other).
+    """
+    from evaluation import get_loss_fn
+    loss_sum = get_loss_fn(loss) if isinstance(loss, str) else loss
+    net = net.eval()
+    params = [p for _, p in hessian_params(net)] if params is None else list(params)
+    if not params:
+        raise NoParameters("the model has no parameter with more than one dimension (conv or linear "
+                           "weight): there is no Hessian to take")
+    for p in params:
+        p.requires_grad_(True)
+    if batch_size is None:
+        batch_size = auto_batch(net, x, y, loss_sum, params, batch_mb)
+    else:
+        _saved_bytes(net, x[:1], y[:1], loss_sum, params)  # refuse a loss without a graph now
+    return Hessian(net, x, y, loss_sum, batch_size, params, cache_mb)
+
+
+def start_vector(n: int, seed: int = 0) -> np.ndarray:
     """The fixed float64 start vector of every Lanczos run (same on every rank)."""
     return np.random.default_rng(seed).standard_normal(n)
 
@@ -146,53 +215,125 @@ class NonFinite(ArithmeticError):
     """A Hessian-vector product held NaN or inf (the loss is not finite there)."""
 
 
-def _eig(op, which, tol, v0, maxiter, shift=0.0, k=1):
-    """``k`` eigenvalues of ``op`` (shifted by ``shift`` inside ARPACK, added back);
-    NaN where a product is not finite or Lanczos gives nothing."""
-    n = op.shape[0]
+class NotDifferentiable(UserError):
+    """The loss has no gradient graph (e.g. a 0-1 loss): it has no Hessian."""
 
+
+class NoParameters(UserError):
+    """No parameter to take the Hessian with respect to."""
+
+
+def _checked(op: LinearOperator, shift: float = 0.0) -> LinearOperator:
+    """``op`` − ``shift``·I, raising ``NonFinite`` when a product holds NaN or inf."""
     def matvec(v):
         out = op.matvec(v) - shift * v.reshape(-1)
         if not np.isfinite(out).all():
-            raise NonFinite
+            raise NonFinite("a Hessian-vector product is not finite (NaN/inf loss here)")
         return out
+    return LinearOperator(op.shape, dtype=np.float64, matvec=matvec)
 
-    a = LinearOperator(op.shape, dtype=np.float64, matvec=matvec)
+
+def _zero_pairs(n: int, k: int, v0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of the zero operator: eigenvalues 0 and orthonormal vectors (the start
+    vector first, then the unit vectors made orthogonal to it)."""
+    basis = np.column_stack([v0] + [np.eye(n)[:, j] for j in range(min(k, n) - 1)])
+    q, _ = np.linalg.qr(basis)
+    return np.zeros(k), q[:, :k]
+
+
+def arpack(op: LinearOperator, k: int = 1, which: str = "LA", tol: float = DEFAULT_TOL, seed: int = 0,
+           maxiter: int | None = None, shift: float = 0.0,
+           vectors: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one ARPACK wrapper: ``k`` eigenvalues of the symmetric ``op`` (``which``: LA, SA
+    or LM, of ``op`` − ``shift``·I inside ARPACK; ``shift`` is added back), in decreasing
+    order, from the start vector ``start_vector(n, seed)``, with unit eigenvectors (n, k)
+    if ``vectors`` (else None). Operators too small for ARPACK use the dense matrix; an
+    operator that is exactly zero (e.g. the block of an unused layer) gives eigenvalues 0.
+
+    Raises ``NonFinite`` when a product holds NaN or inf and ``ArithmeticError`` when
+    Lanczos finds fewer than ``k`` values in ``maxiter`` restarts (with a warning it uses
+    the best estimate when it found them all but did not reach ``tol``).
+    """
+    n = op.shape[0]
+    a, v0 = _checked(op, shift), start_vector(n, seed)
+    if n <= k + 1:  # too small for ARPACK: the dense matrix
+        vals, vecs = np.linalg.eigh(a.matmat(np.eye(n)))
+        order = {"LA": np.argsort(-vals), "SA": np.argsort(vals), "LM": np.argsort(-np.abs(vals))}[which][:k]
+        vals, vecs = vals[order], vecs[:, order]
+    else:
+        try:
+            vals, vecs = eigsh(a, k=k, which=which, tol=tol, v0=v0, maxiter=maxiter)
+        except ArpackNoConvergence as e:
+            if len(e.eigenvalues) < k:
+                raise ArithmeticError(f"Lanczos ({which}) did not converge in {maxiter} restarts") from None
+            warnings.warn(f"Lanczos ({which}) stopped after {maxiter} restarts before reaching tol; "
+                          "using the best estimate")
+            vals, vecs = e.eigenvalues, e.eigenvectors
+        except ArpackError:
+            if shift != 0.0 or np.any(op.matvec(v0)):
+                raise
+            vals, vecs = _zero_pairs(n, k, v0)
+    order = np.argsort(vals)[::-1]
+    vals = np.asarray(vals, dtype=np.float64)[order] + shift
+    if not vectors:
+        return vals, None
+    vecs = np.asarray(vecs, dtype=np.float64)[:, order]
+    vecs /= np.linalg.norm(vecs, axis=0)
+    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
+    return vals, vecs * np.where(signs == 0, 1.0, signs)
+
+
+def _eig(op, which, tol, seed, maxiter, shift=0.0, k=1, strict=False):
+    """``arpack`` eigenvalues, or NaN (with a warning) where a product is not finite or
+    Lanczos gives nothing: one grid point's failure is recorded, not fatal. ``strict``:
+    raise instead (``NonFinite``, ``ArithmeticError``)."""
+    if strict:
+        return arpack(op, k, which, tol, seed, maxiter, shift)[0]
     try:
-        if n <= k + 1:  # too small for ARPACK: use the dense matrix
-            vals = np.linalg.eigvalsh(a.matmat(np.eye(n)))
-            vals = {"LA": vals[::-1], "SA": vals, "LM": vals[np.argsort(-np.abs(vals))]}[which][:k]
-        else:
-            vals = eigsh(a, k=k, which=which, tol=tol, v0=v0, maxiter=maxiter,
-                         return_eigenvectors=False)
+        return arpack(op, k, which, tol, seed, maxiter, shift)[0]
     except NonFinite:
         warnings.warn("a Hessian-vector product is not finite (NaN/inf loss here); recording NaN")
-        return np.full(k, np.nan)
-    except ArpackNoConvergence as e:
-        if len(e.eigenvalues) < k:
-            warnings.warn(f"Lanczos ({which}) did not converge in {maxiter} restarts; "
-                          "recording NaN (raise --eig_maxiter or --eig_tol)")
-            return np.full(k, np.nan)
-        warnings.warn(f"Lanczos ({which}) stopped after {maxiter} restarts before reaching "
-                      "tol; using the best estimate")
-        vals = e.eigenvalues
-    return np.sort(np.asarray(vals, dtype=np.float64) + shift)[::-1]
+    except ArithmeticError as e:
+        warnings.warn(f"{e}; recording NaN (raise --eig_maxiter or --eig_tol)")
+    return np.full(k, np.nan)
 
 
-def min_max_eigs(op, tol=DEFAULT_TOL, seed=0, maxiter=None):
-    """(λmax, λmin) of the symmetric operator ``op`` (see the module doc for the method)."""
-    v0 = start_vector(op.shape[0], seed)
-    first = _eig(op, "LM", tol, v0, maxiter)[0]
+def min_max_eigs(op: LinearOperator, tol: float = DEFAULT_TOL, seed: int = 0,
+                 maxiter: int | None = None, strict: bool = False) -> tuple[float, float]:
+    """(λmax, λmin) of the symmetric operator ``op`` (see the module doc for the method);
+    NaN where a product is not finite or Lanczos fails, unless ``strict`` (then raises)."""
+    first = _eig(op, "LM", tol, seed, maxiter, strict=strict)[0]
     if not np.isfinite(first):
         return np.nan, np.nan
     if first >= 0:
-        return first, min(first, _eig(op, "SA", tol, v0, maxiter, shift=first)[0])
-    return max(first, _eig(op, "LA", tol, v0, maxiter, shift=first)[0]), first
+        return first, min(first, _eig(op, "SA", tol, seed, maxiter, shift=first, strict=strict)[0])
+    return max(first, _eig(op, "LA", tol, seed, maxiter, shift=first, strict=strict)[0]), first
 
 
-def top_k(op, k, tol=DEFAULT_TOL, seed=0, maxiter=None):
-    """The ``k`` largest (algebraic) eigenvalues of ``op``, in decreasing order."""
-    return _eig(op, "LA", tol, start_vector(op.shape[0], seed), maxiter, k=k)
+def top_k(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
+          maxiter: int | None = None, strict: bool = False) -> np.ndarray:
+    """The ``k`` largest (algebraic) eigenvalues of ``op``, in decreasing order (NaN where
+    a product is not finite or Lanczos fails, unless ``strict``: then raises)."""
+    return _eig(op, "LA", tol, seed, maxiter, k=k, strict=strict)
+
+
+def check_finite(op: LinearOperator, where: str = "at this point") -> np.ndarray:
+    """Refuse (a ``UserError``) an operator whose product with the fixed start vector is
+    not finite, before a run writes anything: one product, returned (exactly zero, with
+    probability 1, only when the operator is zero)."""
+    product = op.matvec(start_vector(op.shape[0]))
+    if not np.isfinite(product).all():
+        raise user_error(NonFinite(), where)
+    return product
+
+
+def user_error(e: ArithmeticError, where: str = "here") -> UserError:
+    """The one-line error of a Hessian computation that failed (``NonFinite`` or Lanczos
+    not converging), for the single-point scripts: nothing is recorded."""
+    if isinstance(e, NonFinite):
+        return UserError(f"the loss or a Hessian-vector product is not finite (NaN/inf) {where}: "
+                         "nothing recorded; check the model file and --at")
+    return UserError(f"{e} {where}: nothing recorded; raise --eig_maxiter or --eig_tol")
 
 
 def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: int = 0,
@@ -202,34 +343,10 @@ def top_eigenpairs(op: LinearOperator, k: int, tol: float = DEFAULT_TOL, seed: i
     ``top_k``. Each vector's sign is fixed (its largest-magnitude entry is positive), so
     the result is reproducible. Raises ``NonFinite`` if a product is not finite and
     ``ArithmeticError`` if Lanczos finds fewer than ``k`` pairs in ``maxiter`` restarts."""
-    n = op.shape[0]
-
-    def matvec(v):
-        out = op.matvec(v)
-        if not np.isfinite(out).all():
-            raise NonFinite("a Hessian-vector product is not finite (NaN/inf loss here)")
-        return out
-
-    a = LinearOperator(op.shape, dtype=np.float64, matvec=matvec)
-    if n <= k + 1:  # too small for ARPACK: the dense matrix
-        vals, vecs = np.linalg.eigh(a.matmat(np.eye(n)))
-    else:
-        try:
-            vals, vecs = eigsh(a, k=k, which="LA", tol=tol, v0=start_vector(n, seed), maxiter=maxiter)
-        except ArpackNoConvergence as e:
-            if len(e.eigenvalues) < k:
-                raise ArithmeticError(f"Lanczos did not converge in {maxiter} restarts")
-            warnings.warn(f"Lanczos stopped after {maxiter} restarts before reaching tol; "
-                          "using the best estimate")
-            vals, vecs = e.eigenvalues, e.eigenvectors
-    order = np.argsort(vals)[::-1][:k]
-    vals, vecs = np.asarray(vals, dtype=np.float64)[order], np.asarray(vecs, dtype=np.float64)[:, order]
-    vecs /= np.linalg.norm(vecs, axis=0)
-    signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
-    return vals, vecs * np.where(signs == 0, 1.0, signs)
+    return arpack(op, k, "LA", tol, seed, maxiter, vectors=True)
 
 
-def hutchinson_trace(op, samples, seed=0):
+def hutchinson_trace(op: LinearOperator, samples: int, seed: int = 0) -> tuple[float, float, np.ndarray]:
     """Hutchinson's estimate of tr(op): the mean of vᵀ·op·v over ``samples`` Rademacher
     vectors v; returns (estimate, standard error of the mean, the samples)."""
     rng = np.random.default_rng(seed)

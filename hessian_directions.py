@@ -28,6 +28,8 @@ import os
 import sys
 import time
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -35,29 +37,28 @@ import dataloader
 import model_loader
 import mpi4pytorch
 import net_plotter
+import runner
 from errors import UserError, run_main
-from evaluation import get_loss_fn
-from hess_vec_prod import DEFAULT_CACHE_MB, Hessian, NonFinite, hessian_params, top_eigenpairs
+from hess_vec_prod import Hessian, NonFinite, Progress, check_finite, hessian_params, top_eigenpairs
 
-from fileio import check_output_path, check_reuse
+from fileio import check_not_input, check_output_path, check_reuse, open_h5, parse_settings
+from flags import add_hessian_group, check_hessian
 from flags import build_parser as _base_parser
 from flags import parse_args as _parse_args
-from grid import load_run, model_stem
+from grid import hessian_of, load_run, model_stem
+from store import ResultStore, damaged
 
 FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
+ZERO = ("the Hessian is exactly zero here (the loss does not depend on these parameters): every direction "
+        "has curvature 0, so there is no sharpest one")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _base_parser(__doc__.splitlines()[0])
-    g = p.add_argument_group("Hessian directions")
+    g = add_hessian_group(p, single_point=False, eig_tol=DEFAULT_EIG_TOL, title="Hessian directions")
     g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y)")
     g.add_argument("--norm", default="none", help="none (unit vectors) or filter (the paper's filter-wise scaling)")
-    g.add_argument("--eig_tol", type=float, default=DEFAULT_EIG_TOL,
-                   help="Lanczos (ARPACK) tolerance")
-    g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
-    g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
-                   help="memory for the gradient graphs kept between products (0: none)")
     return p
 
 
@@ -66,14 +67,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--k must be 1 or 2 (got {args.k})")
     if args.norm not in ("none", "filter"):
         raise UserError(f"--norm must be none or filter (got '{args.norm}')")
-    if not np.isfinite(args.eig_tol) or args.eig_tol < 0:
-        raise UserError("--eig_tol must be a finite number >= 0 (0: machine precision)")
-    if args.eig_maxiter is not None and args.eig_maxiter < 1:
-        raise UserError("--eig_maxiter must be >= 1")
+    check_hessian(args)
     if args.dir_type != "weights":
         raise UserError("Hessian directions move the parameters: use --dir_type weights")
-    if args.precision != "fp32":
-        raise UserError("the Hessian is computed in fp32; drop --precision")
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("hessian_directions.py runs one Lanczos solve: run a single process, without --mpi")
     if args.model_file2 or args.model_file3:
@@ -116,10 +112,12 @@ def eigen_directions(net: torch.nn.Module, op: Hessian, k: int, norm: str, tol: 
                         "holds NaN/inf): no eigenvectors")
     except ArithmeticError as e:
         raise UserError(f"{e}; raise --eig_maxiter or --eig_tol")
+    if not np.any(vals):
+        raise UserError(ZERO)
     return vals, vectors_to_directions(net, vecs, norm)
 
 
-def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
+def settings_of(args: argparse.Namespace, data: Any, n_params: int) -> dict:
     return {"kind": FORMAT_KIND, "model": args.model,
             "model_file": os.path.basename(args.model_file),
             "model_hash": model_loader.file_hash(args.model_file) if args.model_file else f"init(seed={args.seed})",
@@ -128,38 +126,60 @@ def settings_of(args: argparse.Namespace, data, n_params: int) -> dict:
             "seed": args.seed, "parameters": n_params}
 
 
-def stored_settings(path: str) -> dict | None:
-    attrs = net_plotter.read_direction_attrs(path)
-    try:
-        return json.loads(attrs.get("settings", "null"))
-    except (TypeError, ValueError):
-        return None
+def reusable(out: str, settings: dict, overwrite: bool) -> bool:
+    """May the existing ``out`` serve this run (the one reuse policy, fileio.check_reuse)? A
+    damaged file of ours (settings that do not parse, no eigenvectors or eigenvalues) is
+    refused with a line that says to pass --overwrite, which replaces it."""
+    def stored() -> dict | None:
+        attrs = net_plotter.read_direction_attrs(out)
+        return parse_settings(attrs["settings"], out) if "settings" in attrs else None
+    if not check_reuse(out, stored, settings, "direction file", overwrite,
+                       hint="pass --overwrite to replace it or choose another --dir_file"):
+        return False
+    attrs = net_plotter.read_direction_attrs(out)
+    with open_h5(out, "direction file") as f:
+        groups = [g for g in ("xdirection", "ydirection")[:settings["k"]] if g not in f]
+    if groups or "eigenvalues" not in attrs or np.size(attrs["eigenvalues"]) != settings["k"]:
+        raise damaged(out, f"it has no {groups[0] if groups else 'eigenvalues'} for --k {settings['k']}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> str:
+    t0 = time.perf_counter()
     args = _parse_args(build_parser(), argv)
     check_args(args)
     out = args.dir_file or default_dir_file(args)
     check_output_path(out, "--dir_file")
     if args.model_file and not os.path.isfile(args.model_file):
         raise UserError(f"checkpoint not found: {args.model_file}")
+    check_not_input(out, "--dir_file", runner.without(runner.inputs_of(args), "--dir_file"))
     device, data, net = load_run(args, None)
     net = net.to(device).eval()
-    params = [p for _, p in hessian_params(net)]
-    n_params = sum(p.numel() for p in params)
+    op = hessian_of(args, net, data, device)  # refuses a model without weights or a loss without a gradient
+    n_params = op.shape[0]
     if n_params <= args.k:
         raise UserError(f"the model has only {n_params} Hessian parameters; --k must be below that")
     settings = settings_of(args, data, n_params)
-    if os.path.exists(out):
-        if check_reuse(out, stored_settings(out), settings, "direction file", args.overwrite,
-                       hint="pass --overwrite to replace it or choose another --dir_file"):
-            vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
-            print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
-            return out
-    op = Hessian(net, data.train_x.to(device), data.train_y.to(device), get_loss_fn(args.loss_name),
-                 args.batch_size, params, args.hess_cache_mb)
+    if reusable(out, settings, args.overwrite):
+        vals = net_plotter.read_direction_attrs(out).get("eigenvalues")
+        print(f"reusing {out} (same settings); eigenvalues {np.round(np.asarray(vals), 6).tolist()}")
+        return out
+    if not np.any(check_finite(op, "at this checkpoint")):
+        raise UserError(ZERO)
+    progress = Progress(op, not args.no_progress, args.progress_every)
+    found = ResultStore(None, FORMAT_KIND, "direction file", (), {}, settings)  # in memory: one solve
     t = time.perf_counter()
-    vals, dirs = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed, args.eig_maxiter)
+    solved = {}
+
+    def solve(k: int) -> dict:
+        progress.phase(f"top {args.k} eigenpairs ({n_params} parameters)")
+        solved["vals"], solved["dirs"] = eigen_directions(net, op, args.k, args.norm, args.eig_tol, args.seed,
+                                                          args.eig_maxiter)
+        progress.end(" ".join(f"{v:.6g}" for v in solved["vals"]))
+        return {}
+    runner.run(None, found, solve, what="point", desc="hessian", plan="one Lanczos solve",
+               progress=False, setup_seconds=time.perf_counter() - t0)
+    vals, dirs = solved["vals"], solved["dirs"]
     seconds = time.perf_counter() - t
     names = [n for n, _ in net_plotter.get_entries(net, "weights")]
     norm_attr = "" if args.norm == "none" else args.norm

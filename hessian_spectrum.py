@@ -27,28 +27,34 @@ steps, seed) is refused unless ``--overwrite``. With ``--mpi`` the starts are sh
 among the ranks (each start's vector depends only on ``--seed`` and its index, so the
 result does not depend on the number of ranks) and rank 0 writes the file.
 """
+import argparse
 import math
-import sys
 import time
 
 import numpy as np
 
 import mpi4pytorch
-import plot_hessian_eigen as phe
+import runner
 import flags
 import grid
 from errors import UserError, run_main
 from fileio import check_output_path
-from hess_vec_prod import NonFinite, Progress, slq_start, spectral_density
+from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
+from store import ResultStore
 
 KIND = "loss-landscape-hessian-spectrum"
+# Sizes checked before any work: the density grid is evaluated for every Ritz node
+# (n_v x steps x n_grid operations) and stored; the Lanczos vectors are steps x parameters.
+MAX_GRID = 10_000_000
+MAX_STARTS = 100_000
+MAX_STEPS = 100_000
+MAX_LANCZOS_BYTES = 64 * 2 ** 30
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = flags.build_parser(__doc__.splitlines()[0])
-    g = phe.add_hessian_args(p, eig=False)
+    g = flags.add_hessian_group(p, eig=False)
     g.add_argument("--n_v", type=int, default=4, help="random starts")
     g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start")
     g.add_argument("--sigma", type=float, default=0.01,
@@ -60,8 +66,8 @@ def build_parser():
     return p
 
 
-def check_args(args):
-    phe.check_hessian_args(args)
+def check_args(args: argparse.Namespace) -> None:
+    flags.check_hessian(args)
     if args.n_v < 1:
         raise UserError(f"--n_v must be >= 1 (random starts), got {args.n_v}")
     if args.lanczos_steps < 1:
@@ -70,7 +76,24 @@ def check_args(args):
         raise UserError(f"--sigma must be a finite number > 0, got {args.sigma}")
     if args.n_grid < 2:
         raise UserError(f"--n_grid must be >= 2, got {args.n_grid}")
-    phe.one_point_only(args, "hessian_spectrum.py")
+    if args.n_grid > MAX_GRID:
+        raise UserError(f"--n_grid must be at most {MAX_GRID:,} (the density is {args.n_grid:,} float64 values "
+                        f"per array, {args.n_grid * 8 / 2**30:.1f} GiB), got {args.n_grid:,}")
+    if args.n_v > MAX_STARTS or args.lanczos_steps > MAX_STEPS:
+        raise UserError(f"--n_v must be at most {MAX_STARTS:,} and --lanczos_steps at most {MAX_STEPS:,} "
+                        f"(the file holds n_v x lanczos_steps values), got {args.n_v:,} and {args.lanczos_steps:,}")
+    flags.one_point_only(args, "hessian_spectrum.py")
+
+
+def check_memory(args: argparse.Namespace, n: int) -> None:
+    """Refuse, before any work, Lanczos runs whose vectors (steps x parameters float64,
+    with full reorthogonalisation) would not fit in memory."""
+    m = min(args.lanczos_steps, n)
+    need = m * n * 8
+    if need > MAX_LANCZOS_BYTES:
+        raise UserError(f"--lanczos_steps {args.lanczos_steps} keeps {m} vectors of {n:,} parameters "
+                        f"({need / 2**30:.1f} GiB) per start, more than {MAX_LANCZOS_BYTES / 2**30:.0f} GiB; "
+                        "use fewer steps")
 
 
 def spectrum_file(args):
@@ -78,14 +101,14 @@ def spectrum_file(args):
 
 
 def open_store(args, out, n, settings):
-    store = phe.ResultStore(out, KIND, "spectrum file", args.n_v, {
+    store = ResultStore(out, KIND, "spectrum file", args.n_v, {
         "ritz_values": ((args.lanczos_steps,), np.nan), "ritz_weights": ((args.lanczos_steps,), 0.0),
-        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True)
+        "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True, inputs=runner.inputs_of(args))
     store.save()
     return store
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     check_args(args)
     out = spectrum_file(args)
@@ -93,17 +116,14 @@ def main(argv=None):
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
-    device, data, net, point = phe.load_point(args, comm)
-    op = phe.hessian_of(args, net, data, device)
+    device, data, net, point = grid.load_point(args, comm)
+    op = grid.hessian_of(args, net, data, device)
     n = op.shape[0]
-    settings = {"kind": "hessian_spectrum", **phe.point_settings(args, data, point),
+    check_memory(args, n)
+    check_finite(op)  # a NaN/inf product is refused before the file is made
+    settings = {"kind": "hessian_spectrum", **grid.point_settings(args, data, point),
                 "lanczos_steps": args.lanczos_steps, "seed": args.seed, "parameters": n}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, n, settings))
-    todo = mpi4pytorch.bcast(comm, store.todo(args.n_v) if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos steps "
-              f"({n} parameters), {args.n_v - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     progress = Progress(op, not args.no_progress, args.progress_every,
                         prefix=f"rank {rank}" if size > 1 else "hessian")
 
@@ -113,28 +133,22 @@ def main(argv=None):
         try:
             vals, weights = slq_start(op, args.lanczos_steps, args.seed, k)
         except NonFinite:
-            vals, weights = np.full(1, np.nan), np.zeros(1)
+            raise UserError(f"a Hessian-vector product is not finite (NaN/inf loss at this point): no "
+                            f"spectrum (start {k} not recorded); check the model file and --at")
         progress.end(f"Ritz values in [{vals.min():.6g}, {vals.max():.6g}]")
         pad = args.lanczos_steps - len(vals)
         return {"ritz_values": np.pad(vals, (0, pad), constant_values=np.nan),
                 "ritz_weights": np.pad(weights, (0, pad)), "products": op.count - count}
 
-    t = time.perf_counter()
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="spectrum")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} random starts saved in {out}; rerun the "
-                  "same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    seconds = runner.run(comm, store if rank == 0 else None, compute, what="random starts", desc="spectrum",
+                         n=args.n_v, plan=f"{args.n_v} random starts of {min(args.lanczos_steps, n)} Lanczos "
+                         f"steps ({n} parameters)", save_every=args.save_every, progress=not args.no_progress,
+                         setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo(args.n_v).size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
     result = finish(args, store, out)
-    report(args, result, point, n, store, time.perf_counter() - t, out)
+    store.close()
+    report(args, result, point, n, store, seconds, out)
     if args.plot:
         plot(out, args.format, args.show)
 

@@ -18,6 +18,11 @@ Directions: filter-normalized Gaussian directions (``norm``, ``ignore``, ``seed`
 ``model2``/``model3`` (θ2 − θ1, θ3 − θ1), or an existing direction file (``dir_file``).
 ``dir_type="states"`` moves BatchNorm statistics too.
 
+Bad inputs raise ``errors.UserError`` with a one-line message, the command line's checks
+(``spec.RunSpec.make``), before anything is written; a shuffled DataLoader is refused (its
+order, and so the data hash, changes at every pass). The run itself is the command line's
+(``grid.prepare_loaded``): the same direction files, with their recipe, and settings.
+
 Files: with ``surf_file`` the surface is written in the toolkit's format (plot it with
 plot_1D.py / plot_2D.py / h52vtp.py), saved every ``save_every`` seconds and resumed by
 a rerun with the same settings; ``dir_file`` stores (or supplies) the directions. Under
@@ -36,11 +41,10 @@ import torch
 import dataloader
 import grid
 import mpi4pytorch
-import net_plotter
 from errors import UserError
 from evaluation import get_loss_fn, summed_loss
-from flags import DIR_TYPES, IGNORES, NORMS
-from surface import SurfaceWriter
+import model_loader
+from spec import RunSpec
 
 Range = tuple[float, float, int]
 
@@ -66,56 +70,31 @@ def surface(model: torch.nn.Module, data: Any, loss: str | Callable = "crossentr
             idx: int = 0, dir_file: str | None = None, surf_file: str | None = None,
             overwrite: bool = False, batch_size: int = 256, device: str | torch.device | None = None,
             precision: str = "fp32", save_every: float = 10.0, progress: bool = False) -> SurfaceResult:
-    """Loss and accuracy of ``model`` moved along one direction (``y=None``) or two."""
+    """Loss and accuracy of ``model`` moved along one direction (``y=None``) or two.
+
+    Bad inputs raise ``errors.UserError`` with a one-line message (the command line's checks)."""
     import time
     t0 = time.perf_counter()
-    xr, yr = _range(x, "x"), (_range(y, "y") if y is not None else None)
-    if dir_type not in DIR_TYPES or norm not in NORMS or ignore not in IGNORES:
-        raise UserError(f"dir_type must be one of {DIR_TYPES}, norm one of {NORMS}, ignore one of {IGNORES}")
-    if model3 is not None and yr is None:
+    _check_model(model, "model")
+    if model3 is not None and y is None:
         raise UserError("model3 sets the y direction: give y too")
+    loss_name = (getattr(loss, "__qualname__", None) or type(loss).__name__) if callable(loss) else loss
+    spec = RunSpec.make(model=type(model).__name__, loss_name=str(loss_name), dir_file=dir_file or "",
+                        dir_type=dir_type, xnorm=norm, ynorm=norm, xignore=ignore, yignore=ignore, seed=seed,
+                        idx=idx, x=x, y=y, test=test_data is not None, batch_size=batch_size,
+                        precision=precision, surf_file=surf_file or "", overwrite=overwrite,
+                        save_every=save_every, progress=progress)
+    loss_fn = summed_loss(loss, loss_name) if callable(loss) else get_loss_fn(loss)
     comm = mpi4pytorch.setup(mpi4pytorch.launched_size() > 1)
     rank = mpi4pytorch.rank(comm)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda" and comm is not None:
-        dev = mpi4pytorch.device_for(comm, True)
-    net = copy.deepcopy(model).eval()
-    data = _as_data(data, test_data)
-    splits = ["train"] + (["test"] if test_data is not None else [])
-    metrics = grid.metrics_for(splits)
-    loss_name = (getattr(loss, "__qualname__", None) or type(loss).__name__) if callable(loss) else loss
-    loss_fn = summed_loss(loss, loss_name) if callable(loss) else get_loss_fn(loss)
-
-    xdir, ydir, new = _directions(net, model2, model3, yr is not None, dir_type, norm, ignore, seed, idx, dir_file)
-    xcoords = np.linspace(*xr)
-    ycoords = np.linspace(*yr) if yr is not None else None
-    settings = {
-        "kind": "loss", "model": type(model).__name__,
-        "model_hash": dataloader.tensor_hash(*net.state_dict().values()),
-        **dataloader.data_settings(None, data), "loss_name": loss_name,
-        "dir_type": dir_type, "directions_hash": net_plotter.directions_hash(xdir, ydir),
-        "xnorm": "" if model2 is not None else norm, "ynorm": "" if model3 is not None else norm,
-        "xignore": ignore, "yignore": ignore, "x": list(xr), "y": list(yr) if yr else None,
-        "precision": precision, "metrics": metrics,
-    }
-
-    def open_files():
-        writer = SurfaceWriter(surf_file, xcoords, ycoords, metrics, settings,
-                               attrs={"dir_file": dir_file or ""}, overwrite=overwrite)
-        if new and dir_file:
-            grid.write_directions(dir_file, net, dir_type, xdir, ydir,
-                                  {"dir_type": dir_type, "xnorm": settings["xnorm"], "ynorm": settings["ynorm"],
-                                   "xignore": ignore, "yignore": ignore})
-        writer.save()
-        return writer
-
-    writer = mpi4pytorch.check_all(comm, open_files)
-    run = grid.start(comm, net, dev, data, xdir, ydir, xcoords, ycoords, dir_type, dir_file or "",
-                     surf_file or "(in memory)", writer, settings, t0)
-    compute = grid.loss_compute(run, loss_fn, splits, batch_size, precision)
+    loaded = _loaded(model, model2, model3, data, test_data, _device(device, comm), loss_fn)
+    metrics = grid.metrics_for(spec.splits)
+    run = grid.prepare_loaded(spec, comm, loaded, metrics, t0=t0, dir_file=dir_file or "",
+                              surf_file=surf_file or "")
+    compute = grid.loss_compute(run, loss_fn, spec.splits, batch_size, precision)
     grid.execute(run, compute, save_every=save_every, progress=progress and rank == 0, exit_on_signal=False)
-    values = mpi4pytorch.bcast(comm, writer.values if rank == 0 else None)
-    return SurfaceResult(xcoords, ycoords, values, surf_file, dir_file, settings)
+    values = mpi4pytorch.bcast(comm, run.writer.values if rank == 0 else None)
+    return SurfaceResult(run.xcoords, run.ycoords, values, surf_file, dir_file, run.settings)
 
 
 def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, data: Any,
@@ -126,15 +105,59 @@ def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, data: Any,
 
 
 # ------------------------------------------------------------------------- helpers
-def _range(r, name):
+def _check_model(model: Any, name: str) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
+    meta = [n for n, t in model.state_dict().items() if t.is_meta]
+    if meta:
+        raise UserError(f"{name} has parameters on the meta device (no values: '{meta[0]}'); load its "
+                        "weights first (e.g. model.to_empty(device=...) and load_state_dict)")
+
+
+def _device(device: Any, comm: Any) -> torch.device:
     try:
-        lo, hi, n = r
-        lo, hi = float(lo), float(hi)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be (min, max, num), e.g. {name}=(-1, 1, 21); got {r!r}")
-    if not (np.isfinite(lo) and np.isfinite(hi)) or int(n) != n or n < 2:
-        raise UserError(f"{name}: finite bounds and an integer number of points >= 2, got {r!r}")
-    return lo, hi, int(n)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"device: {device!r} is not a torch device ({str(e).splitlines()[0][:120]}); "
+                        "use 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {device!r} asks for a GPU but torch sees none; use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device: {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda" and comm is not None:
+        dev = mpi4pytorch.device_for(comm, True)
+    return dev
+
+
+def _loaded(model: torch.nn.Module, model2: Any, model3: Any, data: Any, test_data: Any,
+            device: torch.device, loss_fn: Callable) -> grid.Loaded:
+    """The API's inputs as the runtime's Loaded: copies of the models (never modified),
+    the data in memory, and their content hashes as identity; every one checked."""
+    net = copy.deepcopy(model).eval()
+    grid.check_finite(net, "model")
+    identity = {"model": type(model).__name__, "model_hash": dataloader.tensor_hash(*net.state_dict().values()),
+                "model_file": "", "model_file2": "", "model_file3": ""}
+    others = {}
+    for i, other in ((2, model2), (3, model3)):
+        if other is not None:
+            _check_model(other, f"model{i}")
+            _same_architecture(net, other, f"model{i}")
+            grid.check_finite(other, f"model{i}")
+            others[f"model_file{i}"] = other
+            identity[f"model_hash{i}"] = dataloader.tensor_hash(*other.state_dict().values())
+    loaded_data = _as_data(data, test_data)
+    model_loader.check_fits(net, loaded_data, None, loss_fn=loss_fn, loss_name="loss")
+    return grid.Loaded(device, loaded_data, net, others, identity)
+
+
+def _same_architecture(net: torch.nn.Module, other: torch.nn.Module, name: str) -> None:
+    a = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in other.state_dict().items()}
+    if a != b:
+        diff = next((k for k in a if b.get(k) != a[k]), None) or next(k for k in b if k not in a)
+        raise UserError(f"{name} is not the same architecture as model (its '{diff}' is "
+                        f"{b.get(diff, 'absent')}, the model's {a.get(diff, 'absent')}); the direction "
+                        "between them needs two checkpoints of one network")
 
 
 def _as_data(train, test):
@@ -143,26 +166,28 @@ def _as_data(train, test):
     return dataloader.Data(tx, ty, vx, vy, "in-memory", int(max(ty.max(), vy.max() if len(vy) else 0)) + 1)
 
 
+def _read_loader(loader: Any, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole of a DataLoader of (images, labels) batches, concatenated."""
+    xs, ys = [], []
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            keys = f" with keys {list(batch)}" if isinstance(batch, dict) else ""
+            raise UserError(f"the {which} DataLoader must yield (images, labels) batches, not "
+                            f"{type(batch).__name__}{keys}")
+        xs.append(torch.as_tensor(batch[0]))
+        ys.append(torch.as_tensor(batch[1]))
+    try:
+        return torch.cat(xs), torch.cat(ys)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"the {which} DataLoader's batches do not stack ({str(e).splitlines()[0][:120]})")
+
+
 def _pair(d, which):
     """(images, labels) tensors from a pair, a Dataset or a DataLoader (read once)."""
     if isinstance(d, torch.utils.data.DataLoader):
-        xs, ys = zip(*[(xb, yb) for xb, yb in d])
-        d = (torch.cat([torch.as_tensor(a) for a in xs]), torch.cat([torch.as_tensor(b) for b in ys]))
+        if isinstance(d.sampler, torch.utils.data.RandomSampler):
+            raise UserError(f"the {which} DataLoader shuffles (shuffle=True): its order changes at every "
+                            "pass, so the data hash -- and a resume -- could never match; give a "
+                            "DataLoader with shuffle=False, or the Dataset itself")
+        d = _read_loader(d, which)
     return dataloader.as_tensors(d, "landscape.surface data", which)
-
-
-def _directions(net, model2, model3, two_d, dir_type, norm, ignore, seed, idx, dir_file):
-    """(xdir, ydir, new): from dir_file if it exists, else made (new: to be written)."""
-    import os
-    if dir_file and os.path.exists(dir_file):
-        xdir, ydir = net_plotter.read_directions(dir_file, net, dir_type, two_d)
-        return xdir, ydir, False
-    gen = net_plotter.make_generator(seed, idx)
-
-    def make(other):
-        if other is not None:
-            return net_plotter.difference_direction(net, other, dir_type)
-        return net_plotter.random_direction(net, dir_type, norm, ignore, gen)
-    xdir = make(model2)
-    ydir = make(model3) if two_d else None
-    return xdir, ydir, True

@@ -25,30 +25,36 @@ one with different settings is refused (``--overwrite`` starts afresh). ``--mpi`
 shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws the
 bar chart (log scale) next to the file.
 """
+import argparse
 import json
 import math
-import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import mpi4pytorch
-import plot_hessian_eigen as phe
+import runner
 import flags
 import grid
 from errors import UserError, run_main
 from fileio import check_output_path
-from hess_vec_prod import Progress, exact_trace, hutchinson_trace, layer_blocks, top_k
+from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
+                           user_error)
 from plot_common import FORMATS
-from scheduler import Interrupted, run_grid
+from store import ResultStore
+
+if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
+    import torch
+    from scipy.sparse.linalg import LinearOperator
 
 KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = flags.build_parser(__doc__.splitlines()[0])
-    g = phe.add_hessian_args(p)
+    g = flags.add_hessian_group(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
     g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors per block")
@@ -60,8 +66,8 @@ def build_parser():
     return p
 
 
-def check_args(args):
-    phe.check_hessian_args(args)
+def check_args(args: argparse.Namespace) -> None:
+    flags.check_hessian(args)
     if args.trace_samples < 2:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
     if args.exact_trace_max < 0:
@@ -69,10 +75,10 @@ def check_args(args):
     args.groups = [g.strip() for item in args.group for g in item.split(",")]
     if any(not g for g in args.groups):
         raise UserError("--group needs module name prefixes, e.g. --group layer1 or --group layer1,layer2")
-    phe.one_point_only(args, "layer_curvature.py")
+    flags.one_point_only(args, "layer_curvature.py")
 
 
-def blocks_of(args, net):
+def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
     model = net.module if hasattr(net, "module") else net
     try:
         blocks = layer_blocks(model, args.groups)
@@ -84,14 +90,14 @@ def blocks_of(args, net):
 
 
 def open_store(args, out, settings, names):
-    store = phe.ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
-                            overwrite=args.overwrite)
+    store = ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
+                        overwrite=args.overwrite, inputs=runner.inputs_of(args))
     store.attrs["layers"] = json.dumps(names)
     store.save()
     return store
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     check_args(args)
     out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
@@ -99,56 +105,55 @@ def main(argv=None):
     t0 = time.perf_counter()
     comm = mpi4pytorch.setup(args.mpi)
     rank, size = mpi4pytorch.rank(comm), mpi4pytorch.size(comm)
-    device, data, net, point = phe.load_point(args, comm)
+    device, data, net, point = grid.load_point(args, comm)
     blocks = blocks_of(args, net)
+    check_finite(grid.hessian_of(args, net, data, device))  # refuse a loss without a gradient or NaN now
     names = [b for b, _ in blocks]
-    settings = {"kind": "layer_curvature", **phe.point_settings(args, data, point),
+    settings = {"kind": "layer_curvature", **grid.point_settings(args, data, point),
                 "eig_tol": args.eig_tol, "eig_maxiter": args.eig_maxiter, "seed": args.seed,
                 "trace_samples": args.trace_samples, "exact_trace_max": args.exact_trace_max,
                 "blocks": [[b, [n for n, _ in ps]] for b, ps in blocks]}
     store = mpi4pytorch.check_all(comm, lambda: open_store(args, out, settings, names))
-    todo = mpi4pytorch.bcast(comm, store.todo() if rank == 0 else None)
-    if rank == 0:
-        print(f"{out}: {len(blocks)} blocks, {len(blocks) - len(todo)} already done; set-up "
-              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     prefix = f"rank {rank}" if size > 1 else "hessian"
 
     def compute(k):
         name, params = blocks[k]
-        op = phe.hessian_of(args, net, data, device, [p for _, p in params])
-        n = op.shape[0]
-        progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
-        t = time.perf_counter()
-        progress.phase(f"{name} ({n} parameters): top eigenvalue")
-        lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter)[0])
-        progress.end(f"{lam:.6g}")
-        exact = n <= args.exact_trace_max
-        progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
-        if exact:
-            tr, se = exact_trace(op), 0.0
-        else:
-            tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
-        progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
-        return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
-                "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
+        return block_curvature(args, name, grid.hessian_of(args, net, data, device, [p for _, p in params]), prefix)
 
-    try:
-        run_grid(comm, todo, compute, store if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc="layers")
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {store.n_done} of {len(blocks)} blocks saved in {out}; "
-                  "rerun the same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+    runner.run(comm, store if rank == 0 else None, compute, what="blocks", desc="layers",
+               save_every=args.save_every, progress=not args.no_progress, setup_seconds=time.perf_counter() - t0)
     if rank != 0:
         return
-    if store.todo().size:
-        print(f"incomplete: {out}; rerun the same command to finish", file=sys.stderr, flush=True)
-        sys.exit(1)
+    store.close()
     print(table(names, store.values, point))
     print(f"saved {out}", flush=True)
     if args.plot:
         plot(out, args.format, args.show)
+
+
+def block_curvature(args: argparse.Namespace, name: str, op: "LinearOperator", prefix: str) -> dict:
+    """One block's row: top eigenvalue (Lanczos) and trace (exact or Hutchinson), with
+    progress lines; a NaN/inf product or Lanczos failing is one error line."""
+    n = op.shape[0]
+    progress = Progress(op, not args.no_progress, args.progress_every, prefix=prefix)
+    t = time.perf_counter()
+    progress.phase(f"{name} ({n} parameters): top eigenvalue")
+    try:
+        lam = float(top_k(op, 1, args.eig_tol, args.seed, args.eig_maxiter, strict=True)[0])
+    except ArithmeticError as e:
+        raise user_error(e, f"in block {name}") from None
+    progress.end(f"{lam:.6g}")
+    exact = n <= args.exact_trace_max
+    progress.phase(f"{name}: trace ({'exact' if exact else f'{args.trace_samples} Rademacher vectors'})")
+    if exact:
+        tr, se = exact_trace(op), 0.0
+    else:
+        tr, se, _ = hutchinson_trace(op, args.trace_samples, args.seed)
+    progress.end(f"{tr:.6g}" + ("" if exact else f" ± {se:.2g}"))
+    if not np.isfinite(tr):
+        raise user_error(NonFinite(), f"in block {name}")
+    return {"top_eig": lam, "trace": tr, "trace_stderr": se, "exact": float(exact),
+            "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 
 
 def table(names, v, point=()):

@@ -61,6 +61,7 @@ from torch.func import functional_call
 import dataloader
 import model_loader
 import mpi4pytorch
+import runner
 from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
 import flags
@@ -417,7 +418,6 @@ def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
 
     t0 = time.perf_counter()
     writer = mpi4pytorch.check_all(comm, open_writer)
-    todo = mpi4pytorch.bcast(comm, writer.todo() if rank == 0 else None)
     loss_fn = get_loss_fn(args.loss_name)
     evaluators = {s: Evaluator(net, *data.split(s), loss_fn, args.batch_size, device, args.precision)
                   for s in splits}
@@ -435,11 +435,11 @@ def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
                 out[f"{path}_{s}_loss"], out[f"{path}_{s}_acc"] = ev()
         return out
 
-    run = grid.Run(comm=comm, rank=rank, device=device, data=data, net=net, dir_file="", xdir=[], ydir=None,
-                   xcoords=ts, ycoords=None, surf_file=surf_file, writer=writer, todo=todo, perturb=None,
-                   settings=settings, setup_seconds=time.perf_counter() - t0,
-                   notes=["BN re-estimated at each point" if bn_update else "no BN re-estimation"])
-    grid.compute_grid(args, run, compute, desc="mode connectivity")
+    runner.run(comm, writer if rank == 0 else None, compute, desc="mode connectivity", save_every=args.save_every,
+               progress=not args.no_progress, setup_seconds=time.perf_counter() - t0,
+               notes=["BN re-estimated at each point" if bn_update else "no BN re-estimation"])
+    if rank == 0:
+        writer.close()
     return writer, ts, splits
 
 

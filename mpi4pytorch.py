@@ -22,9 +22,13 @@ import threading
 import time
 import traceback
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import errors
 from errors import SharedUserError, UserError
 
+T = TypeVar("T")
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
              "SLURM_STEP_NUM_TASKS")
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -32,7 +36,7 @@ LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WO
                    "PMI_LOCAL_RANK", "SLURM_LOCALID")
 
 
-def launched_size():
+def launched_size() -> int:
     """How many processes the launcher started (1 when not under a launcher)."""
     for v in SIZE_VARS:
         if os.environ.get(v, "").isdigit():
@@ -40,7 +44,7 @@ def launched_size():
     return 1
 
 
-def setup(use_mpi):
+def setup(use_mpi: bool) -> Any:
     """The world communicator for ``--mpi`` runs, else None (after checking the launch)."""
     if not use_mpi:
         n = launched_size()
@@ -67,7 +71,7 @@ def setup(use_mpi):
     return comm
 
 
-def _whole_lines():
+def _whole_lines() -> None:
     """Make every printed line reach the launcher in one write.
 
     mpiexec forwards each rank's stdout and stderr separately; with unbuffered streams
@@ -83,8 +87,8 @@ def _whole_lines():
             pass  # not a standard text stream (a notebook, a test's capture): leave it
 
 
-def _abort_on_uncaught(comm):
-    def hook(exc_type, exc, tb):
+def _abort_on_uncaught(comm: Any) -> None:
+    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
         # the whole traceback in one write straight to the descriptor, and a moment for the
         # launcher to forward it, before the abort tears the job down (else its last lines,
         # the ones that say what happened, can be lost)
@@ -101,15 +105,17 @@ def _abort_on_uncaught(comm):
     threading.excepthook = lambda a: hook(a.exc_type, a.exc_value, a.exc_traceback)
 
 
-def rank(comm):
+def rank(comm: Any) -> int:
+    """This process's rank (0 without MPI)."""
     return 0 if comm is None else comm.Get_rank()
 
 
-def size(comm):
+def size(comm: Any) -> int:
+    """The number of ranks (1 without MPI)."""
     return 1 if comm is None else comm.Get_size()
 
 
-def local_rank_and_size(comm):
+def local_rank_and_size(comm: Any) -> tuple[int, int]:
     """(rank, size) among the processes of this node."""
     if comm is None:
         return 0, 1
@@ -124,7 +130,7 @@ def local_rank_and_size(comm):
     return r, n
 
 
-def device_for(comm, cuda):
+def device_for(comm: Any, cuda: bool) -> Any:
     """torch device of this rank: GPU local_rank % count with --cuda, else the CPU."""
     import torch
     if not cuda:
@@ -139,7 +145,7 @@ def device_for(comm, cuda):
     return torch.device("cuda", lr % torch.cuda.device_count())
 
 
-def default_threads(comm) -> int:
+def default_threads(comm: Any) -> int:
     """CPU threads per rank when ``--threads`` is not given.
 
     ``OMP_NUM_THREADS`` when it is set to a positive integer (the environment -- a batch
@@ -169,22 +175,25 @@ def _affinity() -> set:
     return set(range(os.cpu_count() or 1))
 
 
-def barrier(comm):
+def barrier(comm: Any) -> None:
+    """Wait for every rank (nothing without MPI)."""
     if comm is not None:
         comm.Barrier()
 
 
-def bcast(comm, obj):
+def bcast(comm: Any, obj: T) -> T:
+    """Rank 0's ``obj`` on every rank."""
     return obj if comm is None else comm.bcast(obj, root=0)
 
 
-def check_all(comm, fn):
+def check_all(comm: Any, fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only; a UserError there is raised on every rank.
 
     Under MPI it is raised as ``errors.SharedUserError``: printed once, every rank
     exits 2 together. Any other exception in ``fn`` aborts the job (see ``setup``).
     """
-    result, err = None, None
+    result: Any = None
+    err = None
     if rank(comm) == 0:
         try:
             result = fn()

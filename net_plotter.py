@@ -26,12 +26,11 @@ settings that made the directions. PCA direction files (projection.py) also hold
 import hashlib
 import json
 
-import h5py
 import numpy as np
 import torch
 
 from errors import UserError
-from fileio import open_h5, written_atomically
+from fileio import open_h5, h5_written_atomically
 from flags import NORMS
 
 FORMAT = "loss-landscape-directions"
@@ -98,7 +97,7 @@ def make_generator(seed, idx):
 
 def write_directions(path, names, xdir, ydir=None, attrs=None, extra=None):
     """Write a direction file (see the module doc for the layout)."""
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_written_atomically(path) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         for k, v in (attrs or {}).items():

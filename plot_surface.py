@@ -14,7 +14,7 @@ align.py), while rank 0 gathers and saves the results (grid.compute_grid);
 finally, with --plot, draw the curves or contours.
 """
 from errors import UserError, run_main
-from flags import build_parser, parse_args
+from flags import build_parser, parse_args, spec_of
 
 
 def main(argv=None):
@@ -27,15 +27,15 @@ def main(argv=None):
         raise UserError(f"--bn_update must be >= 0 (got {args.bn_update})")
     if args.bn_update and args.points_per_pass not in (1, "auto"):
         raise UserError("--bn_update evaluates one point at a time: drop --points_per_pass")
+    spec = spec_of(args)
 
     import grid
     from evaluation import get_loss_fn
-    splits = ["train"] + (["test"] if args.test else [])
     extra = {"bn_update": args.bn_update} if args.bn_update else None  # part of the surface's settings
-    run = grid.prepare(args, grid.metrics_for(splits), extra_settings=extra)  # checks every input, then opens files
-    compute = grid.loss_compute(run, get_loss_fn(args.loss_name), splits, args.batch_size, args.precision,
-                                args.engine, args.points_per_pass, bn_update=args.bn_update)
-    grid.compute_grid(args, run, compute)
+    run = grid.prepare(spec, grid.metrics_for(spec.splits), extra_settings=extra)  # checks every input first
+    compute = grid.loss_compute(run, get_loss_fn(spec.loss_name), spec.splits, spec.batch_size, spec.precision,
+                                spec.engine, spec.points_per_pass, bn_update=args.bn_update)
+    grid.compute_grid(spec, run, compute)
     if run.rank == 0:
         print(f"done: {run.surf_file}", flush=True)
         if args.plot:

@@ -51,7 +51,7 @@ import torch
 import model_loader
 import net_plotter
 from errors import UserError, run_main
-from fileio import check_reuse, written_atomically
+from fileio import check_reuse, h5_written_atomically
 
 BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
 
@@ -265,14 +265,13 @@ def run_settings(args, files, epochs):
 
 def _check_existing(path, settings, overwrite, what):
     """Refuse to replace ``path`` unless it was made with ``settings`` or --overwrite."""
-    stored = None
-    if os.path.exists(path) and not overwrite:
+    def stored() -> dict | None:
         try:
             with h5py.File(path, "r") as f:
                 raw = f.attrs.get("settings")
-            stored = json.loads(raw) if raw is not None else None
+            return json.loads(raw) if raw is not None else None
         except (OSError, ValueError):
-            stored = None
+            return None
     check_reuse(path, stored, json.loads(json.dumps(settings)), what, overwrite,
                 hint="pass --overwrite to replace it or choose another path")
 
@@ -285,7 +284,7 @@ def default_pca_file(args, files):
 
 
 def write_projection(path, coords, epochs, files, dir_file, method, settings, ranges):
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_written_atomically(path) as f:
         f["proj_xcoord"] = coords[:, 0]
         f["proj_ycoord"] = coords[:, 1]
         f["epochs"] = np.asarray(epochs, dtype=np.int64)

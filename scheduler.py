@@ -104,7 +104,7 @@ class _State:
 class _Counter:
     """The index of the next point to hand out, shared by all ranks."""
 
-    def __init__(self, comm):
+    def __init__(self, comm: Any):
         self.comm, self.value = comm, 0
         if comm is None:
             return
@@ -180,14 +180,14 @@ class _Progress:
             self._line()
 
 
-def _isatty(f) -> bool:
+def _isatty(f: Any) -> bool:
     try:
         return f.isatty()
     except (AttributeError, ValueError):
         return False
 
 
-def _save_error(writer, e: BaseException) -> UserError:
+def _save_error(writer: Any, e: BaseException) -> UserError:
     """The one-line error of a failed save (fileio's UserError already says it all)."""
     if isinstance(e, UserError):
         return UserError(f"{e}; stopped computing (rerun to resume)")
@@ -204,7 +204,8 @@ def _save_error(writer, e: BaseException) -> UserError:
 class _Collector:
     """Rank 0: receives results, records them, saves the file periodically."""
 
-    def __init__(self, comm, writer, save_every, total, progress, desc, state):
+    def __init__(self, comm: Any, writer: Any, save_every: float, total: int, progress: bool, desc: str,
+                 state: _State):
         self.comm, self.writer, self.save_every, self.state = comm, writer, save_every, state
         self.workers = 0 if comm is None else comm.Get_size() - 1
         self.done: set[int] = set()  # worker ranks that sent DONE
@@ -222,7 +223,7 @@ class _Collector:
     def all_back(self) -> bool:
         return len(self.done) >= self.workers
 
-    def record(self, indices, values) -> None:
+    def record(self, indices: Sequence[int], values: Mapping[str, Any]) -> None:
         with self.lock:
             self.writer.record(indices, values)
             if self.progress:
@@ -311,7 +312,7 @@ def _thread_multiple() -> bool:
 class _Watcher:
     """Workers: a thread that turns rank 0's STOP message into an interruption of compute()."""
 
-    def __init__(self, comm, state):
+    def __init__(self, comm: Any, state: _State):
         self.comm, self.state = comm, state
         self.end = threading.Event()
         self.thread = None
@@ -332,7 +333,7 @@ class _Watcher:
             self.thread.join(1.0)
 
 
-def _final_word(comm) -> tuple[bool, int | None]:
+def _final_word(comm: Any) -> tuple[bool, int | None]:
     """Workers, after DONE: wait (politely, not spinning) for rank 0's last word: free
     the window together or not, and the signal that interrupted the run, if any. Rank 0
     either sends it or ends the job (MPI_Abort), so this returns."""
@@ -344,8 +345,8 @@ def _final_word(comm) -> tuple[bool, int | None]:
     return bool(free), signum
 
 
-def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, Any]],
-             writer=None, save_every: float = 10.0, progress: bool = True,
+def run_grid(comm: Any, todo: Sequence[int], compute: Callable[[Any], Mapping[str, Any]],
+             writer: Any = None, save_every: float = 10.0, progress: bool = True,
              desc: str = "surface", drain_timeout: float = 10.0, chunk: int = 1) -> None:
     """Evaluate ``compute`` at every flat index in ``todo``; rank 0 records and saves.
 
@@ -360,15 +361,41 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
     the end. Raises ``Interrupted`` on every
     rank after SIGTERM/SIGINT to any rank (rank 0 has saved what is done first), and
     ``UserError`` on rank 0 when the file cannot be saved.
+
+    Three roles: the work hand-out (``_hand_out``, every rank), the collector (rank 0,
+    ``_Collector``) and the stop watcher (the other ranks, ``_Watcher``).
     """
     rank = 0 if comm is None else comm.Get_rank()
     todo = np.asarray(todo, dtype=np.int64).reshape(-1)
-    total, chunk = len(todo), max(1, int(chunk))
     interruptible = (threading.current_thread() is threading.main_thread()
                      and hasattr(signal, "pthread_kill"))
     state = _State(interruptible)
+    old = _install_handlers(state) if interruptible else {}
+    collector = watcher = None
+    ok = False
+    try:
+        counter = _Counter(comm)
+        if rank == 0:
+            collector = _Collector(comm, writer, save_every, len(todo), progress, desc, state)
+        else:
+            watcher = _Watcher(comm, state)
+        _hand_out(comm, counter, todo, max(1, int(chunk)), compute, state, collector, writer)
+        if state.stopping and comm is not None:
+            counter.exhaust(len(todo))
+        if rank != 0:
+            _finish_worker(comm, counter, watcher, state)
+        else:
+            _finish_root(comm, counter, collector, state, writer, drain_timeout)
+        ok = True
+    finally:
+        _clean_up(comm, state, watcher, collector, ok, old)
+    if state.signum is not None:
+        raise Interrupted(state.signum)
 
-    def on_signal(signum, frame):
+
+def _install_handlers(state: _State) -> dict:
+    """SIGTERM/SIGINT stop the run; returns the previous handlers."""
+    def on_signal(signum: int, frame: Any) -> None:
         # Raise only inside compute(), the long part: raising inside an MPI call (say
         # between the counter's Lock and Unlock) would leave MPI in a broken state.
         # Elsewhere the loop sees the flag after the call.
@@ -377,92 +404,93 @@ def run_grid(comm, todo: Sequence[int], compute: Callable[[Any], Mapping[str, An
         if state.computing:
             state.computing = False
             raise _Stop()
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
-    old = {}
-    if interruptible:
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    counter = collector = watcher = None
-    ok = False
+
+def _hand_out(comm: Any, counter: _Counter, todo: np.ndarray, chunk: int, compute: Callable,
+              state: _State, collector: _Collector | None, writer: Any) -> None:
+    """The work hand-out: take points from the shared counter and compute them until
+    they are all taken or the run stops; results go to the collector (rank 0's own, or
+    by message)."""
+    total = len(todo)
     try:
-        counter = _Counter(comm)
-        if rank == 0:
-            collector = _Collector(comm, writer, save_every, total, progress, desc, state)
-        else:
-            watcher = _Watcher(comm, state)
-        try:
-            while not state.stopping:
-                c = counter.next(chunk)
-                if state.stopping or c >= total:
-                    break
-                ks = [int(k) for k in todo[c:c + chunk]]
-                state.computing = True
+        while not state.stopping:
+            c = counter.next(chunk)
+            if state.stopping or c >= total:
+                break
+            ks = [int(k) for k in todo[c:c + chunk]]
+            state.computing = True
+            try:
+                if state.stopping:
+                    raise _Stop()
+                values = compute(ks[0] if chunk == 1 else ks)
+            finally:
+                state.computing = False
+            if collector is None:
+                comm.send((ks, values), dest=0, tag=RESULT)
+                continue
+            collector.record(ks, values)
+            if collector.thread is None:
                 try:
-                    if state.stopping:
-                        raise _Stop()
-                    values = compute(ks[0] if chunk == 1 else ks)
-                finally:
-                    state.computing = False
-                if rank == 0:
-                    collector.record(ks, values)
-                    if collector.thread is None:
-                        try:
-                            collector.step()
-                        except (OSError, UserError) as e:  # a failed save
-                            state.error = _save_error(writer, e)
-                else:
-                    comm.send((ks, values), dest=0, tag=RESULT)
-        except _Stop:
-            pass  # the point in progress is abandoned; it stays to do
-        if state.stopping and comm is not None:
-            counter.exhaust(total)
-        if rank != 0:
-            watcher.close()
-            comm.send(state.signum, dest=0, tag=DONE)
-            free, signum = _final_word(comm)
-            if signum is not None and state.signum is None:
-                state.signum = signum  # stopped by the empty counter: interrupted all the same
-            if free:
-                counter.free()
-        else:
-            collector.finish(drain_timeout)
-            if state.error is None:
-                try:
-                    collector.save()
-                except (OSError, UserError) as e:
+                    collector.step()
+                except (OSError, UserError) as e:  # a failed save
                     state.error = _save_error(writer, e)
-            collector.close_progress()
-            if comm is not None:
-                # Free the window together only if every worker is back and waiting for
-                # this word; a worker still busy will be stopped by MPI_Abort below.
-                for r in sorted(collector.done):
-                    comm.send((collector.all_back, state.signum), dest=r, tag=FINAL)
-                if collector.all_back:
-                    counter.free()
-            if state.error is not None:
-                raise state.error
-            if state.signum is not None and not collector.all_back:
-                n, path = getattr(writer, "n_done", "the finished"), getattr(writer, "path", "the file")
-                print(f"interrupted by {signal.Signals(state.signum).name}: {n} points saved in {path}; "
-                      f"ranks still busy after {drain_timeout:g} s are stopped; rerun the same "
-                      "command to resume", file=sys.stderr, flush=True)
-                comm.Abort(128 + state.signum)
-        ok = True
-    finally:
-        state.close()
-        if watcher is not None:
-            watcher.end.set()
-        if collector is not None and not ok:
-            collector.finishing.set()
-            if state.error is None:
-                try:  # another exception: keep what is done (best effort)
-                    collector.save()
-                except Exception:
-                    pass
-        if interruptible:
-            for s, h in old.items():
-                # An interrupted MPI rank is about to exit with 128 + signal: a second
-                # signal (say mpiexec forwarding one that another rank also got) must
-                # not kill it with a different status.
-                signal.signal(s, signal.SIG_IGN if comm is not None and state.signum else h)
-    if state.signum is not None:
-        raise Interrupted(state.signum)
+    except _Stop:
+        pass  # the point in progress is abandoned; it stays to do
+
+
+def _finish_worker(comm: Any, counter: _Counter, watcher: _Watcher, state: _State) -> None:
+    """A worker's end: report back, wait for rank 0's last word, free the counter together."""
+    watcher.close()
+    comm.send(state.signum, dest=0, tag=DONE)
+    free, signum = _final_word(comm)
+    if signum is not None and state.signum is None:
+        state.signum = signum  # stopped by the empty counter: interrupted all the same
+    if free:
+        counter.free()
+
+
+def _finish_root(comm: Any, counter: _Counter, collector: _Collector, state: _State, writer: Any,
+                 drain_timeout: float) -> None:
+    """Rank 0's end: the workers' last results, the last save, the last word to every worker."""
+    collector.finish(drain_timeout)
+    if state.error is None:
+        try:
+            collector.save()
+        except (OSError, UserError) as e:
+            state.error = _save_error(writer, e)
+    collector.close_progress()
+    if comm is not None:
+        # Free the window together only if every worker is back and waiting for
+        # this word; a worker still busy will be stopped by MPI_Abort below.
+        for r in sorted(collector.done):
+            comm.send((collector.all_back, state.signum), dest=r, tag=FINAL)
+        if collector.all_back:
+            counter.free()
+    if state.error is not None:
+        raise state.error
+    if state.signum is not None and not collector.all_back:
+        n, path = getattr(writer, "n_done", "the finished"), getattr(writer, "path", "the file")
+        print(f"interrupted by {signal.Signals(state.signum).name}: {n} points saved in {path}; "
+              f"ranks still busy after {drain_timeout:g} s are stopped; rerun the same "
+              "command to resume", file=sys.stderr, flush=True)
+        comm.Abort(128 + state.signum)
+
+
+def _clean_up(comm: Any, state: _State, watcher: _Watcher | None, collector: _Collector | None, ok: bool,
+              old: dict) -> None:
+    state.close()
+    if watcher is not None:
+        watcher.end.set()
+    if collector is not None and not ok:
+        collector.finishing.set()
+        if state.error is None:
+            try:  # another exception: keep what is done (best effort)
+                collector.save()
+            except Exception:
+                pass
+    for s, h in old.items():
+        # An interrupted MPI rank is about to exit with 128 + signal: a second
+        # signal (say mpiexec forwarding one that another rank also got) must
+        # not kill it with a different status.
+        signal.signal(s, signal.SIG_IGN if comm is not None and state.signum else h)

@@ -52,7 +52,7 @@ import net_plotter
 from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
 from fileio import check_output_path, check_reuse, open_h5, written_atomically
-from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, Hessian, hessian_params, hutchinson_trace, top_k
+from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, hessian_operator, hessian_params, hutchinson_trace, top_k
 from scheduler import Interrupted, run_grid
 
 from grid import load_run
@@ -260,8 +260,8 @@ class Worker:
         self.x, self.y = self.evaluate.x, self.evaluate.y
         self.names = [n for n, _ in hessian_params(self.net)]
         self.params = [p for _, p in hessian_params(self.net)]
-        self.op = Hessian(self.net, self.x, self.y, self.loss_sum, args.batch_size, self.params,
-                          args.hess_cache_mb)
+        self.op = hessian_operator(self.net, self.x, self.y, self.loss_sum, args.batch_size, self.params,
+                                   args.hess_cache_mb)
         self.current = None
         self.start_dirs = {}
 

@@ -107,3 +107,45 @@ def assert_one_line_error(p):
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert lines and lines[-1].startswith("error: "), p.stderr
     return lines[-1]
+
+
+def snapshot_files(folder):
+    """{path: bytes} of every file under ``folder`` (hidden ones too): compare two to see
+    that nothing was changed or created."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[p] = fh.read()
+    return out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(size)`` -> a folder on a fresh tmpfs of ``size`` (e.g. "64k"): a real file
+    system that fills up (needs root, as in CI); skipped where it cannot be mounted."""
+    mounted = []
+
+    def mount(size):
+        d = tmp_path / f"disk{len(mounted)}_{size}"
+        d.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a small tmpfs here (not root?)")
+        mounted.append(d)
+        return str(d)
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill_disk(folder):
+    """Take every byte left on the file system of ``folder`` (a file named 'filler')."""
+    fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 1024):
+            pass
+    except OSError:
+        pass
+    os.close(fd)

@@ -359,8 +359,9 @@ def test_merge_of_a_network_with_a_permuted_copy_is_the_network(files, tmp_path)
 def test_help_shows_every_default_and_an_untraceable_model_is_one_line(files):
     p = run_script(["align.py", "--help"], check=True)
     assert "--method" in p.stdout and "(default: weight)" in p.stdout and "(default: 10)" in p.stdout
-    p = run_script([os.path.join(REPO, "align.py"), "--model", "align_test_models:untraceable", "--model_file", files["u"],
-                    "--model_file2", files["u2"], "--out", "o.t7"], cwd=os.path.dirname(files["u"]))
+    p = run_script([os.path.join(REPO, "align.py"), "--model", "align_test_models:untraceable",
+                    "--model_file", files["u"], "--model_file2", files["u2"], "--out", "o.t7"],
+                   cwd=os.path.dirname(files["u"]))
     assert p.returncode == 2 and "torch.fx" in assert_one_line_error(p)
     assert not os.path.exists(os.path.join(os.path.dirname(files["u"]), "o.t7"))
 

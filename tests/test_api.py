@@ -100,6 +100,146 @@ def test_api_bad_input_is_one_clear_error():
         landscape.surface(net, (d.train_x, d.train_y[:10]), x=(-1, 1, 2))
 
 
+def _meta_model():
+    with torch.device("meta"):
+        return model_loader.build_model("digits_mlp")
+
+
+def _nan_model():
+    net = model_loader.build_model("digits_mlp")
+    with torch.no_grad():
+        next(net.parameters())[0] = float("nan")
+    return net
+
+
+class _Dicts(torch.utils.data.Dataset):
+    def __init__(self, d):
+        self.d = d
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"image": self.d.train_x[i], "label": self.d.train_y[i]}
+
+
+def _loader(d, **kw):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(d.train_x, d.train_y), batch_size=16, **kw)
+
+
+# (name, keyword arguments over the defaults below (model, data, x), the needle of the message)
+API_BAD = [
+    ("model-None", dict(model=None), "torch.nn.Module"),
+    ("model-str", dict(model="digits_mlp"), "torch.nn.Module"),
+    ("model-meta", dict(model=_meta_model), "meta device"),
+    ("model-nan", dict(model=_nan_model), "NaN"),
+    ("model2-str", dict(model2="b.t7"), "model2 must be a torch.nn.Module"),
+    ("model2-other-architecture", dict(model2=lambda: model_loader.build_model("digits_cnn")),
+     "not the same architecture"),
+    ("model2-nan", dict(model2=_nan_model), "NaN"),
+    ("model3-without-y", dict(model3=lambda: model_loader.build_model("digits_mlp")), "give y too"),
+    ("device-bogus", dict(device="bogus"), "not a torch device"),
+    ("device-int-str", dict(device="gpu0"), "not a torch device"),
+    ("device-meta", dict(device="meta"), "not supported"),
+    ("x-one-point", dict(x=(-1, 1, 1)), "integer number of points"),
+    ("x-fraction", dict(x=(-1, 1, 2.5)), "integer number of points"),
+    ("x-nan", dict(x=(float("nan"), 1, 3)), "finite"),
+    ("x-str", dict(x="-1:1:3"), "(min, max, num)"),
+    ("y-inf", dict(y=(0, float("inf"), 3)), "finite"),
+    ("grid-huge", dict(x=(-1, 1, 100000), y=(-1, 1, 100000)), "fewer points"),
+    ("x-huge", dict(x=(-1, 1, 10**12)), "fewer points"),
+    ("seed-float", dict(seed=1.5), "seed must be an integer"),
+    ("seed-negative", dict(seed=-1), "seed must be an integer"),
+    ("seed-str", dict(seed="0"), "seed must be an integer"),
+    ("idx-negative", dict(idx=-2), "idx must be an integer"),
+    ("batch-size-zero", dict(batch_size=0), "batch_size must be an integer >= 1"),
+    ("precision", dict(precision="fp64"), "precision"),
+    ("dir-type", dict(dir_type="weight"), "dir_type one of"),
+    ("ignore", dict(ignore="bias"), "ignore one of"),
+    ("save-every-zero", dict(save_every=0), "save_every"),
+    ("save-every-nan", dict(save_every=float("nan")), "save_every"),
+    ("data-str", dict(data="digits"), "(images, labels)"),
+    ("data-dicts", dict(data=lambda d: torch.utils.data.DataLoader(_Dicts(d), batch_size=4)),
+     "(images, labels) batches"),
+    ("data-shuffled", dict(data=lambda d: _loader(d, shuffle=True)), "shuffle"),
+    ("test-data-shuffled", dict(test_data=lambda d: _loader(d, shuffle=True)), "shuffle"),
+    ("labels-fractional", dict(data=lambda d: (d.train_x, d.train_y.float() + 0.5)), "integer label"),
+    ("surf-file-is-folder", dict(surf_file="{tmp}"), "is a folder"),
+    ("surf-file-is-dir-file", dict(surf_file="{tmp}/same.h5", dir_file="{tmp}/same.h5"), "destroy the directions"),
+    ("surf-file-over-text", dict(surf_file="{tmp}/notes.txt", overwrite=True), "not a file of this toolkit"),
+    ("dir-file-text", dict(dir_file="{tmp}/notes.txt"), "HDF5"),
+]
+
+
+@pytest.mark.parametrize("kw,needle", [c[1:] for c in API_BAD], ids=[c[0] for c in API_BAD])
+def test_api_bad_input_is_one_userror_line_and_writes_nothing(kw, needle, tmp_path):
+    """The API's checks are the command line's: one errors.UserError (a one-line message),
+    never a raw torch/numpy exception, and no file written or changed."""
+    import errors
+    from conftest import snapshot_files
+    d = digits(40)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    args = dict(model=model_loader.build_model("digits_mlp"), data=(d.train_x, d.train_y), x=(-1, 1, 2))
+    for k, v in kw.items():
+        v = v(d) if k in ("data", "test_data") and callable(v) else v() if callable(v) else v
+        args[k] = v.format(tmp=tmp_path) if isinstance(v, str) and "{tmp}" in v else v
+    before = snapshot_files(str(tmp_path))
+    model, data = args.pop("model"), args.pop("data")
+    with pytest.raises(errors.UserError) as e:
+        landscape.surface(model, data, **args)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert snapshot_files(str(tmp_path)) == before
+
+
+def test_api_refuses_a_surface_file_in_use(tmp_path):
+    import errors
+    from store import Lock
+    d = digits(40)
+    surf = str(tmp_path / "s.h5")
+    lock = Lock(surf, "surface file")
+    with pytest.raises(errors.UserError, match="in use by another run"):
+        landscape.surface(model_loader.build_model("digits_mlp"), (d.train_x, d.train_y), x=(-1, 1, 2),
+                          surf_file=surf)
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_api_and_command_line_write_the_same_direction_and_surface_settings(tmp_path):
+    """One runtime (grid.prepare_loaded) behind both: for the same run the direction file's
+    attributes and directions and the surface settings are equal, but for the model's
+    identity (a checkpoint's file hash and name on the command line, the tensors' hash in
+    the API, and the data set's name)."""
+    import h5py
+    net = checkpoint(str(tmp_path / "m.t7"), 5)
+    d = digits(60)
+    api_dirs, api_surf = str(tmp_path / "api_dirs.h5"), str(tmp_path / "api.h5")
+    landscape.surface(net, (d.train_x, d.train_y), x=(-1, 1, 3), y=(-1, 1, 2), seed=2, idx=1,
+                      test_data=(d.test_x, d.test_y), dir_file=api_dirs, surf_file=api_surf, batch_size=128)
+    import errors
+    import plot_surface
+    cli_dirs, cli_surf = str(tmp_path / "cli_dirs.h5"), str(tmp_path / "cli.h5")
+    errors.run_main(plot_surface.main, ["--model", "digits_cnn", "--model_file", str(tmp_path / "m.t7"),
+                                        "--dataset", "digits", "--max_samples", "60", "--x=-1:1:3", "--y=-1:1:2",
+                                        "--seed", "2", "--idx", "1", "--test", "--dir_file", cli_dirs,
+                                        "--surf_file", cli_surf, "--no_progress"])
+    identity = {"model", "model_hash", "model_file", "random_init", "dataset"}
+
+    def attrs(path):
+        with h5py.File(path, "r") as f:
+            a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+            dirs = {g: [f[g][k][()] for k in sorted(f[g], key=int)] for g in ("xdirection", "ydirection")}
+        recipe = {k: v for k, v in __import__("json").loads(a.pop("recipe")).items() if k not in identity}
+        return a, recipe, dirs
+    (a1, r1, d1), (a2, r2, d2) = attrs(api_dirs), attrs(cli_dirs)
+    assert a1 == a2 and r1 == r2 and r1["same_dir"] is False
+    for g in d1:
+        assert all(np.array_equal(u, v) for u, v in zip(d1[g], d2[g]))
+    s1, s2 = read_surface(api_surf).settings, read_surface(cli_surf).settings
+    assert {k: v for k, v in s1.items() if k not in identity} == {k: v for k, v in s2.items() if k not in identity}
+    np.testing.assert_allclose(read_surface(api_surf).values["train_loss"], read_surface(cli_surf).values["train_loss"],
+                               rtol=1e-6)
+
+
 API_UNDER_MPI = textwrap.dedent("""
     import sys, torch, numpy as np
     sys.path.insert(0, {repo!r})

@@ -19,6 +19,7 @@ import errors
 import model_loader
 import plot_hessian_eigen
 import plot_surface
+from conftest import fill_disk
 
 SMALL = ["--model", "digits_cnn", "--dataset", "digits", "--max_samples", "60", "--no_progress"]
 
@@ -209,15 +210,9 @@ def test_a_file_without_results_never_blocks_the_corrected_run(world, tmp_path):
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 256 KiB tmpfs (needs root, as in CI); skipped where it cannot be mounted."""
-    import subprocess
-    d = tmp_path / "full"
-    d.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (not root?)")
-    yield str(d)
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+def full_disk(small_disk):
+    """A 256 KiB tmpfs (conftest.small_disk)."""
+    return small_disk("256k")
 
 
 @pytest.mark.slow
@@ -226,13 +221,7 @@ def test_disk_full_is_one_line_and_keeps_the_old_file(world, full_disk, capsys):
     assert errors.run_main(plot_surface.main, SMALL + ["--model_file", world["a"], "--x=-1:1:3",
                                                       "--surf_file", surf, "--dir_file", world["dirf"]]) is None
     before = open(surf, "rb").read()
-    fd = os.open(os.path.join(full_disk, "filler"), os.O_WRONLY | os.O_CREAT)
-    try:  # take every remaining byte
-        while os.write(fd, b"\0" * 1024):
-            pass
-    except OSError:
-        pass
-    os.close(fd)
+    fill_disk(full_disk)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         errors.run_main(plot_surface.main, SMALL + ["--model_file", world["a"], "--x=-1:1:3", "--surf_file", surf,

@@ -87,8 +87,11 @@ def cnn_file(tmp_path_factory):
 
 @pytest.mark.slow
 def test_curvature_of_the_1d_surface_along_the_top_eigenvector_is_lambda_max(tmp_path, cnn_file, capsys):
-    """The loss along the unit top eigenvector is L0 + g·v α + λmax α²/2 + O(α³): the
-    second finite difference of plot_surface.py's stored losses gives λmax."""
+    """The loss along the unit top eigenvector is L0 + g·v α + λmax α²/2 + O(α³): twice
+    the α² coefficient of a degree-4 polynomial fitted to plot_surface.py's stored losses
+    on [-0.2, 0.2] (21 points) is λmax within 1 % (measured 0.1 %). A second difference at
+    a small step is not: its error is the fp32 rounding of the losses divided by h² (0.6 %
+    to 4.8 % at h = 0.01, depending on the machine's summation order)."""
     dir_file, surf = str(tmp_path / "dirs.h5"), str(tmp_path / "surf.h5")
     common = ["--model", "digits_cnn", "--model_file", cnn_file, "--max_samples", "200", "--threads", "1"]
     p = run_script(["hessian_directions.py"] + common + ["--dir_file", dir_file], check=True)
@@ -99,14 +102,12 @@ def test_curvature_of_the_1d_surface_along_the_top_eigenvector_is_lambda_max(tmp
         assert set(f) == {"xdirection", "ydirection"}
         assert lam[0] >= lam[1] > 0
     run_script(["plot_surface.py"] + common + ["--dir_file", dir_file, "--dir_type", "weights",
-                                               "--x=-0.02:0.02:5", "--surf_file", surf, "--no_progress"],
+                                               "--x=-0.2:0.2:21", "--surf_file", surf, "--no_progress"],
                check=True)
     with h5py.File(surf, "r") as f:
-        x, loss = f["xcoordinates"][()], f["train_loss"][()]
-    h = x[3] - x[2]
-    d1 = (loss[3] + loss[1] - 2 * loss[2]) / h ** 2
-    d2 = (loss[4] + loss[0] - 2 * loss[2]) / (2 * h) ** 2
-    assert d1 == pytest.approx(lam[0], rel=0.03) and d2 == pytest.approx(lam[0], rel=0.03)
+        x, loss = f["xcoordinates"][()], f["train_loss"][()].astype(np.float64)
+    curvature = 2 * np.polyfit(x, loss, 4)[-3]
+    assert curvature == pytest.approx(lam[0], rel=0.01)
     # the same command reuses the file; other settings are refused and the file is kept
     # (in this process: the script's main, as run_main runs it)
     argv = common + ["--dir_file", dir_file]

@@ -22,7 +22,7 @@ import errors
 import hess_vec_prod
 from conftest import REPO, run_script
 from evaluation import get_loss_fn
-from hess_vec_prod import Hessian, lanczos, slq_nodes, slq_start, spectral_density
+from hess_vec_prod import hessian_operator, lanczos, slq_nodes, slq_start, spectral_density
 
 N_SAMPLES = 40
 TINY_SOURCE = '''"""A tiny CNN for the 8x8 digits (186 weights with > 1 dimension), for the tests."""
@@ -78,7 +78,8 @@ def exact_hessian(net, data, names=None, loss_name="crossentropy"):
 
 
 def operator(tiny):
-    return Hessian(tiny.net, tiny.data.train_x, tiny.data.train_y, get_loss_fn("crossentropy"), 16)
+    """The operator the scripts build (hessian_operator: the product batch chosen by memory)."""
+    return hessian_operator(tiny.net, tiny.data.train_x, tiny.data.train_y, "crossentropy")
 
 
 def test_gauss_quadrature_of_a_known_matrix_is_exact():

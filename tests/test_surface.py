@@ -321,6 +321,7 @@ def test_special_values_are_results_not_gaps(tmp_path):
     w = SurfaceWriter(path, [0, 1, 2], [0, 1], ["train_loss"], {"a": 1})
     w.record([0, 1, 2, 3], {"train_loss": [0.0, -1.0, np.nan, np.inf]})
     w.save()
+    w.close()  # a store holds its file exclusively until closed
     w2 = SurfaceWriter(path, [0, 1, 2], [0, 1], ["train_loss"], {"a": 1})
     assert list(w2.todo()) == [4, 5]
     s = read_surface(path)
