@@ -1,22 +1,26 @@
-"""The grid runtime: from checked flags (or in-memory objects) to a finished surface file.
+"""The grid runtime: from a run specification (spec.RunSpec) to a finished surface file.
 
 A run goes through four steps, the same for plot_surface.py, plot_hessian_eigen.py and
-the Python API (landscape.py):
+the Python API (landscape.py); the command line and the API differ only in step 1:
 
-1. **Inputs** (``load_run``): threads, device, the data (once, into memory) and the
-   model at (0, 0); the model must fit the data.
-2. **Files** (``prepare``): the directions (made in memory, or read from the direction
-   file), the settings that define the surface, and the surface file to resume. Every
-   input and output path is checked *before* anything is written, so a failed run never
-   leaves a file that blocks the corrected one; then rank 0 writes the direction file (if
-   new) and the surface file. A ``--dir_file`` the user gave is never modified.
-3. **Grid** (``compute_grid``): every rank takes grid points from the shared counter
-   (scheduler.run_grid), moves the weights there in place (``move_to``) and computes;
-   rank 0 gathers the results and saves the file periodically and at the end.
+1. **Inputs** (``load_inputs`` from the checkpoints; the API builds its ``Loaded`` from
+   in-memory models): threads, device, the data (once, into memory), the model at (0, 0)
+   and the other checkpoints' models, each with finite weights; the model must fit the
+   data. ``Loaded.identity`` is what the files record of the models.
+2. **Files** (``prepare_loaded``): the directions (made in memory, or read from the
+   direction file), the settings that define the surface (surface.settings_record), and
+   the surface store to resume. Every input and output path is checked *before* anything
+   is written, so a failed run never leaves a file that blocks the corrected one; then
+   rank 0 writes the direction file (if new) and the surface file. A ``--dir_file`` the
+   user gave is never modified.
+3. **Grid** (``compute_grid``/``execute``: runner.run): every rank takes grid points from
+   the shared counter (scheduler.run_grid), moves the weights there in place (``move_to``)
+   and computes; rank 0 gathers the results and saves the file periodically and at the end.
 4. **Plots** (``plot``): the original's ``--plot``, as function calls.
 
-``Run`` holds what a running grid needs; ``loss_compute`` is the per-point evaluation
-of loss and accuracy that plot_surface.py and landscape.py share.
+``Run`` (frozen) holds what a running grid needs; ``loss_compute`` is the per-point
+evaluation of loss and accuracy that plot_surface.py and landscape.py share (a
+``PointCompute``: the function, how many points it takes per call, and its note).
 """
 from __future__ import annotations
 

@@ -73,6 +73,7 @@ class Lock:
         self.path = os.path.join(folder, f".{name}.lock")
         while True:
             try:
+                os.makedirs(folder, exist_ok=True)  # as the first save would
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 from fileio import os_reason

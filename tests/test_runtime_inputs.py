@@ -218,3 +218,34 @@ def test_a_repaired_checkpoint_at_the_same_path_runs(world, tmp_path):
     _ckpt(ckpt)
     errors.run_main(_main("plot_surface"), argv)
     assert len(os.listdir(tmp_path)) == 3  # checkpoint, direction file, surface file
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_surface_file_at_once(world, tmp_path):
+    """A long run holds its surface file; a 21x21 run on the same file at the same time,
+    even with --overwrite, is refused in one line (two such runs used to both print done:,
+    and the file kept one of them); the first, stopped, says how to resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO, assert_one_line_error, run_script
+    surf = str(tmp_path / "s.h5")
+    cmd = ["plot_surface.py", "--model", "digits_mlp", "--max_samples", "200", "--threads", "1", "--no_progress",
+           "--model_file", world["good"], "--dir_file", str(tmp_path / "d.h5"), "--surf_file", surf]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    first = subprocess.Popen([sys.executable] + cmd + ["--x=-1:1:301", "--y=-1:1:301", "--save_every", "0.2"],
+                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(surf) and time.monotonic() < deadline:  # the lock is taken before the file
+            time.sleep(0.05)
+        assert os.path.exists(tmp_path / ".s.h5.lock")
+        second = run_script(cmd + ["--x=-1:1:21", "--y=-1:1:21", "--overwrite"])
+        assert first.poll() is None, "the first run ended too soon to test the lock"
+        assert "in use by another run" in assert_one_line_error(second) and second.returncode == 2
+    finally:
+        first.send_signal(signal.SIGTERM)
+        err = first.communicate(timeout=60)[1]
+    assert first.returncode == 128 + signal.SIGTERM and "rerun the same command to resume" in err, err
+    assert sorted(os.listdir(tmp_path)) == ["d.h5", "s.h5"]

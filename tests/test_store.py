@@ -140,3 +140,10 @@ def test_keyed_items_resume_by_name_and_keep_the_others(tmp_path):
     again.close()
     with pytest.raises(UserError, match="different settings"):
         KeyedStore(path, "keyed", "keyed file", ["1/base"], {"s": 2})  # items of other keys still count
+
+
+def test_the_output_folder_is_made_as_the_first_save_would(tmp_path):
+    s = _store(tmp_path / "new" / "deeper" / "r.h5")
+    s.save()
+    s.close()
+    assert os.listdir(tmp_path / "new" / "deeper") == ["r.h5"]
