@@ -38,6 +38,7 @@ import os
 from typing import TYPE_CHECKING
 
 import dataloader
+import flags
 from errors import UserError, run_main
 
 if TYPE_CHECKING:  # torch is imported only once the flags are checked
@@ -47,12 +48,8 @@ METHODS = ("weight", "activation")
 TOLERANCE = 1e-4  # the largest logit difference allowed, relative to the largest logit
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every default; keeps the description's line breaks."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_Formatter)
+    p = flags.command_parser(__file__, __doc__)
     g = p.add_argument_group("models")
     g.add_argument("--model", default="digits_mlp", help="zoo name (vgg9, resnet20, ..., digits_cnn) or "
                    "package.module:factory")

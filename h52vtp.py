@@ -23,11 +23,25 @@ from typing import Optional
 
 import numpy as np
 
+import flags
 from errors import UserError, run_main
-from plot_common import (ArgumentParser, check_finite, ensure_folder, load_surface,
+from plot_common import (check_finite, ensure_folder, load_surface,
                          optional_float, output_base, write_output)
 
 MAX_INTERP = 2000   # 4 million points: 1.7 GB peak memory, a 430 MB .vtp (1000: 0.6 GB, 107 MB)
+
+
+def check_interp(interp: Optional[int]) -> None:
+    """--interp: None or <= 0 (none), else a whole number from 2 to MAX_INTERP."""
+    if interp is not None and not isinstance(interp, (int, np.integer)):
+        raise UserError(f"--interp must be a whole number, got {interp!r}")
+    if interp is not None and interp > 0:
+        if interp < 2:
+            raise UserError(f"--interp must be at least 2 (or <= 0 for none), got {interp}")
+        if interp > MAX_INTERP:
+            raise UserError(f"--interp {interp} would write {interp * interp:,} points, more "
+                            f"than fits in memory here; use at most --interp {MAX_INTERP} "
+                            "(1000 is plenty for ParaView)")
 
 
 def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False,
@@ -40,15 +54,7 @@ def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False,
     if not (show_points or show_polys):
         raise UserError("nothing to write: use --show_points and/or --show_polys")
     check_finite(zmax=zmax)
-    if interp is not None and not isinstance(interp, (int, np.integer)):
-        raise UserError(f"--interp must be a whole number, got {interp!r}")
-    if interp is not None and interp > 0:
-        if interp < 2:
-            raise UserError(f"--interp must be at least 2 (or <= 0 for none), got {interp}")
-        if interp > MAX_INTERP:
-            raise UserError(f"--interp {interp} would write {interp * interp:,} points, more "
-                            f"than fits in memory here; use at most --interp {MAX_INTERP} "
-                            "(1000 is plenty for ParaView)")
+    check_interp(interp)
     surf = load_surface(surf_file, ndim=2)
     if min(surf.shape) < 2:
         raise UserError(f"{surf_file} has a {surf.shape[0]} x {surf.shape[1]} grid; a .vtp "
@@ -80,7 +86,7 @@ def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False,
     return path
 
 
-def resample(x, y, Z, n):
+def resample(x: np.ndarray, y: np.ndarray, Z: np.ndarray, n: int) -> tuple:
     """Cubic spline through the grid, evaluated on n x n points spanning it (the
     original's interp2d, removed from SciPy)."""
     from scipy.interpolate import RectBivariateSpline
@@ -96,7 +102,7 @@ def resample(x, y, Z, n):
     return xn, yn, spline(xn, yn)
 
 
-def grid_polydata(x, y, Z):
+def grid_polydata(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> tuple:
     """Points (x_i, y_j, Z[i, j]) in the original's order (x runs fastest), point
     values, and quads (point indices, counter-clockwise) -- missing points and the
     quads touching them left out."""
@@ -114,7 +120,8 @@ def grid_polydata(x, y, Z):
     return points, zz[keep], quads
 
 
-def write_vtp(path, points, values, quads, show_points, ascii):
+def write_vtp(path: str, points: np.ndarray, values: np.ndarray, quads: Optional[np.ndarray],
+              show_points: bool, ascii: bool) -> None:
     """VTK XML PolyData, written atomically (temporary file, then rename)."""
     n = len(points)
     verts = np.arange(n, dtype=np.int64) if show_points else np.zeros(0, np.int64)
@@ -164,7 +171,7 @@ def write_vtp(path, points, values, quads, show_points, ascii):
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Convert a surface file to a ParaView .vtp file")
+parser = flags.ArgumentParser(description="Convert a surface file to a ParaView .vtp file", prog="h52vtp.py")
 parser.add_argument("--surf_file", "--file", "-f", dest="surf_file", required=True,
                     help="the 2D surface file (.h5)")
 parser.add_argument("--surf_name", default="train_loss",

@@ -26,23 +26,11 @@ shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws 
 bar chart (log scale) next to the file.
 """
 import argparse
-import json
-import math
-import time
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-import mpi4pytorch
-import runner
 import flags
-import grid
 from errors import UserError, run_main
-from fileio import check_output_path
-from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
-                           user_error)
 from plot_common import FORMATS
-from store import ResultStore
 
 if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
     import torch
@@ -52,8 +40,9 @@ KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_point_groups(p)
     g = flags.add_hessian_group(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
@@ -63,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--curvature_file", default="", help="output file (empty: <model_file>_layers.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
                    help="--plot: figure format(s)")
+    flags.add_check(p, check_args)
     return p
 
 
@@ -75,7 +65,24 @@ def check_args(args: argparse.Namespace) -> None:
     args.groups = [g.strip() for item in args.group for g in item.split(",")]
     if any(not g for g in args.groups):
         raise UserError("--group needs module name prefixes, e.g. --group layer1 or --group layer1,layer2")
-    flags.one_point_only(args, "layer_curvature.py")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
+import math
+import time
+
+import numpy as np
+
+import mpi4pytorch
+import runner
+import grid
+from fileio import check_output_path
+from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
+                           user_error)
+from store import ResultStore
 
 
 def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
@@ -99,7 +106,6 @@ def open_store(args, out, settings, names):
 
 def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
-    check_args(args)
     out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
     check_output_path(out, "--curvature_file")
     t0 = time.perf_counter()
@@ -174,16 +180,23 @@ def table(names, v, point=()):
     return "\n".join(lines)
 
 
-def plot(path, formats=("pdf", "png"), show=False):
+def block_labels(names: list, parameters) -> list:
+    """Bar labels: each block's module name as the model names it (a bare index of an
+    nn.Sequential becomes 'layer <index>') and its number of parameters."""
+    return [f"{'layer ' + name if name.isdigit() else name}\n{int(n):,} params"
+            for name, n in zip(names, parameters)]
+
+
+def plot(path: str, formats=("pdf", "png"), show: bool = False):
     """Bars of each block's top eigenvalue and trace (log scale; negative values hatched)."""
     from fileio import open_h5
     from plot_common import Plots, finish as finish_plots, output_base, pyplot, save_figure
     with open_h5(path, "layer curvature file") as f:
         names = json.loads(f.attrs["layers"])
         settings = json.loads(f.attrs["settings"])
-        lam, tr, se = f["top_eig"][()], f["trace"][()], f["trace_stderr"][()]
+        lam, tr, se, n = f["top_eig"][()], f["trace"][()], f["trace_stderr"][()], f["parameters"][()]
     plt = pyplot(show)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.45 * len(names) + 4), 4), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(names) + 4), 4.5), sharex=True)
     x = np.arange(len(names))
     for ax, vals, err, label in ((axes[0], lam, None, "Top eigenvalue"), (axes[1], tr, se, "Trace")):
         mag = np.abs(vals)
@@ -194,7 +207,8 @@ def plot(path, formats=("pdf", "png"), show=False):
                 b.set_hatch("//")
         ax.set_yscale("log")
         ax.set_title(label + " (|value|; red hatched: negative)", fontsize=9)
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(x, block_labels(names, n), rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("block (module of the model)", fontsize=8)
     fig.suptitle(f"{settings.get('model', '')}: curvature of each layer's diagonal Hessian block",
                  fontsize=10)
     fig.tight_layout()
