@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--points", type=int, default=11, help="points along each line of the barrier table")
     g.add_argument("--bn_update", type=int, default=10, help="training batches to re-estimate BatchNorm "
                    "statistics on (barrier table and merge; 0: none)")
+    g.add_argument("--curve_file", default="", help="with --barrier: the result file of mode_connectivity.py "
+                   "for the same pair (its --out_dir/mode_connectivity.h5): the trained curve as one more row")
     g.add_argument("--merge", type=float, nargs="?", const=0.5, default=None,
                    help="write the point T of the aligned line (default T when given without a value: 0.5)")
     g = p.add_argument_group("output")
@@ -113,6 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "give --merge without a value")
     if len(args.model_file2) > 1 and args.barrier:
         raise UserError("--barrier is for one pair: give a single --model_file2")
+    if args.curve_file and not args.barrier:
+        raise UserError("--curve_file adds a row to the barrier table: add --barrier")
+    if args.curve_file and not os.path.isfile(args.curve_file):
+        raise UserError(f"--curve_file {args.curve_file} not found (mode_connectivity.py writes "
+                        "<out_dir>/mode_connectivity.h5)")
     return args
 
 
@@ -240,8 +247,11 @@ def barrier_table(run: dict, aligned: dict, args: argparse.Namespace) -> dict:
     if has_batchnorm(run["net"]) and args.bn_update:
         paths.update({"naive_bn": (state_b, True), "aligned_bn": (aligned, True)})
     ts = np.linspace(0.0, 1.0, args.points)
+    curve = curve_row(args) if args.curve_file else None  # checked before the long evaluations
     table = merging.barrier_table(run["net"], run["state_a"], paths, ts, evaluators(run, args),
                                   bn_batches(run, args), args.batch_size)
+    if curve is not None:
+        table["curve"] = curve
     run["net"].load_state_dict(run["state_a"])
     print("barriers (barrier_max = max_t L(t) - max(L(0), L(1)); barrier_interp = max_t [L(t) - "
           "((1-t) L(0) + t L(1))]; error = 100 - accuracy %):")
@@ -251,6 +261,28 @@ def barrier_table(run: dict, aligned: dict, args: argparse.Namespace) -> dict:
         print(f"  {name:<11} {text}", flush=True)
     table["t"] = ts.tolist()
     return table
+
+
+def curve_row(args: argparse.Namespace) -> dict:
+    """The trained curve of mode_connectivity.py between the same A and B (read from its
+    result file, refused if it was trained for another pair): values and barrier heights
+    at the curve's own t, by the same definitions as the lines."""
+    import numpy as np
+
+    import merging
+    import model_loader
+    from curves import read_results
+    res = read_results(args.curve_file)
+    settings = res.get("settings") or {}
+    want = {"model_hash": model_loader.file_hash(args.model_file),
+            "model_hash2": model_loader.file_hash(args.model_file2[0])}
+    if any(settings.get(k) != v for k, v in want.items()):
+        raise UserError(f"--curve_file {args.curve_file} was trained between other checkpoints than "
+                        "--model_file and --model_file2; give the result file of this pair")
+    values = {k[len("curve_"):]: np.asarray(res[k], dtype=np.float64).tolist() for k in res
+              if k.startswith(("curve_train_", "curve_test_")) and k.endswith(("_loss", "_acc"))}
+    return {"values": values, "barriers": merging.barriers(np.asarray(res["t"]), values),
+            "t": np.asarray(res["t"], dtype=np.float64).tolist()}
 
 
 def merge(run: dict, aligned: list, args: argparse.Namespace) -> tuple[dict, dict]:

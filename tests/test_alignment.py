@@ -425,3 +425,37 @@ def test_plot_surface_bn_update_reestimates_the_statistics_at_each_point(tmp_pat
         assert loss[t] == pytest.approx(expect, rel=1e-5)
     with pytest.raises(UserError, match="bn_update"):  # a resume must match it
         plot_surface.main([a if a != "1" else "2" for a in argv])
+
+
+# ------------------------------------------------------------ the trained curve as a row
+@pytest.mark.slow
+def test_barrier_table_takes_the_trained_curve_of_mode_connectivity(tmp_path):
+    """align.py --barrier --curve_file: the curve row holds mode_connectivity.py's own values
+    and their barrier heights by the definitions written here; a file of another pair is refused."""
+    import h5py
+    paths = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        paths.append(str(tmp_path / f"m{seed}.t7"))
+        torch.save({"state_dict": model_loader.build_model("digits_mlp").state_dict()}, paths[-1])
+    common = ["--model", "digits_mlp", "--max_samples", "300"]
+    mc_out = str(tmp_path / "mc")
+    run_script(["mode_connectivity.py", *common, "--threads", "1", "--model_file", paths[0], "--model_file2", paths[1],
+                "--out_dir", mc_out, "--epochs", "1", "--points", "5", "--no_progress"], check=True)
+    curve_file = os.path.join(mc_out, "mode_connectivity.h5")
+    out = str(tmp_path / "B_aligned.t7")
+    run_script(["align.py", *common, "--model_file", paths[0], "--model_file2", paths[1], "--out", out,
+                "--barrier", "--points", "3", "--curve_file", curve_file], check=True)
+    row = json.load(open(out + ".json"))["barriers"]["curve"]
+    with h5py.File(curve_file) as f:
+        t, loss = f["xcoordinates"][:], f["curve_train_loss"][:]
+    np.testing.assert_allclose(row["values"]["train_loss"], loss)
+    above_line = loss - ((1 - t) * loss[0] + t * loss[-1])
+    assert row["barriers"]["train_loss"]["barrier_interp"] == pytest.approx(above_line.max())
+    assert row["barriers"]["train_loss"]["barrier_max"] == pytest.approx(loss.max() - max(loss[0], loss[-1]))
+    # the curve of the pair (A, B) does not belong in the table of (A, C)
+    other = str(tmp_path / "C_aligned.t7")
+    p = run_script(["align.py", *common, "--model_file", paths[0], "--model_file2", paths[2], "--out", other,
+                    "--barrier", "--points", "3", "--curve_file", curve_file])
+    assert p.returncode == 2 and "other checkpoints" in assert_one_line_error(p)
+    assert not os.path.exists(other)
