@@ -34,6 +34,13 @@ class SharedUserError(UserError):
     """A UserError raised on every MPI rank at once (printed once, no abort needed)."""
 
 
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters) of an exception, for a
+    one-line error that names what went wrong."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
 def set_comm(comm) -> None:
     """Register the MPI communicator (collective: every rank calls it, at start-up)."""
     global _COMM

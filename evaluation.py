@@ -23,10 +23,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from dataloader import import_object
 from errors import UserError
 from flags import ENGINES, PRECISIONS  # noqa: F401 -- one definition, shared with the flags
 from inference import FusedModel, named_state
+from plugins import import_object
 
 
 def keep_freed_memory():

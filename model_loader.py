@@ -22,8 +22,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dataloader import _first_line, call_user, import_object
 from errors import UserError
+from errors import first_line as _first_line
+from plugins import call_user, import_object
 
 UNSAFE_FLAG = "--unsafe_load"
 _NAME_ATTR = "_landscape_model_name"

@@ -20,7 +20,7 @@ COMMANDS = {"plot_surface", "plot_1D", "plot_2D", "h52vtp", "plot_hessian_eigen"
 TIERS = [  # top to bottom (doc/architecture.md): a module may import its own tier and the tiers below it
     ("entry point", COMMANDS | {"landscape"}),  # the commands and the Python API
     ("runtime", {"grid", "scheduler", "flags", "runner", "spec", "mpi4pytorch"}),
-    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader",
+    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader", "plugins",
                 "surface", "inference", "plot_common", "cifar10", "cifar10.models", "cifar10.models.densenet",
                 "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
     ("base", {"errors", "fileio", "store"}),
