@@ -18,8 +18,12 @@ or data file missing on one node) while the others wait for them in a collective
   rank exits 2. Otherwise the failing rank prints ``error: (rank N) <message>`` and
   ends the whole job with ``MPI_Abort(2)``: the job never hangs.
 """
+from __future__ import annotations
+
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 QUIET = False  # set on MPI ranks other than 0, so that a shared error prints once
 _COMM = None   # a duplicate of the --mpi communicator, when it has more than one rank
@@ -41,7 +45,7 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def set_comm(comm) -> None:
+def set_comm(comm: Any) -> None:
     """Register the MPI communicator (collective: every rank calls it, at start-up)."""
     global _COMM
     _COMM = comm.Dup() if comm is not None and comm.Get_size() > 1 else None
@@ -73,7 +77,7 @@ def _mpi_error(comm, message: str) -> None:
     comm.Abort(2)
 
 
-def run_main(main, argv=None):
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
     """Run ``main(argv)``; turn a ``UserError`` into one line on stderr and exit 2."""
     try:
         return main(argv)

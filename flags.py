@@ -14,9 +14,13 @@ import argparse
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import dataloader
 from errors import UserError
+
+if TYPE_CHECKING:
+    from spec import RunSpec
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "")
@@ -199,7 +203,7 @@ def _points_per_pass(text):
     return k
 
 
-def spec_of(args: argparse.Namespace, **changes):
+def spec_of(args: argparse.Namespace, **changes: Any) -> "RunSpec":
     """The typed run specification (spec.RunSpec) of parsed flags; ``changes`` replace fields."""
     from spec import RunSpec
     y = (args.ymin, args.ymax, args.ynum) if args.y is not None else None
