@@ -106,7 +106,7 @@ def test_the_complexity_check_is_on():
     text = open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8").read()
     select = re.search(r"^select\s*=\s*\[([^\]]*)\]", text, re.M)
     assert select and re.search(r'"C90(1)?"', select.group(1)), "add C90 to [tool.ruff.lint] select"
-    bound = re.search(r"^\[tool\.ruff\.lint\.mccabe\]\s*\nmax-complexity\s*=\s*(\d+)", text, re.M)
+    bound = re.search(r"^\[tool\.ruff\.lint\.mccabe\][^\[]*?^max-complexity\s*=\s*(\d+)", text, re.M | re.S)
     assert bound and int(bound.group(1)) <= 12, "set [tool.ruff.lint.mccabe] max-complexity (at most 12)"
 
 
