@@ -1,7 +1,6 @@
 """Shared test fixtures: the repository root on sys.path, a CIFAR-10-format data
 folder written in exactly the python-pickle batch format, and helpers to run the
 scripts as a user would (a real subprocess, from the repository root)."""
-import ast
 import os
 import pickle
 import subprocess
@@ -69,6 +68,29 @@ def exact_hessian(net, x, y, loss_sum, names=None):
 
     w0 = torch.cat([state[n].reshape(-1) for n in names])
     return torch.autograd.functional.hessian(mean_loss, w0).numpy()
+
+
+# ------------------------------------------------ the project's own modules, read with ast
+SKIP_DIRS = {"tests", "bench", "doc", "script", ".git", ".ci", "__pycache__"}
+
+
+def module_files() -> dict[str, str]:
+    """{dotted module name: path} of every Python file of the project (not tests, benches)."""
+    found = {}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
+                found[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
+    return found
+
+
+def is_command(path: str) -> bool:
+    """A command: the file has a top-level ``if __name__ == "__main__":`` block."""
+    import ast
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    return any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) for n in tree.body)
 
 
 @pytest.fixture
@@ -150,25 +172,3 @@ def fill_disk(folder):
     except OSError:
         pass
     os.close(fd)
-
-
-# ------------------------------------------------ the project's own modules, read with ast
-SKIP_DIRS = {"tests", "bench", "doc", "script", ".git", ".ci", "__pycache__"}
-
-
-def module_files() -> dict[str, str]:
-    """{dotted module name: path} of every Python file of the project (not tests, benches)."""
-    found = {}
-    for root, dirs, files in os.walk(REPO):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
-        for f in files:
-            if f.endswith(".py"):
-                rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
-                found[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
-    return found
-
-
-def is_command(path: str) -> bool:
-    """A command: the file has a top-level ``if __name__ == "__main__":`` block."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), path)
-    return any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) for n in tree.body)
