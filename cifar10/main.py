@@ -11,13 +11,24 @@ runs' names come out: ``resnet56_sgd_lr=0.1_bs=128_wd=0.0005``,
 ``vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1``) as ``model_<epoch>.t7`` =
 {'acc', 'epoch', 'state_dict'} and ``opt_state_<epoch>.t7`` = {'optimizer'}, for epoch 0
 (before training), epoch 1, every ``--save_epoch`` epochs and the last one; ``log.out``
-gets one line per epoch. The data sit in memory as tensors and are batched, shuffled and
-augmented there (no DataLoader workers). See doc/training.md.
+gets one line per epoch and ``train_settings.json`` marks the folder as this script's run.
+The data sit in memory as tensors and are batched, shuffled and augmented there (no
+DataLoader workers).
+
+A rerun of the same command resumes from the last checkpoint of its folder (model,
+optimizer state and epoch; bit-identical to an uninterrupted run on the CPU); Ctrl-C or
+SIGTERM stops with exit status 130/143 and one line saying so. A folder holding
+checkpoints that this script did not write (no ``train_settings.json``, e.g. the
+original's released ``model_300.t7``) or a run with other settings is refused unless
+``--overwrite``. See doc/training.md.
 """
 import argparse
+import json
 import math
 import os
 import random
+import re
+import signal
 import sys
 import time
 
@@ -31,35 +42,52 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import dataloader  # noqa: E402
+import grid  # noqa: E402
 import model_loader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
+from fileio import settings_diff, written_atomically  # noqa: E402
 
 DEFAULT_SAVE = os.path.join(REPO, "cifar10", "trained_nets")
 LR_DECAY_EPOCHS = (150, 225, 275)  # the original's decay epochs for a 300-epoch run
+SETTINGS_FILE = "train_settings.json"   # marks a run folder as written by this script
+SETTINGS_FORMAT = {"format": "loss-landscape-training", "format_version": 1}
+# flags that do not change what the run computes (where it runs, how it was started)
+NOT_SETTINGS = ("save", "cuda", "ngpu", "threads", "resume_model", "resume_opt", "overwrite",
+                "datapath", "download", "trainloader", "testloader", "unsafe_load")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a model for loss-landscape plots")
-    p.add_argument("--batch_size", default=128, type=int)
+    p = argparse.ArgumentParser(description="Train a model for loss-landscape plots",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch_size", default=128, type=int, help="minibatch size (also for evaluation)")
     p.add_argument("--lr", default=0.1, type=float, help="learning rate")
     p.add_argument("--lr_decay", default=0.1, type=float,
                    help="multiply the learning rate by this at 1/2, 3/4 and 11/12 of the epochs")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--weight_decay", default=0.0005, type=float)
-    p.add_argument("--momentum", default=0.9, type=float)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"],
+                   help="sgd (Nesterov momentum when --momentum > 0) or adam")
+    p.add_argument("--weight_decay", default=0.0005, type=float, help="L2 penalty of the optimizer")
+    p.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     p.add_argument("--epochs", default=300, type=int, help="number of epochs to train")
     p.add_argument("--save", default=DEFAULT_SAVE,
-                   help="output root; the run's folder is created inside it "
-                        "(default: cifar10/trained_nets of this repository)")
+                   help="output root: the run's folder is created inside it")
     p.add_argument("--save_epoch", default=10, type=int, help="save every K epochs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into the run's folder even if it holds a run with other "
+                        "settings or checkpoints this script did not write (those of the epochs it "
+                        "saves are replaced)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads; 0: $OMP_NUM_THREADS when set, else the machine's cores")
     p.add_argument("--ngpu", type=int, default=1, help="number of GPUs (DataParallel) with --cuda")
     p.add_argument("--cuda", action="store_true", help="train on the GPU")
     p.add_argument("--rand_seed", default=0, type=int, help="seed of every random choice")
-    p.add_argument("--resume_model", default="", help="continue from this model_<epoch>.t7")
+    p.add_argument("--resume_model", default="",
+                   help="continue from this model_<epoch>.t7 (without it, a rerun resumes from the "
+                        "last checkpoint of the run's folder)")
     p.add_argument("--resume_opt", default="", help="with the optimizer of this opt_state_<epoch>.t7")
     p.add_argument("--model", "-m", default="vgg9",
                    help="a zoo name (vgg9, resnet56, digits_cnn, ...) or package.module:factory")
-    p.add_argument("--loss_name", "-l", default="crossentropy", choices=["crossentropy", "mse"])
+    p.add_argument("--loss_name", "-l", default="crossentropy", choices=["crossentropy", "mse"],
+                   help="crossentropy, or mse of the softmax outputs against one-hot labels")
     p.add_argument("--noaug", action="store_true", help="no data augmentation")
     p.add_argument("--label_corrupt_prob", type=float, default=0.0,
                    help="fraction of training labels replaced by a different, random label")
@@ -98,7 +126,8 @@ def name_save_folder(args):
         name += f"_dataset={dataset}"
     if args.max_samples:
         name += f"_max_samples={args.max_samples}"
-    return name.replace(os.sep, "_")
+    # a package.module:factory model (or data set) gives no ':' or '/' in the folder name
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
 
 
 def corrupt_labels(labels, prob, num_classes, seed):
@@ -193,15 +222,99 @@ def evaluate(net, x, y, args, num_classes, device):
 
 
 def save_checkpoint(folder, epoch, acc, net, optimizer):
-    """model_<epoch>.t7 and opt_state_<epoch>.t7 in the original's format."""
-    torch.save({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()},
-               os.path.join(folder, f"model_{epoch}.t7"))
-    torch.save({"optimizer": optimizer.state_dict()}, os.path.join(folder, f"opt_state_{epoch}.t7"))
+    """model_<epoch>.t7 and opt_state_<epoch>.t7 in the original's format, each written to a
+    temporary file and renamed: an interrupted save never leaves half a checkpoint."""
+    with written_atomically(os.path.join(folder, f"opt_state_{epoch}.t7")) as tmp:
+        torch.save({"optimizer": optimizer.state_dict()}, tmp)
+    with written_atomically(os.path.join(folder, f"model_{epoch}.t7")) as tmp:
+        torch.save({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()}, tmp)
+
+
+def run_settings(args, data):
+    """What defines the run (checked when a rerun resumes it): every flag that changes the
+    result, and the data by content."""
+    flags = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
+    return dict(SETTINGS_FORMAT, **flags, data=data.name, n_train=len(data.train_y), n_test=len(data.test_y),
+                data_hash=dataloader.tensor_hash(data.train_x, data.train_y, data.test_x, data.test_y))
+
+
+def read_settings(folder):
+    """The settings of the run in ``folder`` (None without our marker file)."""
+    path = os.path.join(folder, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+        return stored if isinstance(stored, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def saved_epochs(folder):
+    """Epochs with both model_<e>.t7 and opt_state_<e>.t7 in ``folder``, ascending."""
+    names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    epochs = {int(m.group(1)) for n in names for m in [re.fullmatch(r"model_(\d+)\.t7", n)] if m}
+    return sorted(e for e in epochs if f"opt_state_{e}.t7" in names)
+
+
+def plan_run(folder, args, settings):
+    """Where this run starts: 0 (fresh) or the last saved epoch of the same run in ``folder``
+    (resume). Refuses a folder with checkpoints this script did not write, or a run with
+    other settings, unless --overwrite."""
+    if args.overwrite or not os.path.isdir(folder):
+        return 0
+    checkpoints = sorted(n for n in os.listdir(folder) if re.fullmatch(r"(model|opt_state)_\d+\.t7", n))
+    stored = read_settings(folder)
+    if stored is None:
+        if not checkpoints:
+            return 0
+        shown = ", ".join(checkpoints[:3]) + (", ..." if len(checkpoints) > 3 else "")
+        raise UserError(f"{folder} holds checkpoints that this script did not write ({shown}; no "
+                        f"{SETTINGS_FILE}); pass --overwrite to train into it anyway (they are "
+                        "replaced) or choose another --save")
+    diffs = settings_diff({k: v for k, v in stored.items() if k != "epochs"},
+                          {k: v for k, v in settings.items() if k != "epochs"})
+    if diffs:
+        raise UserError(f"{folder} holds a run with other settings (" + "; ".join(diffs) +
+                        "); pass --overwrite to start a new run there or choose another --save")
+    stored_epochs = stored.get("epochs")
+    done = saved_epochs(folder)
+    if stored_epochs != args.epochs and done and done[-1] > 0:
+        raise UserError(f"{folder} holds a run of {stored_epochs} epochs (its learning-rate schedule "
+                        f"depends on --epochs); pass --epochs {stored_epochs} to resume it, or "
+                        "--overwrite to start a new run there")
+    return done[-1] if done else 0
+
+
+def trim_log(folder, last_epoch):
+    """log.out without the lines of epochs after ``last_epoch`` (an interrupted run's)."""
+    path = os.path.join(folder, "log.out")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    keep = [line for line in lines if not (m := re.match(r"e: (\d+) ", line)) or int(m.group(1)) <= last_epoch]
+    if keep != lines:
+        with written_atomically(path) as tmp, open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in keep))
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived (raised from the signal handler, in the main thread)."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum, frame):
+    raise Stopped(signum)
 
 
 def check_args(args):
     """Every flag that training cannot use: one line, before anything is loaded or written."""
-    for flag, low in (("batch_size", 1), ("save_epoch", 1), ("epochs", 0), ("ngpu", 1)):
+    for flag, low in (("batch_size", 1), ("save_epoch", 1), ("epochs", 0), ("ngpu", 1), ("threads", 0)):
         if getattr(args, flag) < low:
             raise UserError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
     for flag, positive in (("lr", True), ("momentum", False), ("weight_decay", False),
@@ -271,10 +384,35 @@ def load_optimizer_state(optimizer, path, device):
 def main(argv=None):  # noqa: C901 -- being split in round 3
     args = build_parser().parse_args(argv)
     check_args(args)
+    state = {"folder": None, "epoch": None}   # what an interruption reports
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train(args, state)
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        signal.signal(signum, signal.SIG_IGN)  # a second one while we say so
+        folder, done = state["folder"], saved_epochs(state["folder"] or "")
+        where = f" in epoch {state['epoch']}" if state["epoch"] is not None else ""
+        if not done:
+            hint = "rerun the same command to start again"
+        else:
+            hint = (f"rerun the same command{' without --resume_model/--resume_opt' if args.resume_model else ''} "
+                    f"to resume from epoch {done[-1]} (model_{done[-1]}.t7 in {folder})")
+        print(f"interrupted by {signal.Signals(signum).name}{where}: {hint}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def train(args, state):
+    """The run: data, folder (new, resumed or refused), model, optimizer, epochs; ``state``
+    follows the folder and the epoch in progress."""
     if args.cuda and not torch.cuda.is_available():
         raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
     if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
         raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
+    threads = grid.set_threads(args.threads, None)
     device = torch.device("cuda" if args.cuda else "cpu")
     torch.backends.cudnn.benchmark = args.cuda  # as the original
 
@@ -295,11 +433,28 @@ def main(argv=None):  # noqa: C901 -- being split in round 3
                                       args.rand_seed)
     aug = data.name == "cifar10" and not args.noaug and not args.raw_data
 
+    # The run's folder: a new run, the rest of an interrupted one, or refused
+    folder = os.path.join(args.save, name_save_folder(args))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{folder} is a file, not a folder; move it or choose another --save")
+    settings = run_settings(args, data)
+    last = plan_run(folder, args, settings)
+    if args.resume_model:  # an explicit checkpoint wins over the folder's last one
+        last = 0
+    elif last >= args.epochs > 0 or (last and args.epochs == 0):
+        print(f"nothing to do: {folder} holds this run up to epoch {last} (--epochs {args.epochs}); "
+              "pass --overwrite to train it again", flush=True)
+        return
+
     # Model: resumed from a checkpoint, or fresh with the original's initialization
     start_epoch = 1
-    if args.resume_model:
-        net = model_loader.load(args.model, args.resume_model)
-        start_epoch = _checkpoint_epoch(args.resume_model) + 1
+    resume_model, resume_opt = args.resume_model, args.resume_opt
+    if last:
+        resume_model = os.path.join(folder, f"model_{last}.t7")
+        resume_opt = os.path.join(folder, f"opt_state_{last}.t7")
+    if resume_model:
+        net = model_loader.load(args.model, resume_model)
+        start_epoch = _checkpoint_epoch(resume_model) + 1
     else:
         net = model_loader.build_model(args.model)
         init_params(net)
@@ -312,51 +467,57 @@ def main(argv=None):  # noqa: C901 -- being split in round 3
                                     weight_decay=args.weight_decay, nesterov=args.momentum > 0)
     else:
         optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if args.resume_opt:
-        load_optimizer_state(optimizer, args.resume_opt, device)
+    if resume_opt:
+        load_optimizer_state(optimizer, resume_opt, device)
 
-    folder = os.path.join(args.save, name_save_folder(args))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{folder} is a file, not a folder; move it or choose another --save")
     os.makedirs(folder, exist_ok=True)
+    state["folder"] = folder
+    trim_log(folder, start_epoch - 1 if resume_model else -1)
+    with written_atomically(os.path.join(folder, SETTINGS_FILE)) as tmp, open(tmp, "w") as f:
+        json.dump(settings, f, indent=1)
+    where = (f"resuming after epoch {last} of {args.epochs}" if last else
+             f"from {resume_model}" if resume_model else f"{args.epochs} epochs")
     print(f"training {args.model} on {data.name} ({len(data.train_y)} train / "
-          f"{len(data.test_y)} test images) into {folder}", flush=True)
+          f"{len(data.test_y)} test images, {threads} thread{'s' if threads > 1 else ''}), {where}, "
+          f"into {folder}", flush=True)
     if args.label_corrupt_prob > 0 and not os.path.exists(os.path.join(folder, "trainloader.t7")):
         # the training set as trained on, for plot_surface.py --trainloader
-        torch.save({"x": data.train_x, "y": data.train_y}, os.path.join(folder, "trainloader.t7"))
-
-    log = open(os.path.join(folder, "log.out"), "a")
-
-    def record(epoch, train_loss, train_acc, test_loss, test_acc, seconds):
-        line = (f"e: {epoch} train_loss: {train_loss:.5f} train_acc: {train_acc:.3f} "
-                f"test_loss: {test_loss:.5f} test_acc: {test_acc:.3f} "
-                f"lr: {optimizer.param_groups[0]['lr']:g} time: {seconds:.2f}s")
-        print(line, flush=True)
-        log.write(line + "\n")
-        log.flush()
+        with written_atomically(os.path.join(folder, "trainloader.t7")) as tmp:
+            torch.save({"x": data.train_x, "y": data.train_y}, tmp)
 
     n_classes = data.num_classes
-    if start_epoch == 1:  # the initial model, as the original records it
-        t = time.time()
-        train_loss, train_acc = evaluate(model, data.train_x, data.train_y, args, n_classes, device)
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args, n_classes, device)
-        record(0, train_loss, train_acc, test_loss, test_acc, time.time() - t)
-        save_checkpoint(folder, 0, test_acc, net, optimizer)
+    with open(os.path.join(folder, "log.out"), "a") as log:
+        def record(epoch, train_loss, train_acc, test_loss, test_acc, seconds):
+            line = (f"e: {epoch} train_loss: {train_loss:.5f} train_acc: {train_acc:.3f} "
+                    f"test_loss: {test_loss:.5f} test_acc: {test_acc:.3f} "
+                    f"lr: {optimizer.param_groups[0]['lr']:g} time: {seconds:.2f}s")
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
 
-    g = torch.Generator()
-    for epoch in range(start_epoch, args.epochs + 1):
-        t = time.time()
-        g.manual_seed(args.rand_seed * 1000003 + epoch)  # a resumed run shuffles the same way
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch, args)
-        train_loss, train_acc = train_epoch(model, data.train_x, data.train_y, args, n_classes,
-                                            device, optimizer, g, aug)
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args, n_classes, device)
-        record(epoch, train_loss, train_acc, test_loss, test_acc, time.time() - t)
-        if epoch == 1 or epoch % args.save_epoch == 0 or epoch == args.epochs:
-            save_checkpoint(folder, epoch, test_acc, net, optimizer)
-    log.close()
-    if start_epoch > args.epochs:
+        if start_epoch == 1:  # the initial model, as the original records it
+            state["epoch"] = 0
+            t = time.time()
+            train_loss, train_acc = evaluate(model, data.train_x, data.train_y, args, n_classes, device)
+            test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args, n_classes, device)
+            record(0, train_loss, train_acc, test_loss, test_acc, time.time() - t)
+            save_checkpoint(folder, 0, test_acc, net, optimizer)
+
+        g = torch.Generator()
+        for epoch in range(start_epoch, args.epochs + 1):
+            state["epoch"] = epoch
+            t = time.time()
+            g.manual_seed(args.rand_seed * 1000003 + epoch)  # a resumed run shuffles the same way
+            torch.manual_seed(args.rand_seed * 1000003 + epoch)  # and drops out the same way
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch, args)
+            train_loss, train_acc = train_epoch(model, data.train_x, data.train_y, args, n_classes,
+                                                device, optimizer, g, aug)
+            test_loss, test_acc = evaluate(model, data.test_x, data.test_y, args, n_classes, device)
+            record(epoch, train_loss, train_acc, test_loss, test_acc, time.time() - t)
+            if epoch == 1 or epoch % args.save_epoch == 0 or epoch == args.epochs:
+                save_checkpoint(folder, epoch, test_acc, net, optimizer)
+    if resume_model and start_epoch > args.epochs:
         print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
               f"{args.epochs}", flush=True)
 

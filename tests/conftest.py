@@ -3,6 +3,9 @@ folder written in exactly the python-pickle batch format, and helpers to run the
 scripts as a user would (a real subprocess, from the repository root)."""
 import os
 import pickle
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -91,6 +94,88 @@ def exact_hessian(net, x, y, loss_sum, names=None):
 
     w0 = torch.cat([state[n].reshape(-1) for n in names])
     return torch.autograd.functional.hessian(mean_loss, w0).numpy()
+
+
+def copy_repo(dst):
+    """The repository's tracked files (``git ls-files``) copied to ``dst``, without the data
+    and checkpoint folders: a fresh clone to run documented recipes in."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = os.path.join(REPO, f)
+        if not os.path.isfile(src) or f.startswith(("cifar10/data/", "cifar10/trained_nets/")):
+            continue
+        os.makedirs(os.path.join(dst, os.path.dirname(f)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dst, f))
+
+
+def fenced_blocks(text, languages=("bash", "python")):
+    """The fenced code blocks of a Markdown text in these languages: [(language, body)]."""
+    return [(m.group(1), m.group(2)) for m in
+            re.finditer(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M) if m.group(1) in languages]
+
+
+def shell_commands(block):
+    """The command lines of a shell block: comments dropped, lines joined at trailing
+    backslashes."""
+    commands, current = [], ""
+    for line in block.splitlines():
+        line = line.split(" #")[0].rstrip() if not line.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            current += line[:-1].rstrip() + " "
+        elif line.strip() or current:
+            commands.append((current + line.strip()).strip())
+            current = ""
+    return [c for c in commands if c]
+
+
+def adapt_command(command, python=sys.executable):
+    """A documented command line made runnable here: ``mpirun -n 4`` -> ``mpiexec -n 2``, no
+    ``--cuda``, grids of 3 points per axis, this interpreter for ``python``/``python3``."""
+    argv = shlex.split(command)
+    if argv[:3] == ["mpirun", "-n", "4"]:
+        argv[:3] = ["mpiexec", "-n", "2"]
+    out = []
+    for a in argv:
+        if a in ("--cuda", "-c"):
+            continue
+        if a in ("python", "python3"):
+            a = python
+        m = re.match(r"^(--[xy]=[^:]+:[^:]+):(\d+)$", a)
+        if m:
+            a = f"{m.group(1)}:3"
+        out.append(a)
+    return out
+
+
+def repo_files_status(root=REPO):
+    """The repository's untracked and ignored files (``git status --porcelain --ignored``,
+    every file listed), without the caches of Python and its tools (__pycache__,
+    .pytest_cache, .ruff_cache, ...); None outside a git checkout."""
+    try:
+        p = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "-z"],
+                           cwd=root, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    entries = [e for e in p.stdout.decode(errors="replace").split("\0") if e]
+    caches = re.compile(r"(^|/)(__pycache__|\.\w+_cache)/")
+    return {e[3:] for e in entries if e[:2] in ("??", "!!") and not caches.search(e[3:])}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_left_clean():
+    """The suite writes only into temporary folders: fails at the end of the session if the
+    repository gained an untracked or ignored file (e.g. an out/<model>... surface of a run
+    without --surf_file)."""
+    before = repo_files_status()
+    yield
+    after = repo_files_status()
+    if before is not None and after is not None:
+        new = sorted(after - before)
+        assert not new, (f"the tests wrote {len(new)} file(s) into the repository {REPO} "
+                         f"(tests must write into tmp_path): {new[:20]}")
 
 
 @pytest.fixture

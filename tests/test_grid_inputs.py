@@ -190,7 +190,8 @@ def test_help_is_fast_and_does_not_import_torch():
 
 def test_random_init_is_said_on_stderr_and_in_the_settings(tmp_path, capsys):
     surf = str(tmp_path / "init.h5")
-    errors.run_main(plot_surface.main, SMALL + ["--x=-1:1:2", "--surf_file", surf])
+    errors.run_main(plot_surface.main, SMALL + ["--x=-1:1:2", "--surf_file", surf,
+                                                "--dir_file", str(tmp_path / "init_dir.h5")])
     assert "randomly initialised" in capsys.readouterr().err
     from surface import read_surface
     st = read_surface(surf).settings

@@ -9,64 +9,23 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import COMPAT, REPO, write_cifar_batches
+from conftest import COMPAT, REPO, adapt_command, copy_repo, fenced_blocks, shell_commands, write_cifar_batches
 
 SECTION = "## The original's recipes"
 RELEASED = os.path.join(COMPAT, "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")
 
 
 def readme_commands(readme_text):
-    """The command lines of the ```bash blocks of the recipes section, joined at trailing
-    backslashes."""
+    """The command lines of the ```bash blocks of the recipes section."""
     start = readme_text.index(SECTION)
     end = readme_text.find("\n## ", start + len(SECTION))
     section = readme_text[start:end if end > 0 else None]
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
-        current = ""
-        for line in block.splitlines():
-            line = line.split(" #")[0].rstrip() if not line.lstrip().startswith("#") else ""
-            if line.endswith("\\"):
-                current += line[:-1].rstrip() + " "
-            elif line.strip() or current:
-                commands.append((current + line.strip()).strip())
-                current = ""
-    return [c for c in commands if c]
-
-
-def adapt(command, python=sys.executable):
-    """mpirun -n 4 -> mpiexec -n 2, no --cuda, small grids, this interpreter."""
-    argv = shlex.split(command)
-    if argv[:3] == ["mpirun", "-n", "4"]:
-        argv[:3] = ["mpiexec", "-n", "2"]
-    out = []
-    for a in argv:
-        if a in ("--cuda", "-c"):
-            continue
-        if a == "python":
-            a = python
-        m = re.match(r"^(--[xy]=[^:]+:[^:]+):(\d+)$", a)
-        if m:
-            a = f"{m.group(1)}:3"
-        out.append(a)
-    return out
-
-
-def copy_repo(dst):
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
-        src = os.path.join(REPO, f)
-        if not os.path.isfile(src) or f.startswith(("cifar10/data/", "cifar10/trained_nets/")):
-            continue
-        os.makedirs(os.path.join(dst, os.path.dirname(f)), exist_ok=True)
-        shutil.copy2(src, os.path.join(dst, f))
+    return [c for lang, block in fenced_blocks(section, ("bash",)) for c in shell_commands(block)]
 
 
 def _checkpoint(path, model, seed):
@@ -117,7 +76,8 @@ def test_readme_trajectory_folder_is_what_its_training_line_writes():
     from cifar10.main import build_parser, name_save_folder
     text = _readme()
     train = re.search(r"^python cifar10/main\.py (.*)$", text, flags=re.M).group(1)
-    folder = re.search(r'--model_folder "?cifar10/trained_nets/([^" \n]+)', text).group(1)
+    folder = re.search(r'^F="cifar10/trained_nets/([^"]+)"$', text, flags=re.M).group(1)
+    assert '--model_folder "$F"' in text
     assert name_save_folder(build_parser().parse_args(shlex.split(train))) == folder
 
 
@@ -141,7 +101,7 @@ def test_readme_recipes_run_as_written(tmp_path):
     env = {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     surf_2d = None
     for command in commands:
-        argv = adapt(command)
+        argv = adapt_command(command)
         if "path_to_surf_file" in argv:
             assert surf_2d, "plot_2D/h52vtp lines come after the 2D surface"
             argv = [surf_2d if a == "path_to_surf_file" else a for a in argv]

@@ -3,12 +3,17 @@ import pytest
 corrupts labels as asked and fails with one-line errors."""
 import argparse
 import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error, run_script
-from cifar10.main import augment, corrupt_labels, lr_at, name_save_folder
+from conftest import COMPAT, REPO, assert_one_line_error, run_script
+from cifar10.main import augment, build_parser, corrupt_labels, lr_at, name_save_folder
 from cifar10.models import MODELS
 import dataloader
 
@@ -30,7 +35,7 @@ def test_train_save_and_resume(tmp_path):
     run_script([script] + DIGITS[1:] + ["--epochs", "2", "--save", root_a], cwd=tmp_path, check=True)
     folder = root_a / FOLDER
     assert sorted(os.listdir(folder)) == sorted(
-        ["log.out"] + [f"{k}_{e}.t7" for k in ("model", "opt_state") for e in (0, 1, 2)])
+        ["log.out", "train_settings.json"] + [f"{k}_{e}.t7" for k in ("model", "opt_state") for e in (0, 1, 2)])
     log = _log(folder)
     assert [int(l["e:"]) for l in log] == [0, 1, 2]
     assert {"train_loss:", "train_acc:", "test_loss:", "test_acc:", "time:"} <= set(log[1])
@@ -78,7 +83,7 @@ def test_cifar_run_with_corrupted_labels(tmp_path, cifar_dir):
     assert torch.equal(saved["x"], clean.train_x)
     assert (saved["y"] != clean.train_y).sum().item() == 16
     assert sorted(os.listdir(folder)) == ["log.out", "model_0.t7", "model_1.t7", "opt_state_0.t7",
-                                          "opt_state_1.t7", "trainloader.t7"]
+                                          "opt_state_1.t7", "train_settings.json", "trainloader.t7"]
 
 
 def test_augment_crops_and_flips():
@@ -129,3 +134,135 @@ def test_bad_input_one_line_errors(tmp_path):
                     tmp_path, "--epochs", "1"])
     assert "expects 3-channel 32x32 images" in assert_one_line_error(p)
     assert os.listdir(tmp_path) == []  # nothing written for a failed run
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _same_checkpoint(a, b):
+    """model_<e>.t7 and opt_state_<e>.t7 of two folders are equal, tensor for tensor."""
+    ma, mb = _state(a["model"]), _state(b["model"])
+    assert ma["epoch"] == mb["epoch"] and ma["acc"] == mb["acc"]
+    assert ma["state_dict"].keys() == mb["state_dict"].keys()
+    assert all(torch.equal(ma["state_dict"][k], mb["state_dict"][k]) for k in ma["state_dict"])
+    oa, ob = _state(a["opt"])["optimizer"], _state(b["opt"])["optimizer"]
+    assert oa["param_groups"] == ob["param_groups"] and oa["state"].keys() == ob["state"].keys()
+    assert all(torch.equal(oa["state"][i]["momentum_buffer"], ob["state"][i]["momentum_buffer"])
+               for i in oa["state"])
+
+
+def _interrupt(cmd, env, signum, after_line):
+    """Start ``cmd``, send ``signum`` once stdout shows a line starting with ``after_line``,
+    return (returncode, stdout, stderr)."""
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith(after_line):
+            p.send_signal(signum)
+            break
+    rest, err = p.communicate(timeout=300)
+    return p.returncode, "".join(out) + rest, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_resumes_bit_identical(tmp_path, signum):
+    """Ctrl-C (SIGINT) or SIGTERM in epoch 3 of 6: exit 128 + signal with one line that says
+    how to resume, no traceback; the same command again resumes from the last checkpoint
+    and ends with the checkpoints and log epochs of an uninterrupted run, tensor for tensor."""
+    train = DIGITS + ["--epochs", "6", "--save_epoch", "2"]
+    folder = "digits_cnn_sgd_lr=0.1_bs=32_wd=0.0005_save_epoch=2"
+    run_script(train + ["--save", tmp_path / "whole"], check=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable] + train + ["--save", str(tmp_path / "cut")]
+    code, out, err = _interrupt(cmd, env, signum, "e: 2 ")
+    assert code == 128 + signum, (code, out, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted by {signal.Signals(signum).name} in epoch "), err
+    resumed_from = int(re.search(r"resume from epoch (\d+) \(model_\d+\.t7 in ", lines[0]).group(1))
+    assert resumed_from in (0, 1, 2)
+    cut = tmp_path / "cut" / folder
+    assert max(int(l["e:"]) for l in _log(cut)) < 6
+    p = run_script(train + ["--save", tmp_path / "cut"], check=True)
+    assert f"resuming after epoch {resumed_from} of 6" in p.stdout if resumed_from else True
+    whole = tmp_path / "whole" / folder
+    assert sorted(os.listdir(cut)) == sorted(os.listdir(whole))
+    assert [int(l["e:"]) for l in _log(cut)] == [int(l["e:"]) for l in _log(whole)] == list(range(7))
+    for e in (0, 1, 2, 4, 6):
+        _same_checkpoint({"model": whole / f"model_{e}.t7", "opt": whole / f"opt_state_{e}.t7"},
+                         {"model": cut / f"model_{e}.t7", "opt": cut / f"opt_state_{e}.t7"})
+    # a finished run: the same command again has nothing to do and changes nothing
+    before = {f: (cut / f).read_bytes() for f in os.listdir(cut)}
+    p = run_script(train + ["--save", tmp_path / "cut"], check=True)
+    assert "nothing to do" in p.stdout and "epoch 6" in p.stdout
+    assert {f: (cut / f).read_bytes() for f in os.listdir(cut)} == before
+
+
+@pytest.mark.slow
+def test_folder_of_another_run_or_tool_is_refused(tmp_path, cifar_dir):
+    """The paper recipe's folder holding the original's released model_300.t7 (not written by
+    this script) is refused with one line, unchanged; so is a rerun with other settings
+    (another seed) or other --epochs; --overwrite trains into it."""
+    released = os.path.join(COMPAT, "resnet56_sgd_lr=0.1_bs=128_wd=0.0005_model_300.t7")
+    folder = tmp_path / "resnet56_sgd_lr=0.1_bs=128_wd=0.0005"
+    folder.mkdir()
+    shutil.copy(released, folder / "model_300.t7")
+    p = run_script(["cifar10/main.py", "--model", "resnet56", "--datapath", cifar_dir, "--save", tmp_path])
+    line = assert_one_line_error(p)
+    assert "did not write (model_300.t7" in line and "--overwrite" in line, line
+    assert os.listdir(folder) == ["model_300.t7"]
+    assert (folder / "model_300.t7").read_bytes() == open(released, "rb").read()
+
+    run = DIGITS + ["--epochs", "1", "--save", tmp_path]
+    digits = tmp_path / FOLDER
+    digits.mkdir()
+    (digits / "model_5.t7").write_bytes(b"someone else's")
+    assert "did not write (model_5.t7" in assert_one_line_error(run_script(run))
+    assert os.listdir(digits) == ["model_5.t7"]
+    run_script(run + ["--overwrite"], check=True)
+    assert {"model_0.t7", "model_1.t7", "train_settings.json", "log.out"} <= set(os.listdir(digits))
+    before = {f: (digits / f).read_bytes() for f in os.listdir(digits)}
+    line = assert_one_line_error(run_script(run + ["--rand_seed", "3"]))
+    assert "other settings (rand_seed: file has 0, this run has 3)" in line, line
+    line = assert_one_line_error(run_script(DIGITS + ["--epochs", "2", "--save", tmp_path]))
+    assert "a run of 1 epochs" in line and "--epochs 1" in line, line
+    assert {f: (digits / f).read_bytes() for f in os.listdir(digits)} == before
+
+
+@pytest.mark.slow
+def test_threads_flag(tmp_path):
+    """--threads N sets the CPU threads; 0 (default) takes $OMP_NUM_THREADS, as plot_surface.py."""
+    run = DIGITS + ["--epochs", "0", "--max_samples", "100"]
+    p = run_script(run + ["--threads", "1", "--save", tmp_path / "a"], env={"OMP_NUM_THREADS": "2"}, check=True)
+    assert "1 thread)" in p.stdout, p.stdout
+    p = run_script(run + ["--save", tmp_path / "b"], env={"OMP_NUM_THREADS": "2"}, check=True)
+    assert "2 threads)" in p.stdout, p.stdout
+    assert "--threads must be >= 0" in assert_one_line_error(run_script(run + ["--threads", "-1"]))
+
+
+def test_help_shows_every_default():
+    """Every flag of --help says its default (the training flags exactly once)."""
+    parser = build_parser()
+    text = parser.format_help()
+    entries = {e.split()[0].rstrip(","): " ".join(e.split()) for e in re.split(r"\n(?=  -)", text)[1:]}
+    data = {a.option_strings[0] for g in parser._action_groups if g.title == "data" for a in g._group_actions}
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        entry = entries[action.option_strings[0]]
+        assert "default" in entry, entry
+        if action.option_strings[0] not in data:
+            assert entry.count("(default: ") == 1, entry
+    for flag, default in (("--epochs", "300"), ("--save_epoch", "10"), ("--threads", "0"),
+                          ("--rand_seed", "0"), ("--overwrite", "False")):
+        assert f"(default: {default})" in entries[flag], entries[flag]
+
+
+def test_custom_model_folder_name_has_no_colon():
+    args = build_parser().parse_args(["--model", "mywork.nets:small", "--dataset", "mywork:data"])
+    name = name_save_folder(args)
+    assert ":" not in name and os.sep not in name
+    assert name.startswith("mywork.nets_small_sgd_lr=0.1_bs=128_wd=0.0005") and "_dataset=mywork_data" in name
