@@ -381,7 +381,7 @@ def load_optimizer_state(optimizer, path, device):
                                     f"does not fit a parameter of shape {tuple(p.shape)}; {hint}")
 
 
-def main(argv=None):  # noqa: C901 -- being split in round 3
+def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     state = {"folder": None, "epoch": None}   # what an interruption reports
@@ -405,7 +405,7 @@ def main(argv=None):  # noqa: C901 -- being split in round 3
             signal.signal(s, h)
 
 
-def train(args, state):
+def train(args, state):  # noqa: C901 -- being split in round 3
     """The run: data, folder (new, resumed or refused), model, optimizer, epochs; ``state``
     follows the folder and the epoch in progress."""
     if args.cuda and not torch.cuda.is_available():
