@@ -28,7 +28,6 @@ files under models/ (named by the toolkit, next to the checkpoints), the figures
 figures/. Rerunning reuses what is there (surface files resume). --quick runs the same
 steps at a reduced size (for the test suite). See doc/demo.md for how to read the figures.
 """
-import argparse
 import html
 import json
 import os
@@ -44,6 +43,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import flags  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from surface import read_surface  # noqa: E402
 
@@ -64,7 +64,7 @@ LOSS_RANGE = (1e-3, 10.0)     # shared colour scale of the 2D plots (log), and t
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = flags.command_parser(__file__, __doc__)
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--quick", action="store_true",
                    help="the same steps at a reduced size (fewer epochs, points, directions)")
@@ -76,7 +76,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = flags.parse_args(build_parser(), argv)
     if args.np < 1:
         raise UserError(f"--np must be >= 1, got {args.np}")
     for flag, folder in (("--out", args.out), ("--doc_images", args.doc_images)):
@@ -214,7 +214,6 @@ class Demo:
 
     def surface(self, argv):
         """Run plot_surface.py (resuming or reusing its file); returns the surface file."""
-        import flags
         import grid
         argv = ["--model", "digits_cnn", "--threads", "1"] + argv
         ps_args = flags.parse_args(flags.build_parser(), argv)

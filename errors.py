@@ -17,9 +17,13 @@ or data file missing on one node) while the others wait for them in a collective
   message once (or each rank's, as ``error: (rank N) ...``, when they differ) and every
   rank exits 2. Otherwise the failing rank prints ``error: (rank N) <message>`` and
   ends the whole job with ``MPI_Abort(2)``: the job never hangs.
+
+Without a communicator (a flag error, found before MPI is set up, even under ``mpiexec``
+without ``--mpi``) a ``SharedUserError`` is printed by the launcher's rank 0 only.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +32,7 @@ from typing import Any
 QUIET = False  # set on MPI ranks other than 0, so that a shared error prints once
 _COMM = None   # a duplicate of the --mpi communicator, when it has more than one rank
 AGREE_SECONDS = 3.0
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 
 
 class UserError(Exception):
@@ -77,6 +82,11 @@ def _mpi_error(comm, message: str) -> None:
     comm.Abort(2)
 
 
+def launched_as_other_rank() -> bool:
+    """True in a process that a launcher (mpiexec, srun) started as a rank other than 0."""
+    return any(os.environ.get(v, "0") not in ("", "0") for v in RANK_VARS)
+
+
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
     """Run ``main(argv)``; turn a ``UserError`` into one line on stderr and exit 2."""
     try:
@@ -84,6 +94,7 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     except UserError as e:
         if _COMM is not None and not isinstance(e, SharedUserError):
             _mpi_error(_COMM, str(e))
-        if not QUIET:
+        shared_elsewhere = _COMM is None and isinstance(e, SharedUserError) and launched_as_other_rank()
+        if not (QUIET or shared_elsewhere):
             print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

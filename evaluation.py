@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import UserError
-from flags import ENGINES, PRECISIONS  # noqa: F401 -- one definition, shared with the flags
+from evaluation_options import ENGINES, PRECISIONS, check_engine, check_precision  # noqa: F401 -- owned here
 from inference import FusedModel, named_state
 from plugins import import_object
 
@@ -114,8 +114,7 @@ def summed_loss(fn: Callable[..., object], name: str) -> LossFn:
 @contextlib.contextmanager
 def precision_mode(precision: str, device: torch.device) -> Iterator[None]:
     """Numerics for ``fp32``/``tf32``/``bf16`` evaluation."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown --precision '{precision}'; use {', '.join(PRECISIONS)}")
+    check_precision(precision)
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
@@ -173,10 +172,8 @@ class Evaluator:
                  precision: str = "fp32", engine: str = "auto"):
         if len(y) == 0:
             raise UserError("the evaluation set is empty; check --max_samples/--data_split")
-        if engine not in ENGINES:
-            raise UserError(f"unknown --engine '{engine}'; use {', '.join(ENGINES)}")
-        if precision not in PRECISIONS:
-            raise UserError(f"unknown --precision '{precision}'; use {', '.join(PRECISIONS)}")
+        check_engine(engine)
+        check_precision(precision)
         self.net = net.to(device).eval()
         self.x = x.to(device)
         self.y = y.to(device)

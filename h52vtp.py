@@ -23,8 +23,9 @@ from typing import Optional
 
 import numpy as np
 
+import flags
 from errors import UserError, run_main
-from plot_common import (ArgumentParser, check_finite, ensure_folder, load_surface,
+from plot_common import (check_finite, ensure_folder, load_surface,
                          optional_float, output_base, write_output)
 
 MAX_INTERP = 2000   # 4 million points: 1.7 GB peak memory, a 430 MB .vtp (1000: 0.6 GB, 107 MB)
@@ -164,7 +165,7 @@ def write_vtp(path, points, values, quads, show_points, ascii):
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Convert a surface file to a ParaView .vtp file")
+parser = flags.ArgumentParser(description="Convert a surface file to a ParaView .vtp file", prog="h52vtp.py")
 parser.add_argument("--surf_file", "--file", "-f", dest="surf_file", required=True,
                     help="the 2D surface file (.h5)")
 parser.add_argument("--surf_name", default="train_loss",

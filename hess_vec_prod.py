@@ -40,10 +40,7 @@ import torch
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from errors import UserError
-
-DEFAULT_TOL = 1e-3
-DEFAULT_CACHE_MB = 2048
-DEFAULT_BATCH_MB = 256
+from hessian_options import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL  # noqa: F401 -- owned here, light for the flags
 
 
 def hessian_params(net: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

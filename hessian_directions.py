@@ -23,42 +23,30 @@ tolerance, seed). A rerun with the same settings reuses the file; other settings
 refused unless ``--overwrite``.
 """
 import argparse
-import json
-import os
-import sys
-import time
 
-from typing import Any
-
-import numpy as np
-import torch
-
-import dataloader
-import model_loader
+import flags
 import mpi4pytorch
-import net_plotter
-import runner
 from errors import UserError, run_main
-from hess_vec_prod import Hessian, NonFinite, Progress, check_finite, hessian_params, top_eigenpairs
 
-from fileio import check_not_input, check_output_path, check_reuse, open_h5, parse_settings
-from flags import add_hessian_group, check_hessian
-from flags import build_parser as _base_parser
-from flags import parse_args as _parse_args
-from grid import hessian_of, load_run, model_stem
-from store import ResultStore, damaged
-
-FORMAT_KIND = "hessian_eigenvectors"
 DEFAULT_EIG_TOL = 1e-6
-ZERO = ("the Hessian is exactly zero here (the loss does not depend on these parameters): every direction "
-        "has curvature 0, so there is no sharpest one")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _base_parser(__doc__.splitlines()[0])
-    g = add_hessian_group(p, single_point=False, eig_tol=DEFAULT_EIG_TOL, title="Hessian directions")
+def build_parser() -> flags.ArgumentParser:
+    """The run, model, data and evaluation groups, --dir_file (the output) and the Hessian group."""
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_run_group(p, ngpu=False)
+    flags.add_grid_group(p, axes="", engine=False, precision=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints=1)
+    flags.add_directions_group(p, random=False, dir_file_help="the direction file to write (default: "
+                               "<model_file>_hessian_top<k>_norm=<norm>.h5)",
+                               seed_help="seed of the Lanczos start vector (and of a randomly initialised model)")
+    flags.add_output_group(p, surf_file=False, test=False, save_every=False, progress=True,
+                           overwrite_help="replace a direction file made with other settings")
+    g = flags.add_hessian_group(p, single_point=False, eig_tol=DEFAULT_EIG_TOL, title="Hessian directions")
     g.add_argument("--k", type=int, default=2, help="eigenvectors to write: 1 (x) or 2 (x and y)")
     g.add_argument("--norm", default="none", help="none (unit vectors) or filter (the paper's filter-wise scaling)")
+    flags.add_check(p, check_args)
     return p
 
 
@@ -67,13 +55,37 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--k must be 1 or 2 (got {args.k})")
     if args.norm not in ("none", "filter"):
         raise UserError(f"--norm must be none or filter (got '{args.norm}')")
-    check_hessian(args)
+    flags.check_hessian(args)
     if args.dir_type != "weights":
         raise UserError("Hessian directions move the parameters: use --dir_type weights")
     if args.mpi or mpi4pytorch.launched_size() > 1:
         raise UserError("hessian_directions.py runs one Lanczos solve: run a single process, without --mpi")
-    if args.model_file2 or args.model_file3:
-        raise UserError("--model_file2/--model_file3 do not apply here: the directions are eigenvectors")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import dataloader
+import model_loader
+import net_plotter
+import runner
+from fileio import check_not_input, check_output_path, check_reuse, open_h5, parse_settings
+from grid import hessian_of, load_run, model_stem
+from hess_vec_prod import Hessian, NonFinite, Progress, check_finite, hessian_params, top_eigenpairs
+from store import ResultStore, damaged
+
+FORMAT_KIND = "hessian_eigenvectors"
+ZERO = ("the Hessian is exactly zero here (the loss does not depend on these parameters): every direction "
+        "has curvature 0, so there is no sharpest one")
 
 
 def default_dir_file(args: argparse.Namespace) -> str:
@@ -146,8 +158,7 @@ def reusable(out: str, settings: dict, overwrite: bool) -> bool:
 
 def main(argv: list[str] | None = None) -> str:
     t0 = time.perf_counter()
-    args = _parse_args(build_parser(), argv)
-    check_args(args)
+    args = flags.parse_args(build_parser(), argv)
     out = args.dir_file or default_dir_file(args)
     check_output_path(out, "--dir_file")
     if args.model_file and not os.path.isfile(args.model_file):

@@ -29,19 +29,10 @@ result does not depend on the number of ranks) and rank 0 writes the file.
 """
 import argparse
 import math
-import time
 
-import numpy as np
-
-import mpi4pytorch
-import runner
 import flags
-import grid
 from errors import UserError, run_main
-from fileio import check_output_path
-from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
 from plot_common import FORMATS
-from store import ResultStore
 
 KIND = "loss-landscape-hessian-spectrum"
 # Sizes checked before any work: the density grid is evaluated for every Ritz node
@@ -52,8 +43,9 @@ MAX_STEPS = 100_000
 MAX_LANCZOS_BYTES = 64 * 2 ** 30
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_point_groups(p)
     g = flags.add_hessian_group(p, eig=False)
     g.add_argument("--n_v", type=int, default=4, help="random starts")
     g.add_argument("--lanczos_steps", type=int, default=80, help="Lanczos steps per start")
@@ -63,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spectrum_file", default="", help="output file (empty: <model_file>_spectrum.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
                    help="--plot: figure format(s)")
+    flags.add_check(p, check_args)
     return p
 
 
@@ -82,7 +75,21 @@ def check_args(args: argparse.Namespace) -> None:
     if args.n_v > MAX_STARTS or args.lanczos_steps > MAX_STEPS:
         raise UserError(f"--n_v must be at most {MAX_STARTS:,} and --lanczos_steps at most {MAX_STEPS:,} "
                         f"(the file holds n_v x lanczos_steps values), got {args.n_v:,} and {args.lanczos_steps:,}")
-    flags.one_point_only(args, "hessian_spectrum.py")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import time  # noqa: E402
+
+import numpy as np
+
+import mpi4pytorch
+import runner
+import grid
+from fileio import check_output_path
+from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
+from store import ResultStore
 
 
 def check_memory(args: argparse.Namespace, n: int) -> None:
@@ -110,7 +117,6 @@ def open_store(args, out, n, settings):
 
 def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
-    check_args(args)
     out = spectrum_file(args)
     check_output_path(out, "--spectrum_file")
     t0 = time.perf_counter()

@@ -26,23 +26,11 @@ shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws 
 bar chart (log scale) next to the file.
 """
 import argparse
-import json
-import math
-import time
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-import mpi4pytorch
-import runner
 import flags
-import grid
 from errors import UserError, run_main
-from fileio import check_output_path
-from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
-                           user_error)
 from plot_common import FORMATS
-from store import ResultStore
 
 if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
     import torch
@@ -52,8 +40,9 @@ KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_point_groups(p)
     g = flags.add_hessian_group(p)
     g.add_argument("--group", action="append", default=[],
                    help="merge the modules named PREFIX or PREFIX.* into one block (repeatable; comma lists too)")
@@ -63,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--curvature_file", default="", help="output file (empty: <model_file>_layers.h5)")
     g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
                    help="--plot: figure format(s)")
+    flags.add_check(p, check_args)
     return p
 
 
@@ -75,7 +65,24 @@ def check_args(args: argparse.Namespace) -> None:
     args.groups = [g.strip() for item in args.group for g in item.split(",")]
     if any(not g for g in args.groups):
         raise UserError("--group needs module name prefixes, e.g. --group layer1 or --group layer1,layer2")
-    flags.one_point_only(args, "layer_curvature.py")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
+import math
+import time
+
+import numpy as np
+
+import mpi4pytorch
+import runner
+import grid
+from fileio import check_output_path
+from hess_vec_prod import (NonFinite, Progress, check_finite, exact_trace, hutchinson_trace, layer_blocks, top_k,
+                           user_error)
+from store import ResultStore
 
 
 def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
@@ -99,7 +106,6 @@ def open_store(args, out, settings, names):
 
 def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
-    check_args(args)
     out = args.curvature_file or grid.model_stem(args) + "_layers.h5"
     check_output_path(out, "--curvature_file")
     t0 = time.perf_counter()

@@ -46,7 +46,44 @@ refused unless ``--overwrite``. ``--mpi``: training runs on rank 0 (the other ra
 wait without spinning), the evaluation points are shared among all ranks.
 """
 import argparse
-import json
+
+import flags
+
+
+def build_parser() -> flags.ArgumentParser:
+    """The run, data, model (two end points), evaluation, output and plot groups, and this script's own."""
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_run_group(p, ngpu=False)
+    flags.add_grid_group(p, axes="", engine=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints=2, helps={"model_file": "end point A of the curve (t = 0)",
+                                                   "model_file2": "end point B of the curve (t = 1)"})
+    flags.add_seed(p, "seed of the training (the values of t and the batches) and of a random model")
+    flags.add_output_group(p, surf_file=False,
+                           overwrite_help="retrain and re-evaluate from scratch (replaces only files this "
+                                          "script wrote)")
+    flags.add_plot_group(p, contours=False)
+    g = p.add_argument_group("mode connectivity")
+    g.add_argument("--curve", default="bezier", help="bezier (quadratic Bezier curve) or polychain")
+    g.add_argument("--epochs", type=int, default=20, help="training epochs of the curve (0: the line)")
+    g.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (Garipov et al.'s schedule)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight_decay", "--wd", type=float, default=5e-4,
+                   help="weight decay on the point θ(t) of each step")
+    g.add_argument("--points", type=int, default=21, help="values of t evaluated on each path")
+    g.add_argument("--bn_update", action="store_const", const=True, default=None,
+                   help="re-estimate BatchNorm statistics at each point; None: on when the model has BN")
+    g.add_argument("--no_bn_update", dest="bn_update", action="store_const", const=False,
+                   help="evaluate with the end points' BatchNorm statistics interpolated linearly")
+    g.add_argument("--out_dir", default="", help="output folder; '': mode_connectivity_<curve> next to "
+                                                 "--model_file")
+    return p
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import json  # noqa: E402
 import math
 import os
 import signal
@@ -64,7 +101,6 @@ import mpi4pytorch
 import runner
 from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
-import flags
 import grid
 from fileio import check_output_path, check_reuse, written_atomically
 from surface import SurfaceWriter, read_surface
@@ -72,10 +108,6 @@ from surface import SurfaceWriter, read_surface
 CURVES = ("bezier", "polychain")
 TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
                                                      "mode_connectivity.h5", "curve_proj.h5")
-# flags of plot_surface.py that mean nothing here: refused when given, hidden from --help
-UNUSED_FLAGS = ("x", "y", "dir_file", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "same_dir",
-                "idx", "surf_file", "proj_file", "model_file3", "ngpu", "loss_max", "vmin", "vmax",
-                "vlevel", "engine", "points_per_pass")
 
 
 # ============================================================================ library
@@ -270,37 +302,8 @@ def load_curve(path: str, model: str) -> Curve:
 
 
 # ============================================================================== flags
-def build_parser() -> argparse.ArgumentParser:
-    """plot_surface.py's model/data/loss/output flags and this script's own."""
-    p = flags.build_parser(__doc__.split("\n\n")[0])
-    for a in p._actions:
-        if a.dest in UNUSED_FLAGS:
-            a.help = argparse.SUPPRESS
-    g = p.add_argument_group("mode connectivity")
-    g.add_argument("--curve", default="bezier", help="bezier (quadratic Bezier curve) or polychain")
-    g.add_argument("--epochs", type=int, default=20, help="training epochs of the curve (0: the line)")
-    g.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (Garipov et al.'s schedule)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight_decay", "--wd", type=float, default=5e-4,
-                   help="weight decay on the point θ(t) of each step")
-    g.add_argument("--points", type=int, default=21, help="values of t evaluated on each path")
-    g.add_argument("--bn_update", action="store_const", const=True, default=None,
-                   help="re-estimate BatchNorm statistics at each point; None: on when the model has BN")
-    g.add_argument("--no_bn_update", dest="bn_update", action="store_const", const=False,
-                   help="evaluate with the end points' BatchNorm statistics interpolated linearly")
-    g.add_argument("--out_dir", default="", help="output folder; '': mode_connectivity_<curve> next to "
-                                                 "--model_file")
-    return p
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = flags.parse_args(parser, argv)
-    defaults = {a.dest: a.default for a in parser._actions}
-    given = [f"--{k}" for k in UNUSED_FLAGS if getattr(args, k, None) != defaults.get(k)]
-    if given:
-        raise UserError(f"{', '.join(given)} not used by mode_connectivity.py (the path is set by "
-                        "--model_file, --model_file2 and --curve)")
+    args = flags.parse_args(build_parser(), argv)
     if not args.model_file or not args.model_file2:
         raise UserError("give the two end points: --model_file A.t7 --model_file2 B.t7")
     if args.curve not in CURVES:

@@ -31,7 +31,6 @@ from errors import SharedUserError, UserError
 T = TypeVar("T")
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
              "SLURM_STEP_NUM_TASKS")
-RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
                    "PMI_LOCAL_RANK", "SLURM_LOCALID")
 
@@ -49,7 +48,7 @@ def setup(use_mpi: bool) -> Any:
     if not use_mpi:
         n = launched_size()
         if n > 1:
-            errors.QUIET = any(os.environ.get(v, "0") not in ("", "0") for v in RANK_VARS)
+            errors.QUIET = errors.launched_as_other_rank()
             raise UserError(f"started as one of {n} MPI processes but without --mpi: each would "
                             "compute the whole surface; add --mpi (or run a single process)")
         return None

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from errors import UserError
-from fileio import open_h5, h5_written_atomically
-from flags import NORMS
+from direction_options import DIR_TYPES, IGNORES, NORMS, check_norm  # noqa: F401 -- owned here
+from fileio import h5_written_atomically, open_h5
 
 FORMAT = "loss-landscape-directions"
 FORMAT_VERSION = 2
@@ -66,8 +66,8 @@ def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Te
         d.mul_(target / dn if dn > 0 else 0.0)
     elif norm == "weight":
         d.mul_(w)
-    elif norm:
-        raise UserError(f"unknown normalization '{norm}'; use one of {', '.join(n for n in NORMS if n)}")
+    else:
+        check_norm(norm)
     return d
 
 

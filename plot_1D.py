@@ -19,8 +19,9 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+import flags
 from errors import UserError, run_main
-from plot_common import (ArgumentParser, Plots, add_output_args, check_finite, describe,
+from plot_common import (Plots, add_output_args, check_finite, describe,
                          ensure_folder, finish, html_curves, load_surface, optional_float,
                          output_base, pyplot, save_figure, write_html)
 
@@ -327,7 +328,7 @@ def x_label(surfs):
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Plot 1D loss/accuracy curves from surface files")
+parser = flags.ArgumentParser(description="Plot 1D loss/accuracy curves from surface files", prog="plot_1D.py")
 parser.add_argument("--surf_file", "-f", nargs="+", default=[],
                     help="surface file(s) or quoted glob(s); several are overlaid")
 parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")

@@ -16,9 +16,10 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+import flags
 from errors import UserError, run_main
 from fileio import open_h5
-from plot_common import (ArgumentParser, Plots, add_output_args, check_finite, describe,
+from plot_common import (Plots, add_output_args, check_finite, describe,
                          ensure_folder, finish, html_surface, load_surface, optional_float,
                          output_base, pyplot, quantity_label, save_figure, write_html)
 
@@ -379,7 +380,7 @@ def plot_trajectory(proj_file: str, dir_file: Optional[str] = None, show: bool =
 
 # ---------------------------------------------------------------- command line
 
-parser = ArgumentParser(description="Plot 2D loss surfaces and trajectories")
+parser = flags.ArgumentParser(description="Plot 2D loss surfaces and trajectories", prog="plot_2D.py")
 parser.add_argument("--surf_file", "-f", default="", help="the surface file (.h5)")
 parser.add_argument("--dir_file", default="", help="the direction file (PCA axis labels)")
 parser.add_argument("--proj_file", default="", help="the projected trajectory file (.h5)")

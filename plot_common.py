@@ -215,14 +215,6 @@ def quantity_label(name):
 
 # ---------------------------------------------------------------- figures
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a UserError, so that run_main prints it as
-    one ``error:`` line (plain argparse prints the usage too and exits by itself)."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
-
-
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     """The flags every plotting script takes for its outputs."""
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf"],

@@ -6,7 +6,8 @@ Hessian spectrum at a single point.
         --y=-1:1:51 --model_file .../model_300.t7 --plot
     python plot_hessian_eigen.py --model digits_cnn --model_file M.t7 --top_k 10 --trace
 
-Grid mode takes every flag of plot_surface.py and shares its machinery (directions,
+Grid mode takes plot_surface.py's flags (not --engine, --points_per_pass, --precision,
+--test: the Hessian is that of the fp32 training loss) and shares its machinery (directions,
 MPI scheduling, resume, the stale-file guard, the surface file): at every grid point
 it stores ``max_eig`` and ``min_eig``, the largest and smallest eigenvalue of the
 Hessian of the mean training loss with respect to the parameters with more than one
@@ -24,20 +25,10 @@ Single-point mode (``--top_k K`` and/or ``--trace``): at the model itself, or at
 store.ResultStore of one item: an interrupted run is computed again by the same command).
 """
 import argparse
-import os
-import time
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-import mpi4pytorch
-import runner
 import flags
-import grid
 from errors import UserError, run_main
-from fileio import check_output_path
-from store import ResultStore
-from hess_vec_prod import NonFinite, Progress, check_finite, hutchinson_trace, min_max_eigs, top_k, user_error
 
 if TYPE_CHECKING:  # annotations only
     from scipy.sparse.linalg import LinearOperator
@@ -45,13 +36,23 @@ if TYPE_CHECKING:  # annotations only
 METRICS = ["max_eig", "min_eig"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = flags.build_parser(__doc__.splitlines()[0])
+def build_parser() -> flags.ArgumentParser:
+    """plot_surface.py's groups less what the Hessian does not use (--engine,
+    --points_per_pass, --precision, --test), and the Hessian flags."""
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_run_group(p)
+    flags.add_grid_group(p, engine=False, precision=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints=3)
+    flags.add_directions_group(p)
+    flags.add_output_group(p, test=False)
+    flags.add_plot_group(p)
     g = flags.add_hessian_group(p)
     g.add_argument("--top_k", type=int, default=0, help="single point: the K largest eigenvalues")
     g.add_argument("--trace", action="store_true", help="single point: Hutchinson estimate of the trace")
     g.add_argument("--trace_samples", type=int, default=100, help="Rademacher vectors for --trace")
     g.add_argument("--spectrum_file", default="", help="single point: output file (empty: <model_file>_hessian.h5)")
+    flags.add_check(p, check_args)
     return p
 
 
@@ -63,6 +64,25 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--trace_samples must be >= 2 (the standard error needs two), got {args.trace_samples}")
     if (args.at or args.spectrum_file) and not (args.top_k or args.trace):
         raise UserError("--at and --spectrum_file belong to single-point mode: add --top_k K and/or --trace")
+    if (args.top_k or args.trace) and args.dir_file and not args.at:
+        raise UserError("single-point mode reads --dir_file only with --at x[,y] (a point along its directions): "
+                        "give --at, or drop --dir_file to compute at the model itself")
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import os  # noqa: E402
+import time
+
+import numpy as np
+
+import mpi4pytorch
+import runner
+import grid
+from fileio import check_output_path
+from store import ResultStore
+from hess_vec_prod import NonFinite, Progress, check_finite, hutchinson_trace, min_max_eigs, top_k, user_error
 
 
 # --------------------------------------------------------------------------- grid
@@ -183,7 +203,6 @@ def report(result: dict, point: list[float], op: "LinearOperator", seconds: floa
 
 def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
-    check_args(args)
     if args.top_k or args.trace:
         single_point(args)
     else:

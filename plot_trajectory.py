@@ -15,23 +15,32 @@ run the plot_surface.py command that projection.py prints, then
 """
 import os
 
-import plot_2D
-import projection
+import flags
 from errors import UserError, run_main
 from plot_common import FORMATS
 
 
-def build_parser():
-    p = projection.build_parser(__doc__.splitlines()[0])
-    p.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf"],
-                   help="figure format(s), e.g. --format png pdf (default: pdf)")
-    p.add_argument("--out_dir", default=None, help="folder of the figure (default: next to the projection file)")
-    p.add_argument("--show", action="store_true", help="show the figure")
+def build_parser() -> flags.ArgumentParser:
+    """projection.py's flags and the figure's."""
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_trajectory_group(p)
+    g = p.add_argument_group("figure")
+    g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf"],
+                   help="figure format(s), e.g. --format png pdf")
+    g.add_argument("--out_dir", default=None, help="folder of the figure (default: next to the projection file)")
+    g.add_argument("--show", action="store_true", help="show the figure")
     return p
 
 
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import plot_2D  # noqa: E402
+import projection
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = flags.parse_args(build_parser(), argv)
     if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"--out_dir {args.out_dir} is a file, not a folder; choose another --out_dir")
     if args.out_dir:

@@ -37,8 +37,20 @@ Existing output files are reused only if they were made from the same checkpoint
 settings; otherwise the run stops (``--overwrite`` replaces them). A ``--dir_file``
 given by the user is only read.
 """
-import argparse
-import glob
+
+import flags
+
+
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_trajectory_group(p)
+    return p
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import glob  # noqa: E402
 import json
 import math
 import os
@@ -54,49 +66,6 @@ from errors import UserError, run_main
 from fileio import check_reuse, h5_written_atomically
 
 BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
-
-
-def build_parser(description=None):
-    p = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
-    p.add_argument("--model", default="digits_cnn", help="zoo name or package.module:factory")
-    p.add_argument("--dataset", default="", help="ignored (accepted for the original's command lines)")
-    p.add_argument("--model_folder", default="", help="folder of the checkpoints of one training run")
-    p.add_argument("--prefix", default="model_", help="checkpoint file name before the epoch")
-    p.add_argument("--suffix", default=".t7", help="checkpoint file name after the epoch")
-    p.add_argument("--start_epoch", default=0, type=int, help="first epoch")
-    p.add_argument("--max_epoch", default=300, type=int, help="last epoch (the final model)")
-    p.add_argument("--save_epoch", default=1, type=int, help="epochs between checkpoints")
-    p.add_argument("--model_files", nargs="+", default=None,
-                   help="checkpoint files or glob patterns instead of the folder flags; the last is the final model")
-    p.add_argument("--dir_type", default="weights", help="weights (parameters) or states (state_dict)")
-    p.add_argument("--ignore", default="", help="'biasbn': leave out entries with <= 1 dimension")
-    p.add_argument("--dir_file", default="", help="project onto this existing 2D direction file instead of PCA")
-    p.add_argument("--pca_file", default="", help="where to write the PCA directions (default: the original's path)")
-    p.add_argument("--proj_file", default="", help="where to write the projection (default: <dir_file>_proj_cos.h5)")
-    p.add_argument("--margin", default=0.1, type=float, help="margin of the suggested range, a fraction of the span")
-    p.add_argument("--overwrite", action="store_true", help="replace output files made with other settings")
-    p.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of trusted checkpoint files")
-    return p
-
-
-def check_args(args):
-    if args.dir_type not in ("weights", "states"):
-        raise UserError(f"unknown --dir_type '{args.dir_type}'; use weights or states")
-    if args.ignore not in ("", "biasbn"):
-        raise UserError(f"unknown --ignore '{args.ignore}'; use biasbn or leave it out")
-    if args.save_epoch < 1:
-        raise UserError("--save_epoch must be >= 1")
-    if not math.isfinite(args.margin) or args.margin < 0:
-        raise UserError(f"--margin must be a finite number >= 0, got {args.margin}")
-    if args.dir_file and not os.path.isfile(args.dir_file):
-        what = "is a folder" if os.path.isdir(args.dir_file) else "not found"
-        raise UserError(f"--dir_file {args.dir_file} {what}; give a 2D direction file or leave "
-                        "it out to compute PCA directions")
-    if args.model_folder and not args.model_files and not os.path.isdir(args.model_folder):
-        raise UserError(f"--model_folder {args.model_folder} is not a folder")
-    for flag in ("pca_file", "proj_file"):
-        if getattr(args, flag):
-            check_output_path(getattr(args, flag), f"--{flag}")
 
 
 def check_output_path(path: str, flag: str) -> None:
@@ -298,7 +267,7 @@ def write_projection(path, coords, epochs, files, dir_file, method, settings, ra
 # ------------------------------------------------------------------------ main
 def run(args):
     """PCA (unless --dir_file) and projection; returns (dir_file, proj_file)."""
-    check_args(args)
+    flags.check_trajectory(args)  # again: run() is also called with a plain namespace
     files, epochs = checkpoint_files(args)
     base = run_settings(args, files, epochs)
     dir_file = args.dir_file or args.pca_file or default_pca_file(args, files)
@@ -355,7 +324,7 @@ def write_pca_file(path, net, dir_type, names, shapes, xdir, ydir, stats, settin
 
 
 def main(argv=None):
-    run(build_parser().parse_args(argv))
+    run(flags.parse_args(build_parser(), argv))
 
 
 if __name__ == "__main__":

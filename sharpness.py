@@ -35,9 +35,104 @@ rerun with the same settings computes only the missing items; other settings are
 refused unless ``--overwrite``. Default PREFIX: ``<first model_file>_sharpness``.
 """
 import argparse
-import html
-import json
+import math
 import os
+
+import flags
+from errors import UserError, run_main
+from fileio import check_output_path
+from hessian_options import DEFAULT_CACHE_MB, DEFAULT_TOL
+
+FORMAT = "loss-landscape-sharpness"
+FORMAT_VERSION = 1
+HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
+TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
+
+
+# ----------------------------------------------------------------------------- flags
+def build_parser() -> flags.ArgumentParser:
+    p = flags.command_parser(__file__, __doc__)
+    flags.add_run_group(p, ngpu=False, mpi_help="use MPI (items are shared among the ranks)")
+    flags.add_grid_group(p, axes="", engine=False, precision=False)
+    flags.add_data_group(p)
+    flags.add_model_group(p, checkpoints="many")
+    g = p.add_argument_group("sharpness")
+    g.add_argument("--rho", default="0.05,0.1", help="radii, comma-separated (filter-normalized)")
+    g.add_argument("--n_dirs", type=int, default=10, help="random directions per radius")
+    g.add_argument("--ascent_steps", type=int, default=5, help="projected gradient ascent steps (0: none)")
+    g.add_argument("--ascent_lr", type=float, default=0.5,
+                   help="ascent step per filter, as a fraction of ρ·‖filter‖")
+    g.add_argument("--trace_samples", type=int, default=50, help="Rademacher vectors for the trace")
+    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL, help="Lanczos tolerance of λmax")
+    g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
+    g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
+                   help="memory for the gradient graphs kept between Hessian products (0: none)")
+    flags.add_seed(p, "seed of the directions, Lanczos start and trace vectors")
+    g = flags.add_output_group(p, surf_file=False, test=False,
+                               overwrite_help="recompute an existing PREFIX.h5 from scratch")
+    g.add_argument("--out", default="", help="output prefix: PREFIX.h5, PREFIX.html, PREFIX.txt "
+                   "(default: <first model_file>_sharpness)")
+    flags.add_check(p, check_args)
+    return p
+
+
+def parse_rho(text: str) -> list[float]:
+    try:
+        radii = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        radii = []
+    if not radii or not all(math.isfinite(r) and r > 0 for r in radii):
+        raise UserError(f"--rho must be positive numbers separated by commas, e.g. 0.05,0.1 (got '{text}')")
+    if len(set(radii)) != len(radii):
+        raise UserError(f"--rho lists a radius twice ('{text}')")
+    return radii
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """This script's flags (after the groups' checks, which join --model_folder)."""
+    args.radii = parse_rho(args.rho)
+    if not args.model_file:
+        raise UserError("give at least one checkpoint: --model_file A.t7 [B.t7 ...]")
+    for f in args.model_file:
+        if not os.path.isfile(f):
+            raise UserError(f"checkpoint not found: {f}")
+    checks = [(args.n_dirs >= 1, "--n_dirs must be >= 1"),
+              (args.ascent_steps >= 0, "--ascent_steps must be >= 0"),
+              (math.isfinite(args.ascent_lr) and args.ascent_lr > 0, "--ascent_lr must be a positive number"),
+              (args.trace_samples >= 2, "--trace_samples must be >= 2 (the standard error needs two)"),
+              (math.isfinite(args.eig_tol) and args.eig_tol >= 0, "--eig_tol must be a finite number >= 0"),
+              (args.eig_maxiter is None or args.eig_maxiter >= 1, "--eig_maxiter must be >= 1")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    args.out = args.out or args.model_file[0] + "_sharpness"
+    _check_out(args.out, args.overwrite)
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    for ext in ("", ".h5", ".html", ".txt"):
+        if os.path.isdir(out + ext):
+            raise UserError(f"--out {out}: {out + ext} is a folder; give a file prefix "
+                            f"(e.g. {os.path.join(out, 'sharpness')})")
+        check_output_path(out + ext, "--out")
+    for ext, mark in ((".html", HTML_MARK), (".txt", TXT_MARK)):
+        path = out + ext
+        if os.path.isfile(path) and not overwrite:
+            with open(path, errors="replace") as f:
+                if mark not in f.read(300):
+                    raise UserError(f"{path} exists and was not written by sharpness.py; pass --overwrite "
+                                    "to replace it or choose another --out")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return flags.parse_args(build_parser(), argv)
+
+
+if __name__ == "__main__":  # the flags and --help before torch is imported
+    flags.parse_before_imports(build_parser)
+
+import html  # noqa: E402
+import json
 import sys
 import time
 
@@ -49,104 +144,12 @@ import dataloader
 import model_loader
 import mpi4pytorch
 import net_plotter
-from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
-from fileio import check_output_path, check_reuse, open_h5, written_atomically
-from hess_vec_prod import DEFAULT_CACHE_MB, DEFAULT_TOL, hessian_operator, hessian_params, hutchinson_trace, top_k
+from fileio import check_reuse, open_h5, written_atomically
+from hess_vec_prod import hessian_operator, hessian_params, hutchinson_trace, top_k
 from scheduler import Interrupted, run_grid
 
 from grid import load_run
-
-FORMAT = "loss-landscape-sharpness"
-FORMAT_VERSION = 1
-HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
-TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
-
-
-# ----------------------------------------------------------------------------- flags
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mpi", "-m", action="store_true", help="use MPI (items are shared among the ranks)")
-    p.add_argument("--cuda", "-c", action="store_true", help="compute on the GPU (rank r: local GPU r mod count)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per rank (default: cores / ranks per node)")
-    p.add_argument("--batch_size", type=int, default=128, help="evaluation batch size")
-    dataloader.add_data_args(p)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="digits_cnn", help="zoo name or package.module:factory")
-    g.add_argument("--model_folder", default="", help="folder of the checkpoint files (prefix for --model_file)")
-    g.add_argument("--model_file", nargs="+", default=[], help="one or several checkpoints")
-    g.add_argument("--labels", nargs="+", default=None, help="table labels of the checkpoints (default: file names)")
-    g.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of trusted checkpoint files")
-    g.add_argument("--loss_name", "-l", default="crossentropy", help="crossentropy, mse or package.module:function")
-    g = p.add_argument_group("sharpness")
-    g.add_argument("--rho", default="0.05,0.1", help="radii, comma-separated (filter-normalized; default 0.05,0.1)")
-    g.add_argument("--n_dirs", type=int, default=10, help="random directions per radius (default 10)")
-    g.add_argument("--ascent_steps", type=int, default=5, help="projected gradient ascent steps (default 5; 0: none)")
-    g.add_argument("--ascent_lr", type=float, default=0.5,
-                   help="ascent step per filter, as a fraction of ρ·‖filter‖ (default 0.5)")
-    g.add_argument("--trace_samples", type=int, default=50, help="Rademacher vectors for the trace (default 50)")
-    g.add_argument("--eig_tol", type=float, default=DEFAULT_TOL, help="Lanczos tolerance of λmax (default 1e-3)")
-    g.add_argument("--eig_maxiter", type=int, default=None, help="Lanczos restarts before giving up")
-    g.add_argument("--hess_cache_mb", type=float, default=DEFAULT_CACHE_MB,
-                   help="memory for the gradient graphs kept between Hessian products (0: none)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the directions, Lanczos start and trace vectors")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default="", help="output prefix: PREFIX.h5, PREFIX.html, PREFIX.txt")
-    g.add_argument("--overwrite", action="store_true", help="recompute an existing PREFIX.h5 from scratch")
-    g.add_argument("--save_every", type=float, default=10.0, help="seconds between saves of PREFIX.h5")
-    g.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return p
-
-
-def parse_rho(text: str) -> list[float]:
-    try:
-        radii = [float(v) for v in str(text).split(",")]
-    except ValueError:
-        radii = []
-    if not radii or not all(np.isfinite(r) and r > 0 for r in radii):
-        raise UserError(f"--rho must be positive numbers separated by commas, e.g. 0.05,0.1 (got '{text}')")
-    if len(set(radii)) != len(radii):
-        raise UserError(f"--rho lists a radius twice ('{text}')")
-    return radii
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    args.radii = parse_rho(args.rho)
-    if not args.model_file:
-        raise UserError("give at least one checkpoint: --model_file A.t7 [B.t7 ...]")
-    args.model_file = [os.path.join(args.model_folder, f) if args.model_folder and not os.path.isabs(f) else f
-                       for f in args.model_file]
-    for f in args.model_file:
-        if not os.path.isfile(f):
-            raise UserError(f"checkpoint not found: {f}")
-    if args.labels is not None and len(args.labels) != len(args.model_file):
-        raise UserError(f"--labels gives {len(args.labels)} labels for {len(args.model_file)} checkpoints")
-    checks = [(args.n_dirs >= 1, "--n_dirs must be >= 1"),
-              (args.ascent_steps >= 0, "--ascent_steps must be >= 0"),
-              (np.isfinite(args.ascent_lr) and args.ascent_lr > 0, "--ascent_lr must be a positive number"),
-              (args.trace_samples >= 2, "--trace_samples must be >= 2 (the standard error needs two)"),
-              (np.isfinite(args.eig_tol) and args.eig_tol >= 0, "--eig_tol must be a finite number >= 0"),
-              (args.eig_maxiter is None or args.eig_maxiter >= 1, "--eig_maxiter must be >= 1"),
-              (args.batch_size >= 1, "--batch_size must be >= 1"),
-              (args.save_every > 0, "--save_every must be > 0")]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
-    args.out = args.out or args.model_file[0] + "_sharpness"
-    for ext in ("", ".h5", ".html", ".txt"):
-        if os.path.isdir(args.out + ext):
-            raise UserError(f"--out {args.out}: {args.out + ext} is a folder; give a file prefix "
-                            f"(e.g. {os.path.join(args.out, 'sharpness')})")
-        check_output_path(args.out + ext, "--out")
-    for ext, mark in ((".html", HTML_MARK), (".txt", TXT_MARK)):
-        path = args.out + ext
-        if os.path.isfile(path) and not args.overwrite:
-            with open(path, errors="replace") as f:
-                if mark not in f.read(300):
-                    raise UserError(f"{path} exists and was not written by sharpness.py; pass --overwrite "
-                                    "to replace it or choose another --out")
-    return args
 
 
 # ----------------------------------------------------------------------------- items

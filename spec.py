@@ -108,7 +108,9 @@ class RunSpec:
 
     def check(self) -> None:
         """The checks of the command line's flags, on the spec's fields."""
-        from flags import DIR_TYPES, IGNORES, MAX_POINTS, NORMS, PRECISIONS
+        from direction_options import DIR_TYPES, IGNORES, NORMS
+        from evaluation_options import PRECISIONS
+        from flags import MAX_POINTS
         points = self.x[2] * (self.y[2] if self.y else 1)
         if points > MAX_POINTS:
             raise UserError(f"the grid has {points:,} points, more than {MAX_POINTS:,} (its arrays alone "

@@ -22,7 +22,6 @@ checkpoints that this script did not write (no ``train_settings.json``, e.g. the
 original's released ``model_300.t7``) or a run with other settings is refused unless
 ``--overwrite``. See doc/training.md.
 """
-import argparse
 import json
 import math
 import os
@@ -42,6 +41,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import dataloader  # noqa: E402
+import flags  # noqa: E402
 import grid  # noqa: E402
 import model_loader  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
@@ -57,8 +57,7 @@ NOT_SETTINGS = ("save", "cuda", "ngpu", "threads", "resume_model", "resume_opt",
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a model for loss-landscape plots",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = flags.ArgumentParser("Train a model for loss-landscape plots", prog="cifar10/main.py")
     p.add_argument("--batch_size", default=128, type=int, help="minibatch size (also for evaluation)")
     p.add_argument("--lr", default=0.1, type=float, help="learning rate")
     p.add_argument("--lr_decay", default=0.1, type=float,

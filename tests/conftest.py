@@ -1,6 +1,7 @@
 """Shared test fixtures: the repository root on sys.path, a CIFAR-10-format data
 folder written in exactly the python-pickle batch format, and helpers to run the
 scripts as a user would (a real subprocess, from the repository root)."""
+import argparse
 import os
 import pickle
 import re
@@ -215,6 +216,169 @@ def assert_one_line_error(p):
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert lines and lines[-1].startswith("error: "), p.stderr
     return lines[-1]
+
+
+def run_mpi(args, n=2, cwd=REPO, env=None, timeout=300):
+    """Run ``mpiexec -n N python <args...>`` (OMP_NUM_THREADS=1, unbuffered); returns CompletedProcess (text)."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if env:
+        e.update(env)
+    return subprocess.run(["mpiexec", "-n", str(n), sys.executable] + [str(a) for a in args], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_error_line(stderr, only=False):
+    """Exactly one 'error: ...' line, the last one printed, and no traceback (``only``: and
+    nothing else on stderr); returns the line."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    errs = [line for line in lines if line.startswith("error:")]
+    assert len(errs) == 1 and lines[-1] == errs[0], stderr
+    assert not only or len(lines) == 1, stderr
+    return errs[0]
+
+
+def run_main_error(main, argv, capsys):
+    """``main(argv)`` as its script runs it (errors.run_main); returns (exit status, stderr)."""
+    from errors import run_main
+    capsys.readouterr()  # only this run's output
+    with pytest.raises(SystemExit) as e:
+        run_main(main, argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def snapshot(folder):
+    """Every file (sha256 of its bytes) and folder ('<dir>') under ``folder``, by relative path:
+    equal before and after a run when the run changed and created nothing."""
+    import hashlib
+    state = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in dirs:
+            state[os.path.relpath(os.path.join(root, name), folder)] = "<dir>"
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                state[os.path.relpath(os.path.join(root, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return state
+
+
+def save_checkpoint(path, model="digits_mlp", seed=0):
+    """A checkpoint of zoo ``model`` initialised with ``seed``, in the training script's format."""
+    import torch
+
+    from cifar10.models import MODELS
+    torch.manual_seed(seed)
+    torch.save({"state_dict": MODELS[model]().state_dict()}, str(path))
+    return str(path)
+
+
+# ------------------------------------------------- the tiny CNN of the curvature tests
+N_SAMPLES = 40
+TINY_SOURCE = '''"""A tiny CNN for the 8x8 digits (186 weights with > 1 dimension), for the tests."""
+from collections import OrderedDict
+
+import torch.nn as nn
+
+
+class TinyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3, stride=2), act=nn.Tanh()))
+        self.head = nn.Sequential(OrderedDict(fc1=nn.Linear(18, 6), act=nn.Tanh(), fc2=nn.Linear(6, 10)))
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def tiny_cnn():
+    return TinyCNN()
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(folder on PYTHONPATH with tinynets.py, checkpoint, the model, its data): the tiny CNN
+    of the curvature tests, once per test module."""
+    import importlib.util
+
+    import torch
+    folder = tmp_path_factory.mktemp("tiny")
+    (folder / "tinynets.py").write_text(TINY_SOURCE)
+    spec = importlib.util.spec_from_file_location("tinynets", folder / "tinynets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.tiny_cnn()
+    ckpt = str(folder / "tiny.t7")
+    torch.save({"state_dict": net.state_dict()}, ckpt)
+    return argparse.Namespace(folder=str(folder), ckpt=ckpt, net=net.eval(), data=digits_data(N_SAMPLES),
+                              env={"PYTHONPATH": str(folder)})
+
+
+def digits_data(n):
+    import dataloader
+    return dataloader.load_data(argparse.Namespace(
+        dataset="digits", datapath="", raw_data=False, download=False, data_split=1, split_idx=0,
+        max_samples=n, trainloader="", testloader=""))
+
+
+def data_hessian(net, data, names=None, loss_name="crossentropy"):
+    """exact_hessian over a data set's training split."""
+    from evaluation import get_loss_fn
+    return exact_hessian(net, data.train_x, data.train_y, get_loss_fn(loss_name), names)
+
+
+# ------------------------------------------------- surface files of the plotting tests
+SURFACE_SETTINGS = {"model": "digits_cnn", "dir_type": "weights", "xnorm": "filter",
+                    "dataset": "digits", "model_file": "model_10.pt", "model_file2": ""}
+
+
+@pytest.fixture
+def quick_dpi(monkeypatch):
+    """Figures at 100 dpi instead of 300: 9x fewer pixels to rasterize, same content."""
+    import plot_common
+    monkeypatch.setattr(plot_common, "DPI", 100)
+
+
+def write_ours(path, x, y, values, done=None, settings=None, dir_file="dirs.h5"):
+    """Our format via SurfaceWriter; ``values[name]`` is [i, j] = value at (x_i, y_j)."""
+    from surface import SurfaceWriter
+    shape = (len(x),) if y is None else (len(x), len(y))
+    done = np.ones(shape, bool) if done is None else done
+    w = SurfaceWriter(str(path), x, y, list(values), settings or SURFACE_SETTINGS,
+                      attrs={"dir_file": dir_file})
+    idx = np.flatnonzero(done.ravel())
+    w.record(idx, {k: np.asarray(v, float).ravel()[idx] for k, v in values.items()})
+    w.save()
+    return str(path)
+
+
+def write_original(path, x, y, values, done=None, dir_file="model_300.t7_weights.h5"):
+    """Exactly as the original wrote it: (nx, ny) arrays filled in meshgrid(x, y) order."""
+    shape = (len(x),) if y is None else (len(x), len(y))
+    done = np.ones(shape, bool) if done is None else done
+    import h5py
+    with h5py.File(path, "w") as f:
+        f["dir_file"] = dir_file
+        f["xcoordinates"] = np.asarray(x, float)
+        if y is not None:
+            f["ycoordinates"] = np.asarray(y, float)
+        for k, v in values.items():
+            v = np.where(done, np.asarray(v, float), -1.0)
+            f[k] = v if y is None else v.T.ravel().reshape(shape)   # meshgrid order
+    return str(path)
+
+
+def grid_points(nx, ny, x=(-1, 1), y=(-1, 1)):
+    xs, ys = np.linspace(*x, nx), np.linspace(*y, ny)
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    return xs, ys, X, Y
+
+
+def contour_set(fig):
+    """The contour set of a figure's first axes."""
+    from matplotlib.contour import ContourSet
+    return next(c for c in fig.axes[0].get_children() if isinstance(c, ContourSet))
 
 
 def snapshot_files(folder):

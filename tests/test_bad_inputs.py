@@ -10,7 +10,6 @@ case's own files and every other file of the workspace byte-identical, and no ne
 A few cases also run as real subprocesses, end to end.
 """
 import contextlib
-import hashlib
 import io
 import os
 import pickle
@@ -19,7 +18,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import COMPAT, REPO, assert_one_line_error, run_script, write_cifar_batches
+from conftest import COMPAT, REPO, assert_one_line_error, run_script, snapshot, write_cifar_batches
 
 pytestmark = pytest.mark.slow
 
@@ -172,18 +171,6 @@ def ws(tmp_path_factory):
                            "--surf_file", j("out", "tl.h5"), "--dir_file", j("out", "tl_dir.h5")])
     assert os.path.isfile(j("out", "tl.h5"))
     return root
-
-
-def _snapshot(root):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        rel = os.path.relpath(dirpath, root)
-        out[rel + "/"] = None
-        for f in filenames:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                out[os.path.join(rel, f)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _case(id, argv, needle, keep=()):
@@ -363,7 +350,7 @@ def test_bad_input(ws, monkeypatch, argv, needle, keep):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for f in keep:
         assert os.path.exists(os.path.join(ws, f)), f
-    before = _snapshot(ws)
+    before = snapshot(ws)
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), \
             pytest.raises(SystemExit) as e:
@@ -374,7 +361,7 @@ def test_bad_input(ws, monkeypatch, argv, needle, keep):
     assert len(errs) == 1 and lines[-1] == errs[0], err.getvalue()
     assert "Traceback" not in err.getvalue()
     assert needle in errs[0], errs[0]
-    assert _snapshot(ws) == before  # nothing changed, nothing new (incl. out/s.h5, out/d.h5)
+    assert snapshot(ws) == before  # nothing changed, nothing new (incl. out/s.h5, out/d.h5)
     assert not os.path.exists(os.path.join(ws, "evil_ran"))
 
 
@@ -393,9 +380,9 @@ def test_the_table_covers_the_classes():
     (["demo.py", "--out", "afile"], "is a file"),
 ])
 def test_bad_input_subprocess(ws, argv, needle):
-    before = _snapshot(ws)
+    before = snapshot(ws)
     p = run_script([os.path.join(REPO, argv[0])] + argv[1:], cwd=ws, timeout=120)
     assert p.returncode == 2
     assert needle in assert_one_line_error(p)
     assert len([line for line in p.stderr.splitlines() if line.startswith("error:")]) == 1
-    assert _snapshot(ws) == before
+    assert snapshot(ws) == before

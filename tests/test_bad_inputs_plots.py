@@ -28,10 +28,12 @@ import h52vtp  # noqa: E402
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
 from conftest import assert_one_line_error, run_script  # noqa: E402
-from errors import run_main  # noqa: E402
-from test_plots import SETTINGS, grid, write_ours  # noqa: E402
+from conftest import SURFACE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
+from conftest import assert_one_error_line, run_main_error, snapshot, write_ours  # noqa: E402
 
 SCRIPTS = {"plot_1D": plot_1D, "plot_2D": plot_2D, "h52vtp": h52vtp}
+pytestmark = pytest.mark.usefixtures("quick_dpi")
 
 
 def _copy_and_edit(folder, source, name, edit):
@@ -91,19 +93,6 @@ def folder(tmp_path_factory):
             f.write(f"earlier output {name}\n".encode())
     assert json.loads(h5py.File(os.path.join(d, "s2.h5"), "r").attrs["settings"]) == SETTINGS
     return d
-
-
-def snapshot(folder):
-    """Every file and folder under ``folder`` with its bytes."""
-    state = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            state[os.path.relpath(os.path.join(root, name), folder)] = "<dir>"
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                state[os.path.relpath(path, folder)] = f.read()
-    return state
 
 
 # (script, argv with {d} for the folder, words the message must hold)
@@ -172,19 +161,12 @@ CASES = [
 
 
 def run_in_process(capsys, script, argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        run_main(SCRIPTS[script].main, argv)
-    out = capsys.readouterr()
-    return exit_.value.code, out.err
+    return run_main_error(SCRIPTS[script].main, argv, capsys)
 
 
 def check_one_line(code, err, expected):
     assert code == 2, (code, err)
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0], lines[0]
+    assert expected in assert_one_error_line(err, only=True)
 
 
 @pytest.mark.parametrize("script,argv,expected", CASES,

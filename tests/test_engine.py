@@ -157,27 +157,27 @@ def test_folded_twin_shares_the_unfolded_layers_and_never_changes_the_net():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ["fused", "eager"])
 @pytest.mark.parametrize("model, dir_type", [("resnet20", "weights"), ("resnet20_noshort", "states"),
                                              ("densenet_tiny", "states"), ("digits_cnn", "weights")])
-def test_several_points_per_pass_equal_one_at_a_time(model, dir_type):
+def test_several_points_per_pass_equal_one_at_a_time(model, dir_type, engine):
     net = ZOO[model]()
     shape = (1, 8, 8) if model.startswith("digits") else (3, 32, 32)
     x, y, move = _setup(net, dir_type, n=12, shape=shape)
     loss = get_loss_fn("crossentropy")
-    for engine in ("fused", "eager"):
-        ev = Evaluator(net, x, y, loss, 8, CPU, engine=engine)
-        one = []
-        for p in POINTS:
-            move.set(*p)
-            one.append(ev())
-        move.set(0.9, 0.9)
-        many = ev.evaluate_points(move, POINTS)
-        assert getattr(ev, "_vmap_ok", True), "the stacked pass fell back to one at a time"
-        for (lm, am), (lo, ao) in zip(many, one):
-            assert abs(lm - lo) <= 1e-6 * abs(lo) and am == ao, (engine, many, one)
-        assert ev() == one[-1]  # the net is left at the last point
-        assert ev.probe_points_per_pass(move, (1, 2)) in (1, 2)
-        assert ev() == one[-1]  # the probe leaves the net where it was
+    ev = Evaluator(net, x, y, loss, 8, CPU, engine=engine)
+    one = []
+    for p in POINTS:
+        move.set(*p)
+        one.append(ev())
+    move.set(0.9, 0.9)
+    many = ev.evaluate_points(move, POINTS)
+    assert getattr(ev, "_vmap_ok", True), "the stacked pass fell back to one at a time"
+    for (lm, am), (lo, ao) in zip(many, one):
+        assert abs(lm - lo) <= 1e-6 * abs(lo) and am == ao, (engine, many, one)
+    assert ev() == one[-1]  # the net is left at the last point
+    assert ev.probe_points_per_pass(move, (1, 2)) in (1, 2)
+    assert ev() == one[-1]  # the probe leaves the net where it was
 
 
 def test_perturbation_stacked_equals_set():

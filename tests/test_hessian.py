@@ -2,9 +2,6 @@
 definite, indefinite and negative-dominant spectra; the grid script on 1 and 2 MPI
 ranks (a 2D grid), and the single-point spectrum (top-k, trace)."""
 import argparse
-import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -14,8 +11,7 @@ import torch.nn as nn
 
 import model_loader
 import net_plotter
-from cifar10.models import MODELS
-from conftest import REPO, assert_one_line_error, exact_hessian, run_script
+from conftest import assert_one_line_error, exact_hessian, run_mpi, run_script, save_checkpoint
 from evaluation import get_loss_fn
 from hess_vec_prod import Hessian, hutchinson_trace, min_max_eigs, top_k
 from surface import read_surface
@@ -112,18 +108,9 @@ def test_graph_cache_follows_a_moving_model():
     np.testing.assert_allclose(moved, no_cache, rtol=1e-6, atol=1e-9)
 
 
-def mpiexec(args, n=2, timeout=300):
-    """``mpiexec -n <n> python args...`` from the repository root."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(["mpiexec", "-n", str(n), sys.executable] + [str(a) for a in args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("mlp") / "mlp.t7")
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, path)
+    path = save_checkpoint(tmp_path_factory.mktemp("mlp") / "mlp.t7", "digits_mlp", seed=0)
     return path
 
 
@@ -144,7 +131,7 @@ def test_2d_grid_two_ranks_equal_one_rank(tmp_path, mlp_file):
             "--max_samples", "40", "--threads", "1", "--x=-1:1:3", "--y=-0.5:0.5:3",
             "--dir_file", dir_file, "--no_progress"]
     run_script(grid + ["--surf_file", one], check=True)
-    p = mpiexec(grid + ["--mpi", "--surf_file", two])
+    p = run_mpi(grid + ["--mpi", "--surf_file", two])
     assert p.returncode == 0, p.stderr
     s1, s2 = read_surface(one), read_surface(two)
     assert s1.complete and s2.complete and s1.shape == (3, 3)

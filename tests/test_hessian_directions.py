@@ -9,8 +9,7 @@ import torch.nn as nn
 
 import hessian_directions
 import net_plotter
-from cifar10.models import MODELS
-from conftest import exact_hessian, run_script
+from conftest import assert_one_error_line, exact_hessian, run_main_error, run_script, save_checkpoint
 from evaluation import get_loss_fn
 from hess_vec_prod import Hessian, hessian_params, top_eigenpairs
 
@@ -79,9 +78,7 @@ def test_eigen_directions_unit_orthogonal_rayleigh_and_zero_biases():
 
 @pytest.fixture(scope="module")
 def cnn_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("cnn") / "cnn.t7")
-    torch.save({"state_dict": MODELS["digits_cnn"]().state_dict()}, path)
+    path = save_checkpoint(tmp_path_factory.mktemp("cnn") / "cnn.t7", "digits_cnn", seed=0)
     return path
 
 
@@ -132,12 +129,9 @@ def test_curvature_of_the_1d_surface_along_the_top_eigenvector_is_lambda_max(tmp
 
 def one_line_error(main, argv, capsys):
     """``main(argv)`` as its script runs it: a UserError is one 'error:' line, status 2."""
-    from errors import run_main
-    with pytest.raises(SystemExit) as e:
-        run_main(main, argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    code, err = run_main_error(main, argv, capsys)
+    assert code == 2, err
+    return assert_one_error_line(err, only=True)
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import errors
-from conftest import exact_hessian
+from conftest import exact_hessian, save_checkpoint, snapshot
 from evaluation import get_loss_fn
 from hess_vec_prod import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL, auto_batch, hessian_operator
 
@@ -98,7 +98,6 @@ PLUGINS = ("unused", "bias_only", "kink", "flat", "bn1d")
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
     """A folder with the plugin module, a checkpoint of each plugin model and of digits_mlp."""
-    from cifar10.models import MODELS
     tmp = tmp_path_factory.mktemp("edge")
     (tmp / "edgenets.py").write_text(PLUGIN)
     sys.path.insert(0, str(tmp))
@@ -107,8 +106,7 @@ def edge(tmp_path_factory):
         for name in PLUGINS:
             torch.manual_seed(0)
             torch.save({"state_dict": getattr(edgenets, name)().state_dict()}, str(tmp / f"{name}.t7"))
-        torch.manual_seed(0)
-        torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, str(tmp / "mlp.t7"))
+        save_checkpoint(tmp / "mlp.t7", "digits_mlp", seed=0)
         yield tmp
     finally:
         sys.path.remove(str(tmp))
@@ -150,11 +148,6 @@ BAD = (
         ("directions", "--progress_every", "nan"), ("directions", "--eig_tol", "nan"),
         ("map", "--hess_cache_mb", "-2"), ("directions", "--test", None))]
 )
-
-
-def snapshot(folder):
-    return {p: open(os.path.join(folder, p), "rb").read() for p in sorted(os.listdir(folder))
-            if os.path.isfile(os.path.join(folder, p))}
 
 
 def run_main_in_process(script, argv):

@@ -14,14 +14,15 @@ import pytest
 
 import plot_1D
 import plot_2D
-from test_plots import contour_set, grid, write_original, write_ours
+from conftest import contour_set, write_original, write_ours
+from conftest import grid_points as grid
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
                 None)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium), "
                              "so the interactive HTML is not checked in a browser")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quick_dpi")]
 
 
 def chromium(tmp_path, html, *mode):

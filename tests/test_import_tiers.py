@@ -19,7 +19,8 @@ COMMANDS = {"plot_surface", "plot_1D", "plot_2D", "h52vtp", "plot_hessian_eigen"
 TIERS = [  # top to bottom (doc/architecture.md): a module may import its own tier and the tiers below it
     ("entry point", COMMANDS | {"landscape"}),  # the commands and the Python API
     ("runtime", {"grid", "scheduler", "flags", "runner", "spec", "mpi4pytorch"}),
-    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "hessian", "model_loader", "dataloader",
+    ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "evaluation_options", "direction_options",
+                "hessian_options", "hessian", "model_loader", "dataloader",
                 "surface", "inference", "plot_common", "cifar10", "cifar10.models", "cifar10.models.densenet",
                 "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
     ("base", {"errors", "fileio", "store", "plugins"}),
@@ -30,7 +31,6 @@ ALLOWED = {
     ("demo", "cifar10.main"),  # being removed in round 3: the training folder name out of cifar10/main.py
     ("grid", "plot_1D"), ("grid", "plot_2D"),  # being removed in round 3: figure builders out of the plot scripts
     ("plot_trajectory", "plot_2D"), ("plot_trajectory", "projection"),  # being removed in round 3: likewise
-    ("evaluation", "flags"), ("net_plotter", "flags"),  # being removed in round 3: constants owned by the libraries
 }
 def local_imports(name: str, path: str, modules: set[str]) -> set[str]:
     """The project modules that ``name`` imports anywhere in its file (also inside functions)."""

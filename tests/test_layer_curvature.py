@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import layer_curvature
-from conftest import REPO
+from conftest import run_mpi
 from hess_vec_prod import layer_blocks
-import test_spectrum
-from test_spectrum import N_SAMPLES, exact_hessian
+from conftest import N_SAMPLES
+from conftest import data_hessian as exact_hessian
 
-tiny = test_spectrum.tiny  # the small network's fixture (module scope)
 
 BLOCKS = {"features.conv": ["features.conv.weight"], "head.fc1": ["head.fc1.weight"],
           "head.fc2": ["head.fc2.weight"]}
@@ -62,12 +61,9 @@ def test_blocks_and_groups(tiny):
 
 @pytest.mark.slow
 def test_two_ranks_against_exact_blocks_then_group_and_resume(tiny, tmp_path, capsys):
-    import subprocess
     out = str(tmp_path / "layers.h5")
-    p = subprocess.run(["mpiexec", "-n", "2", sys.executable, "layer_curvature.py", "--mpi", "--plot",
-                        "--format", "png", "--progress_every", "0"] + cmd(tiny, out),
-                       cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", **tiny.env))
+    p = run_mpi(["layer_curvature.py", "--mpi", "--plot", "--format", "png", "--progress_every", "0"]
+                + cmd(tiny, out), env=tiny.env)
     assert p.returncode == 0, p.stderr
     assert "head.fc2" in p.stdout and "sum (= tr H)" in p.stdout
     assert "rank 0: " in p.stderr and "rank 1: " in p.stderr and "products" in p.stderr

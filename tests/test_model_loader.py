@@ -113,19 +113,20 @@ def test_check_fits_names_model_data_and_fix():
     assert net.training  # the mode is restored
 
 
-def test_damaged_checkpoints_are_not_sent_to_unsafe_load(tmp_path):
+@pytest.mark.parametrize("name", ["empty", "text", "cut", "flip"])
+def test_damaged_checkpoints_are_not_sent_to_unsafe_load(tmp_path, name):
     path = str(tmp_path / "m.t7")
     torch.save({"state_dict": model_loader.build_model("digits_mlp").state_dict()}, path)
     good = open(path, "rb").read()
-    for name, data in (("empty", b""), ("text", b"not a checkpoint"), ("cut", good[:len(good) // 2]),
-                       ("flip", good[:200] + bytes(b ^ 0xFF for b in good[200:208]) + good[208:])):
-        bad = str(tmp_path / f"{name}.t7")
-        with open(bad, "wb") as f:
-            f.write(data)
-        with pytest.raises(UserError) as e:
-            model_loader.load_state_dict(bad)
-        msg = str(e.value)
-        assert "is damaged or not a PyTorch checkpoint" in msg and "--unsafe_load" not in msg, msg
+    data = {"empty": b"", "text": b"not a checkpoint", "cut": good[:len(good) // 2],
+            "flip": good[:200] + bytes(b ^ 0xFF for b in good[200:208]) + good[208:]}[name]
+    bad = str(tmp_path / f"{name}.t7")
+    with open(bad, "wb") as f:
+        f.write(data)
+    with pytest.raises(UserError) as e:
+        model_loader.load_state_dict(bad)
+    msg = str(e.value)
+    assert "is damaged or not a PyTorch checkpoint" in msg and "--unsafe_load" not in msg, msg
 
 
 def test_check_fits_tries_the_loss():

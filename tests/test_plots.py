@@ -4,8 +4,8 @@ in np.meshgrid(x, y) order, -1 for "not computed", dir_file as a string dataset)
 
 Most cases call the plotting functions in-process (they return the figures); a few
 run the scripts as a user would, for the command lines and the one-line errors.
-The helpers here (write_ours, write_original, assert_drawn) are shared with
-test_vtp.py and test_html.py."""
+The surface-file helpers (write_ours, write_original, grid_points) are in conftest.py,
+shared with test_vtp.py, test_html.py and test_bad_inputs_plots.py."""
 import glob
 import os
 import re
@@ -18,63 +18,21 @@ import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.collections import QuadMesh  # noqa: E402
-from matplotlib.contour import ContourSet  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection  # noqa: E402
 
 import plot_1D  # noqa: E402
 import plot_2D  # noqa: E402
-from conftest import assert_one_line_error, run_script  # noqa: E402
+from conftest import SURFACE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import assert_one_line_error, contour_set, run_script, write_original, write_ours  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
 from errors import UserError  # noqa: E402
-from surface import SurfaceWriter  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quick_dpi")]
 
-SETTINGS = {"model": "digits_cnn", "dir_type": "weights", "xnorm": "filter",
-            "dataset": "digits", "model_file": "model_10.pt", "model_file2": ""}
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-@pytest.fixture(autouse=True)
-def quick_dpi(monkeypatch):
-    """Figures at 100 dpi instead of 300: 9x fewer pixels to rasterize, same content."""
-    import plot_common
-    monkeypatch.setattr(plot_common, "DPI", 100)
-
-
 # ---------------------------------------------------------------- surface files
-
-def write_ours(path, x, y, values, done=None, settings=None, dir_file="dirs.h5"):
-    """Our format via SurfaceWriter; ``values[name]`` is [i, j] = value at (x_i, y_j)."""
-    shape = (len(x),) if y is None else (len(x), len(y))
-    done = np.ones(shape, bool) if done is None else done
-    w = SurfaceWriter(str(path), x, y, list(values), settings or SETTINGS,
-                      attrs={"dir_file": dir_file})
-    idx = np.flatnonzero(done.ravel())
-    w.record(idx, {k: np.asarray(v, float).ravel()[idx] for k, v in values.items()})
-    w.save()
-    return str(path)
-
-
-def write_original(path, x, y, values, done=None, dir_file="model_300.t7_weights.h5"):
-    """Exactly as the original wrote it: (nx, ny) arrays filled in meshgrid(x, y) order."""
-    shape = (len(x),) if y is None else (len(x), len(y))
-    done = np.ones(shape, bool) if done is None else done
-    with h5py.File(path, "w") as f:
-        f["dir_file"] = dir_file
-        f["xcoordinates"] = np.asarray(x, float)
-        if y is not None:
-            f["ycoordinates"] = np.asarray(y, float)
-        for k, v in values.items():
-            v = np.where(done, np.asarray(v, float), -1.0)
-            f[k] = v if y is None else v.T.ravel().reshape(shape)   # meshgrid order
-    return str(path)
-
-
-def grid(nx, ny, x=(-1, 1), y=(-1, 1)):
-    xs, ys = np.linspace(*x, nx), np.linspace(*y, ny)
-    X, Y = np.meshgrid(xs, ys, indexing="ij")
-    return xs, ys, X, Y
-
 
 def bowl(X, Y):
     loss = 0.1 + X ** 2 + 2 * Y ** 2
@@ -91,8 +49,7 @@ def assert_drawn(path, min_colors=20):
     return img
 
 
-def contour_set(fig):
-    return next(c for c in fig.axes[0].get_children() if isinstance(c, ContourSet))
+
 
 
 # ---------------------------------------------------------------- 1D

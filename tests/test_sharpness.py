@@ -5,7 +5,6 @@ every random-direction increase (½ρ²dᵀHd) and the best possible worst case
 file resumes with only the missing items computed; bad input is one line."""
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -16,9 +15,7 @@ import torch
 
 import net_plotter
 import sharpness
-from cifar10.models import MODELS
-from conftest import REPO
-from errors import run_main
+from conftest import assert_one_error_line, run_main_error, run_mpi, save_checkpoint
 
 QUADRATIC = textwrap.dedent('''
     """A linear model with a squared-error loss: the loss is exactly quadratic in the weights."""
@@ -104,12 +101,6 @@ def test_quadratic_known_answers(tmp_path, quadratic, capsys):
     assert open(out + ".txt").read().split("\n", 1)[1].strip() in text
 
 
-def mpiexec(args, n=2, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(["mpiexec", "-n", str(n), sys.executable] + [str(a) for a in args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def items(path):
     out = {}
     with h5py.File(path, "r") as f:
@@ -122,13 +113,11 @@ def items(path):
 def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
     files = []
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        files.append(str(tmp_path / f"mlp{seed}.t7"))
-        torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, files[-1])
+        files.append(save_checkpoint(tmp_path / f"mlp{seed}.t7", "digits_mlp", seed))
     common = ["sharpness.py", "--model", "digits_mlp", "--model_file"] + files + [
         "--max_samples", "60", "--n_dirs", "3", "--trace_samples", "4", "--ascent_steps", "2",
         "--rho", "0.1,0.3", "--threads", "1", "--no_progress"]
-    p = mpiexec(common + ["--mpi", "--out", tmp_path / "two"])
+    p = run_mpi(common + ["--mpi", "--out", tmp_path / "two"])
     assert p.returncode == 0, p.stderr
     one = str(tmp_path / "one")
     sharpness.main(common[1:] + ["--out", one])
@@ -157,18 +146,14 @@ def test_two_ranks_equal_one_and_resume(tmp_path, capsys):
 
 
 def one_line_error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        run_main(sharpness.main, argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+    code, err = run_main_error(sharpness.main, argv, capsys)
+    assert code == 2, err
+    return assert_one_error_line(err, only=True)
 
 
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("mlp") / "mlp.t7")
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, path)
+    path = save_checkpoint(tmp_path_factory.mktemp("mlp") / "mlp.t7", "digits_mlp", seed=0)
     return path
 
 

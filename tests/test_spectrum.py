@@ -2,8 +2,6 @@
 the exact spectrum of a small network; 2 MPI ranks == 1 rank; resume after kill -9; and
 the table of bad Hessian inputs of all three Hessian scripts (one line, exit 2, nothing
 written, existing files intact)."""
-import argparse
-import importlib.util
 import os
 import signal
 import subprocess
@@ -14,67 +12,16 @@ import h5py
 import numpy as np
 import pytest
 
-import conftest
 import torch
 from scipy.stats import wasserstein_distance
 
 import errors
 import hess_vec_prod
-from conftest import REPO, run_script
-from evaluation import get_loss_fn
+from conftest import N_SAMPLES, REPO, run_mpi, run_script, save_checkpoint, snapshot
+from conftest import data_hessian as exact_hessian
 from hess_vec_prod import hessian_operator, lanczos, slq_nodes, slq_start, spectral_density
 
-N_SAMPLES = 40
-TINY_SOURCE = '''"""A tiny CNN for the 8x8 digits (186 weights with > 1 dimension), for the tests."""
-from collections import OrderedDict
-
-import torch.nn as nn
-
-
-class TinyCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3, stride=2), act=nn.Tanh()))
-        self.head = nn.Sequential(OrderedDict(fc1=nn.Linear(18, 6), act=nn.Tanh(), fc2=nn.Linear(6, 10)))
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
-
-
-def tiny_cnn():
-    return TinyCNN()
-'''
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny products: one thread is fastest
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(folder on PYTHONPATH with tinynets.py, checkpoint, the model, its data)."""
-    folder = tmp_path_factory.mktemp("tiny")
-    (folder / "tinynets.py").write_text(TINY_SOURCE)
-    spec = importlib.util.spec_from_file_location("tinynets", folder / "tinynets.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    torch.manual_seed(0)
-    net = mod.tiny_cnn()
-    ckpt = str(folder / "tiny.t7")
-    torch.save({"state_dict": net.state_dict()}, ckpt)
-    return argparse.Namespace(folder=str(folder), ckpt=ckpt, net=net.eval(), data=digits(N_SAMPLES),
-                              env={"PYTHONPATH": str(folder)})
-
-
-def digits(n):
-    import dataloader
-    return dataloader.load_data(argparse.Namespace(
-        dataset="digits", datapath="", raw_data=False, download=False, data_split=1, split_idx=0,
-        max_samples=n, trainloader="", testloader=""))
-
-
-def exact_hessian(net, data, names=None, loss_name="crossentropy"):
-    """conftest.exact_hessian over a data set's training split."""
-    return conftest.exact_hessian(net, data.train_x, data.train_y, get_loss_fn(loss_name), names)
 
 
 def operator(tiny):
@@ -153,10 +100,8 @@ def test_script_one_rank_two_ranks_and_plot(tiny, tmp_path):
     assert np.trapezoid(r["density"], r["grid"]) == pytest.approx(1.0, abs=1e-9)
     assert r["negative_mass"] == pytest.approx((ev < -r["sigma"]).mean(), abs=0.15)
     # two MPI ranks: the same starts, the same file content
-    cmd = [sys.executable] + spectrum_cmd(tiny, two, "--n_v", "3", "--lanczos_steps", "40", "--mpi",
-                                          "--no_progress")
-    q = subprocess.run(["mpiexec", "-n", "2"] + cmd, cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", **tiny.env))
+    q = run_mpi(spectrum_cmd(tiny, two, "--n_v", "3", "--lanczos_steps", "40", "--mpi", "--no_progress"),
+                env=tiny.env)
     assert q.returncode == 0, q.stderr
     r2, attrs2 = read(two)
     assert attrs2["settings"] == attrs["settings"]
@@ -247,7 +192,7 @@ BAD = [  # (script, flags, a word the message must contain)
     ("hessian_spectrum.py", ["--sigma", "nan"], "--sigma"),
     ("hessian_spectrum.py", ["--n_grid", "1"], "--n_grid"),
     ("hessian_spectrum.py", ["--hess_cache_mb", "inf"], "--hess_cache_mb"),
-    ("hessian_spectrum.py", ["--y=-1:1:3"], "one point"),
+    ("hessian_spectrum.py", ["--y=-1:1:3"], "--y not used"),  # a flag of the grid scripts only
     ("hessian_spectrum.py", ["--at", "0.5"], "--dir_file"),
     ("hessian_spectrum.py", ["--spectrum_file", "{existing}", "--lanczos_steps", "7"], "different settings"),
     ("hessian_spectrum.py", ["--spectrum_file", "{text}"], "not a"),
@@ -265,10 +210,8 @@ BAD = [  # (script, flags, a word the message must contain)
 def bad_input_files(tmp_path_factory):
     """A folder with a direction file, a finished spectrum file and a text file."""
     import plot_surface
-    from cifar10.models import MODELS
     tmp = tmp_path_factory.mktemp("bad")
-    torch.manual_seed(0)
-    torch.save({"state_dict": MODELS["digits_mlp"]().state_dict()}, str(tmp / "mlp.t7"))
+    save_checkpoint(tmp / "mlp.t7", "digits_mlp", seed=0)
     dirs = str(tmp / "dirs.h5")
     model = ["--model", "digits_mlp", "--model_file", str(tmp / "mlp.t7"), "--max_samples", "20", "--threads", "1"]
     plot_surface.main(model + ["--x=0:1:2", "--dir_file", dirs, "--surf_file", str(tmp / "surf.h5"), "--no_progress"])
@@ -282,11 +225,6 @@ def bad_input_files(tmp_path_factory):
 def hessian_spectrum_main(argv):
     import hessian_spectrum
     return hessian_spectrum.main(argv)
-
-
-def snapshot(folder):
-    return {p: open(os.path.join(folder, p), "rb").read() if os.path.isfile(os.path.join(folder, p)) else "dir"
-            for p in sorted(os.listdir(folder))}
 
 
 @pytest.mark.parametrize("script,flags,word", BAD, ids=[f"{s[:-3]}:{' '.join(f)}" for s, f, _ in BAD])

@@ -24,7 +24,6 @@ LONG_ALLOWED = {
     ("plot_1D", "plot_1d_loss_err"),  # being split in round 3: a layout and figure builders (plots)
     ("plot_2D", "plot_2d_contour"),  # being split in round 3: figure builders (plots)
     ("plot_common", "describe"),  # being split in round 3: plot_common reshaped (plots)
-    ("flags", "build_parser"),  # being split in round 3: the flag groups (flags)
     ("demo", "main"),  # being split in round 3: the tables out of sharpness.py (mode connectivity)
     ("cifar10.main", "train"),  # being split in round 3: the training run (training)
 }

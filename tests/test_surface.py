@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import COMPAT, REPO, assert_one_line_error, run_script
+from conftest import COMPAT, REPO, assert_one_line_error, run_mpi, run_script
 
 import model_loader
 import net_plotter
@@ -138,10 +138,7 @@ def test_two_ranks_equal_one_rank(ckpts, tmp_path):
     one, two = str(tmp_path / "one.h5"), str(tmp_path / "two.h5")
     run_script(surface_cmd(ckpts[0], one, "--x=-1:1:5", "--y=-1:1:4", "--dir_file", dirf, "--test"),
                check=True)
-    p = subprocess.run(["mpiexec", "-n", "2", sys.executable] +
-                       surface_cmd(ckpts[0], two, "--mpi", "--x=-1:1:5", "--y=-1:1:4",
-                                   "--dir_file", dirf, "--test"),
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = run_mpi(surface_cmd(ckpts[0], two, "--mpi", "--x=-1:1:5", "--y=-1:1:4", "--dir_file", dirf, "--test"))
     assert p.returncode == 0, p.stderr
     a, b = read_surface(one), read_surface(two)
     assert b.complete
@@ -158,9 +155,7 @@ def test_seed_not_rank_count_sets_directions_and_idx_changes_them(ckpts, tmp_pat
                    check=True)
         files[name] = d
     d2 = str(tmp_path / "a2.h5")
-    p = subprocess.run(["mpiexec", "-n", "2", sys.executable] +
-                       surface_cmd(ckpts[0], str(tmp_path / "sa2.h5"), "--mpi", "--x=-1:1:2", "--dir_file", d2),
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = run_mpi(surface_cmd(ckpts[0], str(tmp_path / "sa2.h5"), "--mpi", "--x=-1:1:2", "--dir_file", d2))
     assert p.returncode == 0, p.stderr
     net = model_loader.load("digits_cnn", ckpts[0])
     rd = {k: net_plotter.read_directions(v, net, "weights", False)[0] for k, v in files.items()}
@@ -391,8 +386,7 @@ def test_bad_inputs_one_line_errors_and_files_untouched(ckpts, tmp_path):
     for cmd, needle in cases:
         line = assert_one_line_error(run_script(cmd))
         assert needle in line, line
-    cmd = ["mpiexec", "-n", "2", sys.executable] + surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf)
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    p = run_mpi(surface_cmd(ckpts[0], surf, "--x=-1:1:3", "--dir_file", dirf), timeout=120)
     assert p.returncode != 0 and "without --mpi" in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.count("error:") == 1
     assert (md5(surf), md5(dirf)) == before

@@ -11,7 +11,10 @@ from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 import h52vtp  # noqa: E402
 from conftest import assert_one_line_error, run_script  # noqa: E402
-from test_plots import grid, write_original, write_ours  # noqa: E402
+from conftest import grid_points as grid  # noqa: E402
+from conftest import write_original, write_ours  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("quick_dpi")
 
 
 def read_vtp(path):
