@@ -328,17 +328,22 @@ def add_plot_group(p: argparse.ArgumentParser, contours: bool = True, log: bool 
     g = p.add_argument_group("plotting (with --plot)")
     if contours:
         g.add_argument("--proj_file", default="", help="projected trajectory to draw on the contours")
-        g.add_argument("--loss_max", type=float, default=5, help="maximum loss shown in 1D plots")
-        g.add_argument("--vmin", type=float, default=0.1, help="minimum contour level")
-        g.add_argument("--vmax", type=float, default=10, help="maximum contour level")
-        g.add_argument("--vlevel", type=float, default=0.5, help="contour spacing")
+        g.add_argument("--loss_max", type=float, default=None, help="maximum loss shown in 1D plots "
+                       "(default: every loss; the original's was 5)")
+        g.add_argument("--vmin", type=float, default=None, help="minimum contour level (default: the data's "
+                       "minimum; the original's was 0.1)")
+        g.add_argument("--vmax", type=float, default=None, help="maximum contour level (default: the data's "
+                       "95%% quantile; the original's was 10)")
+        g.add_argument("--vlevel", type=float, default=None, help="contour spacing (default: 10 to 24 levels; "
+                       "the original's was 0.5)")
     else:
-        fixed(p, proj_file="", loss_max=5.0, vmin=0.1, vmax=10.0, vlevel=0.5)
+        fixed(p, proj_file="", loss_max=None, vmin=None, vmax=None, vlevel=None)
     g.add_argument("--show", action="store_true", help="show the plots")
     if log:
-        g.add_argument("--log", action="store_true", help="logarithmic loss axis")
+        g.add_argument("--log", action=argparse.BooleanOptionalAction, default=None, help="logarithmic loss "
+                       "axis (default: when the values span 3 decades or more)")
     else:
-        fixed(p, log=False)
+        fixed(p, log=None)
     g.add_argument("--plot", action="store_true", help="plot the results when done")
     add_check(p, check_plot)
     return g
@@ -346,10 +351,12 @@ def add_plot_group(p: argparse.ArgumentParser, contours: bool = True, log: bool 
 
 def check_plot(args: argparse.Namespace) -> None:
     for flag in ("loss_max", "vmin", "vmax", "vlevel"):
-        if not math.isfinite(getattr(args, flag)):
+        if getattr(args, flag) is not None and not math.isfinite(getattr(args, flag)):
             raise UserError(f"--{flag} must be a finite number (got {getattr(args, flag)})")
-    if args.vlevel <= 0 or args.vmin >= args.vmax:
-        raise UserError("--vlevel must be > 0 and --vmin below --vmax")
+    if args.vlevel is not None and args.vlevel <= 0:
+        raise UserError("--vlevel must be > 0")
+    if args.vmin is not None and args.vmax is not None and args.vmin >= args.vmax:
+        raise UserError("--vmin must be below --vmax")
 
 
 def add_trajectory_group(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -460,16 +460,18 @@ def execute(run: Run, compute: Callable, save_every: float = 10.0, progress: boo
 
 
 # ---------------------------------------------------------------------------- plots
-def plot(args: Any, run: Run, surf_name: str = "train_loss") -> None:
-    """The original's --plot: contours for 2D, loss/accuracy curves for 1D."""
+def plot(args: Any, run: Run, surf_name: str = "train_loss") -> Any:
+    """The original's --plot: contours for 2D, loss/accuracy curves for 1D; levels and
+    limits from the data unless --vmin/--vmax/--vlevel/--loss_max are given. Returns
+    the Plots (figures and files)."""
     if run.ycoords is not None:
-        import plot_2D
-        plot_2D.plot_2d_contour(run.surf_file, surf_name, args.vmin, args.vmax, args.vlevel, show=args.show,
-                                log=args.log, proj_file=args.proj_file or None,
-                                dir_file=run.dir_file if args.proj_file else None)
+        import plot_maps
+        return plot_maps.plot_2d_contour(run.surf_file, surf_name, args.vmin, args.vmax, args.vlevel,
+                                         show=args.show, log=args.log, proj_file=args.proj_file or None,
+                                         dir_file=run.dir_file if args.proj_file else None)
     else:
-        import plot_1D
-        plot_1D.plot_1d_loss_err(run.surf_file, args.xmin, args.xmax, args.loss_max, args.log, args.show)
+        import plot_curves
+        return plot_curves.plot_1d_loss_err(run.surf_file, args.xmin, args.xmax, args.loss_max, args.log, args.show)
 
 
 def metrics_for(splits: list[str]) -> list[str]:

@@ -31,16 +31,8 @@ from plot_common import (check_finite, ensure_folder, load_surface,
 MAX_INTERP = 2000   # 4 million points: 1.7 GB peak memory, a 430 MB .vtp (1000: 0.6 GB, 107 MB)
 
 
-def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False,  # noqa: C901 -- being split in round 3
-              zmax: Optional[float] = None, interp: Optional[int] = None,
-              show_points: bool = False, show_polys: bool = True, ascii: bool = False,
-              out_dir: Optional[str] = None) -> str:
-    """Write the .vtp for one quantity of a 2D surface file; returns its path. Bad
-    input raises UserError before anything is written; an existing .vtp is replaced
-    only by a complete new one."""
-    if not (show_points or show_polys):
-        raise UserError("nothing to write: use --show_points and/or --show_polys")
-    check_finite(zmax=zmax)
+def check_interp(interp: Optional[int]) -> None:
+    """--interp: None or <= 0 (none), else a whole number from 2 to MAX_INTERP."""
     if interp is not None and not isinstance(interp, (int, np.integer)):
         raise UserError(f"--interp must be a whole number, got {interp!r}")
     if interp is not None and interp > 0:
@@ -50,6 +42,19 @@ def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False, 
             raise UserError(f"--interp {interp} would write {interp * interp:,} points, more "
                             f"than fits in memory here; use at most --interp {MAX_INTERP} "
                             "(1000 is plenty for ParaView)")
+
+
+def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False,
+              zmax: Optional[float] = None, interp: Optional[int] = None,
+              show_points: bool = False, show_polys: bool = True, ascii: bool = False,
+              out_dir: Optional[str] = None) -> str:
+    """Write the .vtp for one quantity of a 2D surface file; returns its path. Bad
+    input raises UserError before anything is written; an existing .vtp is replaced
+    only by a complete new one."""
+    if not (show_points or show_polys):
+        raise UserError("nothing to write: use --show_points and/or --show_polys")
+    check_finite(zmax=zmax)
+    check_interp(interp)
     surf = load_surface(surf_file, ndim=2)
     if min(surf.shape) < 2:
         raise UserError(f"{surf_file} has a {surf.shape[0]} x {surf.shape[1]} grid; a .vtp "
@@ -81,7 +86,7 @@ def h5_to_vtp(surf_file: str, surf_name: str = "train_loss", log: bool = False, 
     return path
 
 
-def resample(x, y, Z, n):
+def resample(x: np.ndarray, y: np.ndarray, Z: np.ndarray, n: int) -> tuple:
     """Cubic spline through the grid, evaluated on n x n points spanning it (the
     original's interp2d, removed from SciPy)."""
     from scipy.interpolate import RectBivariateSpline
@@ -97,7 +102,7 @@ def resample(x, y, Z, n):
     return xn, yn, spline(xn, yn)
 
 
-def grid_polydata(x, y, Z):
+def grid_polydata(x: np.ndarray, y: np.ndarray, Z: np.ndarray) -> tuple:
     """Points (x_i, y_j, Z[i, j]) in the original's order (x runs fastest), point
     values, and quads (point indices, counter-clockwise) -- missing points and the
     quads touching them left out."""
@@ -115,7 +120,8 @@ def grid_polydata(x, y, Z):
     return points, zz[keep], quads
 
 
-def write_vtp(path, points, values, quads, show_points, ascii):
+def write_vtp(path: str, points: np.ndarray, values: np.ndarray, quads: Optional[np.ndarray],
+              show_points: bool, ascii: bool) -> None:
     """VTK XML PolyData, written atomically (temporary file, then rename)."""
     n = len(points)
     verts = np.arange(n, dtype=np.int64) if show_points else np.zeros(0, np.int64)

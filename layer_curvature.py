@@ -180,16 +180,23 @@ def table(names, v, point=()):
     return "\n".join(lines)
 
 
-def plot(path, formats=("pdf", "png"), show=False):
+def block_labels(names: list, parameters) -> list:
+    """Bar labels: each block's module name as the model names it (a bare index of an
+    nn.Sequential becomes 'layer <index>') and its number of parameters."""
+    return [f"{'layer ' + name if name.isdigit() else name}\n{int(n):,} params"
+            for name, n in zip(names, parameters)]
+
+
+def plot(path: str, formats=("pdf", "png"), show: bool = False):
     """Bars of each block's top eigenvalue and trace (log scale; negative values hatched)."""
     from fileio import open_h5
     from plot_common import Plots, finish as finish_plots, output_base, pyplot, save_figure
     with open_h5(path, "layer curvature file") as f:
         names = json.loads(f.attrs["layers"])
         settings = json.loads(f.attrs["settings"])
-        lam, tr, se = f["top_eig"][()], f["trace"][()], f["trace_stderr"][()]
+        lam, tr, se, n = f["top_eig"][()], f["trace"][()], f["trace_stderr"][()], f["parameters"][()]
     plt = pyplot(show)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.45 * len(names) + 4), 4), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(names) + 4), 4.5), sharex=True)
     x = np.arange(len(names))
     for ax, vals, err, label in ((axes[0], lam, None, "Top eigenvalue"), (axes[1], tr, se, "Trace")):
         mag = np.abs(vals)
@@ -200,7 +207,8 @@ def plot(path, formats=("pdf", "png"), show=False):
                 b.set_hatch("//")
         ax.set_yscale("log")
         ax.set_title(label + " (|value|; red hatched: negative)", fontsize=9)
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(x, block_labels(names, n), rotation=60, ha="right", fontsize=7)
+        ax.set_xlabel("block (module of the model)", fontsize=8)
     fig.suptitle(f"{settings.get('model', '')}: curvature of each layer's diagonal Hessian block",
                  fontsize=10)
     fig.tight_layout()

@@ -530,10 +530,13 @@ def read_results(path: str) -> dict:
     return out
 
 
-def plot(args, surf_file):
-    """Loss and accuracy vs t along the line and the curve, one figure."""
-    from plot_common import Plots, finish, pyplot, save_figure
+def plot(args: argparse.Namespace, surf_file: str):
+    """Loss and accuracy vs t along the line and the curve, one figure (a log loss axis
+    with --log, or when the losses span 3 decades; --no-log: linear); returns the Plots."""
+    from plot_common import Plots, finish, pyplot, save_figure, value_scale
     r = read_results(surf_file)
+    losses = [np.asarray(r[k], float) for k in r if str(k).endswith("_loss")]
+    scale = value_scale(np.concatenate(losses), log=args.log)      # the rule of every plot
     plt = pyplot(args.show)
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
     styles = {"line": ("tab:red", "straight line"), "curve": ("tab:blue", f"{args.curve} curve")}
@@ -546,10 +549,10 @@ def plot(args, surf_file):
             ax_l.plot(r["t"], r[f"{path}_{s}_loss"], dash, color=color, marker=".", label=f"{label}, {s}{extra}")
             ax_a.plot(r["t"], r[f"{path}_{s}_acc"], dash, color=color, marker=".", label=f"{label}, {s}")
     ax_l.set_xlabel("t")
-    ax_l.set_ylabel("loss")
+    ax_l.set_ylabel("loss (log scale)" if scale.log else "loss")
     ax_a.set_xlabel("t")
     ax_a.set_ylabel("accuracy (%)")
-    if args.log:
+    if scale.log:
         ax_l.set_yscale("log")
     ax_l.legend(fontsize=8)
     ax_a.legend(fontsize=8)
@@ -557,7 +560,7 @@ def plot(args, surf_file):
                  f"{os.path.basename(args.model_file2)} (t=1)", fontsize=10)
     plots = Plots()
     save_figure(fig, os.path.join(args.out_dir, "mode_connectivity"), ["pdf", "png"], plots, "paths", args.show)
-    finish(plots, args.show)
+    return finish(plots, args.show)
 
 
 def main(argv=None):

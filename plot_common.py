@@ -1,6 +1,7 @@
-"""What plot_1D.py, plot_2D.py and h52vtp.py share: loading a surface for plotting,
-output file names, titles from the surface's settings, saving figures, and the
-interactive HTML export (plotly, self-contained).
+"""What the plotting libraries (plot_maps, plot_curves, plot_html) and h52vtp.py share:
+loading a surface for plotting, the one rule for value ranges, levels and log scales
+(value_scale, contour_levels), output file names, titles from the surface's settings,
+and saving figures.
 
 Output naming: every output goes next to the surface file (or into ``--out_dir``) and
 is named like the original's: ``<surface file name>_<what>.<ext>``, e.g.
@@ -15,13 +16,16 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 
 from errors import UserError
 from fileio import written_atomically
 from surface import Surface, read_surface
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMATS = ("pdf", "png", "svg")
 DPI = 300
@@ -68,9 +72,131 @@ def check_finite(**flags: Optional[float]) -> None:
             raise UserError(f"--{flag} must be a finite number, got {value!r}")
 
 
+# ---------------------------------------------------------------- scales from the data
+
+LOG_DECADES = 3.0       # values spanning this many decades (or more) get a log scale
+TOP_QUANTILE = 0.95     # contour maps: the top of the range (a few huge corners are not the map)
+LEVELS = 24             # contour levels aimed at: a round step gives 10 to 24
+MAX_LEVELS = 500
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The range of values shown, ``lo`` to ``hi`` (values, not log10), and whether it is
+    a log scale; ``auto`` says the log scale was chosen because the values span decades."""
+    lo: float
+    hi: float
+    log: bool
+    auto: bool = False
+
+    @property
+    def decades(self) -> float:
+        return float(np.log10(self.hi / self.lo)) if self.lo > 0 else 0.0
+
+    def title(self) -> str:
+        """' (log scale)', with the reason when chosen from the data; '' for linear."""
+        if not self.log:
+            return ""
+        return f" (log scale: values span {self.decades:.1f} decades)" if self.auto else " (log scale)"
+
+
+def value_scale(values: "np.typing.ArrayLike", vmin: Optional[float] = None, vmax: Optional[float] = None,
+                log: Optional[bool] = None, top_quantile: float = 1.0) -> Scale:
+    """The one rule every plot uses for its value range: ``vmin``/``vmax`` when given,
+    else the data's minimum and its ``top_quantile`` quantile (1.0: the maximum), over
+    the finite values (the positive ones on a log scale). ``log`` None: a log scale when
+    the positive range spans LOG_DECADES decades or more. Bad values are UserErrors."""
+    check_finite(vmin=vmin, vmax=vmax)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise UserError(f"--vmin ({vmin:g}) must be below --vmax ({vmax:g})")
+    data = np.asarray(values, dtype=float).ravel()
+    data = data[np.isfinite(data)]
+    if not data.size:
+        raise UserError("nothing to plot: no finite values")
+    auto = log is None
+    if auto:
+        positive = data[data > 0]
+        lo = vmin if vmin is not None else (data.min() if positive.size == data.size else 0.0)
+        hi = vmax if vmax is not None else (np.quantile(positive, top_quantile) if positive.size else 0.0)
+        log = bool(lo > 0 and hi > 0 and np.log10(hi / lo) >= LOG_DECADES)
+    if log:
+        if (vmin is not None and vmin <= 0) or (vmax is not None and vmax <= 0):
+            raise UserError("--log needs --vmin and --vmax above 0")
+        data = data[data > 0]
+        if not data.size:
+            raise UserError("--log: no values above 0 to plot")
+    lo = float(data.min()) if vmin is None else float(vmin)
+    hi = float(np.quantile(data, top_quantile)) if vmax is None else float(vmax)
+    if not hi > lo:                              # flat data, or a --vmax below all of it
+        if vmax is not None:
+            lo = hi / 10 if log else hi - max(1.0, abs(hi))
+        else:
+            hi = lo * 10 if log else lo + max(1.0, abs(lo))
+    return Scale(lo, hi, bool(log), auto and bool(log))
+
+
+def contour_levels(Z: np.ndarray, vmin: Optional[float] = None, vmax: Optional[float] = None,
+                   vlevel: Optional[float] = None, log: Optional[bool] = None) -> tuple:
+    """(levels, norm, scale): contour levels and the colour normalization of a map.
+    Levels run from vmin to vmax *inclusive* every vlevel
+    (``np.arange(vmin, vmax + vlevel/2, vlevel)``); unset values come from the data
+    (value_scale with TOP_QUANTILE, extended to a round step that gives 10 to 24
+    levels). On a log scale the levels are even in log10(value): vmin/vmax are values,
+    vlevel is in decades. ``log`` None: chosen from the data (linear when vlevel is
+    given, since a step in values needs a linear scale)."""
+    from matplotlib.colors import LogNorm, Normalize
+    check_finite(vlevel=vlevel)
+    if vlevel is not None and vlevel <= 0:
+        raise UserError(f"--vlevel must be positive, got {vlevel}")
+    scale = value_scale(Z, vmin, vmax, False if log is None and vlevel is not None else log,
+                        TOP_QUANTILE)
+    to_axis = np.log10 if scale.log else float
+    lo, hi = float(to_axis(scale.lo)), float(to_axis(scale.hi))
+    step = vlevel if vlevel is not None else round_step((hi - lo) / LEVELS)
+    if vmin is None:
+        lo = np.floor(lo / step + 1e-9) * step
+    if vmax is None:
+        hi = np.ceil(hi / step - 1e-9) * step
+    if (hi - lo) / step > MAX_LEVELS:
+        raise UserError(f"--vlevel {step:g} gives more than {MAX_LEVELS} contour levels "
+                        f"between {lo:g} and {hi:g}; use a larger --vlevel")
+    levels = np.arange(lo, hi + step / 2, step)
+    if len(levels) < 2:
+        raise UserError(f"--vlevel {step:g} leaves fewer than 2 contour levels between "
+                        f"--vmin and --vmax; use a smaller --vlevel")
+    if scale.log:
+        levels = 10.0 ** levels
+        return levels, LogNorm(levels[0], levels[-1]), scale
+    return levels, Normalize(levels[0], levels[-1]), scale
+
+
+def level_labels(levels: "np.typing.ArrayLike") -> dict:
+    """{level: text}: each level with the fewest significant digits (3 or more) that
+    keep the labels distinct (levels 2.340, 2.345, 2.350 need 4)."""
+    levels = [float(v) for v in np.ravel(levels)]
+    for digits in range(3, 13):
+        texts = [f"{v:.{digits}g}" for v in levels]
+        if len(set(texts)) == len(texts):
+            break
+    return dict(zip(levels, texts))
+
+
+def round_step(raw: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that is >= raw."""
+    power = 10.0 ** np.floor(np.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def log10_or_nan(v: "np.typing.ArrayLike") -> np.ndarray:
+    """log10 of the values, NaN where a value is <= 0 (a gap on a log scale)."""
+    v = np.asarray(v, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
+
+
 # ---------------------------------------------------------------- names
 
-def sanitize(name):
+def sanitize(name: str) -> str:
     """A file name that needs no quoting in a shell (see the module docstring)."""
     return re.sub(r"_{2,}", "_", re.sub(r"[^A-Za-z0-9._-]", "_", name)).lstrip("-.") or "surface"
 
@@ -99,7 +225,7 @@ def ensure_folder(folder: str) -> str:
     return folder
 
 
-def write_output(path: str, write) -> str:
+def write_output(path: str, write: Callable[[str], object]) -> str:
     """Write one output file atomically: ``write(tmp)`` fills a temporary file beside
     ``path``, which then replaces ``path``. Any failure (disk full, folder removed,
     ...) is a UserError, and an existing ``path`` is left as it was."""
@@ -115,79 +241,152 @@ def write_output(path: str, write) -> str:
 # ---------------------------------------------------------------- titles
 
 INIT = "randomly initialised network (no --model_file)"
+IN_MEMORY = "model given in Python"
 
 
-def describe(surf: Surface, width: int = 80) -> str:  # noqa: C901 -- being split in round 3
-    """Up to four lines saying which surface this is -- what tells runs apart: the
-    network (model, checkpoint folder/name, or a random init), the directions (type,
-    normalization, ignore, seed/idx, a prefix of the directions hash), the data (set,
-    size, split) and the grid; from the settings plot_surface.py stores. Files written
+def describe(surf: Surface, width: int = 70) -> str:
+    """A few lines saying which surface this is -- what tells runs apart: the network
+    (model, checkpoint folder/name, a model given to the Python API, or a random init),
+    the directions (kind, normalization, ignore, seed/idx of random ones, a prefix of
+    the directions hash), the data (set, size, split) and the grid; from the settings
+    plot_surface.py (or the API) stores. Long lines are wrapped, never cut. Files written
     by the original code have none: their file name (and direction file) instead."""
+    return join_parts(description_parts(surf), width)
+
+
+def shared_description(surfs: list, width: int = 70) -> str:
+    """The title of an overlay: of each line of the description, the items that every
+    file shares (the legend tells the files apart); the model's name when the networks
+    differ only in their checkpoints."""
+    every = [description_parts(s) for s in surfs]
+    shared = [[item for item in part if all(k < len(p) and item in p[k] for p in every[1:])]
+              for k, part in enumerate(every[0])]
+    models = {str(s.settings.get("model", "")) if isinstance(s.settings, dict) else "" for s in surfs}
+    if shared and not shared[0] and len(models) == 1 and "" not in models:
+        shared[0] = [models.pop()]
+    return join_parts(shared, width)
+
+
+def description_parts(surf: Surface) -> list:
+    """The description as lines of items: [network], [directions...], [data...]."""
     s = surf.settings if isinstance(surf.settings, dict) else {}
     if not s:
-        text = os.path.basename(surf.path)
         d = surf.attrs.get("dir_file")
-        lines = [text] + ([f"directions: {os.path.basename(str(d))}"] if d else [])
-        return "\n".join(_shorten(line, width) for line in lines)
+        return [[os.path.basename(surf.path)]] + ([[f"directions: {os.path.basename(str(d))}"]] if d else [])
+    return [[network_text(s)], directions_text(s, direction_kind(surf)), data_text(s)]
 
-    def get(k):
-        v = s.get(k)
-        return "" if v is None or v == "" else str(v)
 
-    model = get("model") or "model"
-    if get("model_file"):
-        net = f"{model} {get('model_file')}"
-    elif get("model_hash").startswith("init") or "model_hash" in s or "model_file" in s:
+def join_parts(parts: list, width: int) -> str:
+    return "\n".join(wrap(", ".join(part), width) for part in parts if part and part[0])
+
+
+def _get(s: dict, k: str) -> str:
+    v = s.get(k)
+    return "" if v is None or v == "" else str(v)
+
+
+def network_text(s: dict) -> str:
+    """The network: checkpoint(s); a random init when the settings say so (``random_init``
+    or a model hash ``init(...)``); otherwise (no checkpoint, a weight hash: the Python
+    API) a model given in Python."""
+    model = _get(s, "model") or "model"
+    if _get(s, "model_file"):
+        net = f"{model} {_get(s, 'model_file')}"
+    elif s.get("random_init") or _get(s, "model_hash").startswith("init"):
         net = f"{model}: {INIT}"
+    elif s.get("model_source") == "api" or _get(s, "model_hash"):
+        net = f"{model} ({IN_MEMORY}, weights {_get(s, 'model_hash')[:8]})"
     else:
         net = model
-    if get("model_file2"):
-        net += f" -> {get('model_file2')}"
-    if get("model_file3"):
-        net += f", {get('model_file3')}"
+    if _get(s, "model_file2"):
+        net += f" -> {_get(s, 'model_file2')}"
+    if _get(s, "model_file3"):
+        net += f", {_get(s, 'model_file3')}"
+    return net
 
+
+DIRECTION_KINDS = {"random": "random", "pca": "PCA", "hessian": "Hessian eigenvector"}
+
+
+def direction_kind(surf: Surface) -> str:
+    """'interpolation', 'random', 'pca', 'hessian' or '' (unknown): from the settings
+    (``dir_kind``) if stored, else from the direction file named in the surface file
+    when it can be read (PCA files say ``kind=pca``, Hessian ones hold ``eigenvalues``,
+    random ones a ``recipe`` with a seed)."""
+    s = surf.settings if isinstance(surf.settings, dict) else {}
+    if _get(s, "model_file2"):
+        return "interpolation"
+    if _get(s, "dir_kind"):
+        return _get(s, "dir_kind")
+    attrs = _direction_attrs(surf)
+    if attrs is None:
+        return ""
+    if str(attrs.get("kind", "")) == "pca":
+        return "pca"
+    if "eigenvalues" in attrs or "hessian_top" in str(attrs.get("recipe", "")):
+        return "hessian"
+    return "random" if '"seed"' in str(attrs.get("recipe", "")) else ""
+
+
+def _direction_attrs(surf: Surface) -> Optional[dict]:
+    """The attributes of the surface's direction file, or None when it cannot be read."""
+    name = str(surf.attrs.get("dir_file") or "")
+    if not name:
+        return None
+    for path in (name, os.path.join(os.path.dirname(os.path.abspath(surf.path)), os.path.basename(name))):
+        try:
+            import h5py
+            with h5py.File(path, "r") as f:
+                return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def directions_text(s: dict, kind: str = "") -> list:
+    """[kind and type (hash prefix), normalization, ignore, seed/idx of random ones]."""
     dirs = []
-    if get("model_file2"):
-        dirs.append("line between checkpoints" if not get("model_file3")
+    if _get(s, "model_file2"):
+        dirs.append("line between checkpoints" if not _get(s, "model_file3")
                     else "plane through checkpoints")
-        if get("dir_type"):
-            dirs.append(get("dir_type"))
+        if _get(s, "dir_type"):
+            dirs.append(_get(s, "dir_type"))
     else:
-        if get("dir_type"):
-            dirs.append(f"{get('dir_type')} directions")
-        norms = {get("xnorm"), get("ynorm")} - {""}
+        what = " ".join(w for w in (DIRECTION_KINDS.get(kind, ""), _get(s, "dir_type")) if w)
+        if what:
+            dirs.append(f"{what} directions")
+        norms = {_get(s, "xnorm"), _get(s, "ynorm")} - {""}
         if norms:
             dirs.append("/".join(sorted(norms)) + "-normalized")
-        ignores = {get("xignore"), get("yignore")} - {""}
+        ignores = {_get(s, "xignore"), _get(s, "yignore")} - {""}
         if ignores:
             dirs.append("ignore " + "/".join(sorted(ignores)))
-    if get("directions_hash") and dirs:
-        dirs[0] += f" ({get('directions_hash')[:8]})"
-    for k in ("seed", "idx"):
-        if get(k):
-            dirs.append(f"{k}={get(k)}")
+    if _get(s, "directions_hash") and dirs:
+        dirs[0] += f" ({_get(s, 'directions_hash')[:8]})"
+    if kind in ("random", ""):                  # seed/idx make only random directions
+        dirs += [f"{k}={_get(s, k)}" for k in ("seed", "idx") if _get(s, k)]
+    return dirs
 
+
+def data_text(s: dict) -> list:
+    """[data set, size, split, sample cap, loss, grid, precision]."""
     data = []
-    if get("dataset"):
-        data.append(get("dataset") + (" raw" if s.get("raw_data") else ""))
-    if get("n_train"):
-        data.append(f"n={get('n_train')}" + (f"/{get('n_test')} test" if get("n_test") else ""))
+    if _get(s, "dataset"):
+        data.append(_get(s, "dataset") + (" raw" if s.get("raw_data") else ""))
+    if _get(s, "n_train"):
+        data.append(f"n={_get(s, 'n_train')}" + (f"/{_get(s, 'n_test')} test" if _get(s, "n_test") else ""))
     if s.get("data_split") and int(s.get("data_split") or 0) > 1:
-        data.append(f"split {get('split_idx')}/{get('data_split')}")
-    if get("max_samples"):
-        data.append(f"max {get('max_samples')}")
-    if get("loss_name") and get("loss_name") != "crossentropy":
-        data.append(get("loss_name"))
+        data.append(f"split {_get(s, 'split_idx')}/{_get(s, 'data_split')}")
+    if _get(s, "max_samples"):
+        data.append(f"max {_get(s, 'max_samples')}")
+    if _get(s, "loss_name") and _get(s, "loss_name") != "crossentropy":
+        data.append(_get(s, "loss_name"))
     grid = _grid_text(s.get("x"), "x") + ("  " + _grid_text(s.get("y"), "y") if s.get("y") else "")
     if grid.strip():
         data.append(grid.strip())
-    if get("precision") and get("precision") != "fp32":
-        data.append(get("precision"))
-
-    import textwrap
-    lines = [_shorten(net, width)] + [textwrap.fill(", ".join(part), width, break_on_hyphens=False)
-                                      for part in (dirs, data) if part]
-    return "\n".join(line for line in lines if line)
+    if _get(s, "precision") and _get(s, "precision") != "fp32":
+        data.append(_get(s, "precision"))
+    return data
 
 
 def _grid_text(r, axis):
@@ -198,12 +397,31 @@ def _grid_text(r, axis):
         return ""
 
 
-def _shorten(line, width):
-    """Keep the end of a long line (checkpoint names end in what differs)."""
-    return line if len(line) <= width else "..." + line[-(width - 3):]
+def wrap(line: str, width: int) -> str:
+    """Wrap at spaces; a word longer than ``width`` (a path) is broken after '/' or '_'.
+    Nothing is dropped."""
+    pieces = []                                      # (text, joined to the previous piece)
+    for word in line.split(" "):
+        glue = False
+        while len(word) > width:
+            cut = max(word.rfind("/", 0, width), word.rfind("_", 0, width))
+            cut = cut + 1 if cut > 0 else width
+            pieces.append((word[:cut], glue))
+            word, glue = word[cut:], True
+        pieces.append((word, glue))
+    out, current = [], ""
+    for text, glue in pieces:
+        joined = current + text if glue else (f"{current} {text}" if current else text)
+        if current and len(joined) > width:
+            out.append(current)
+            current = text
+        else:
+            current = joined
+    out.append(current)
+    return "\n".join(x for x in out if x.strip())
 
 
-def quantity_label(name):
+def quantity_label(name: str) -> str:
     """'train_loss' -> 'Training loss', 'eig_ratio' -> '|min_eig / max_eig|'."""
     known = {"train_loss": "Training loss", "test_loss": "Test loss",
              "train_acc": "Training accuracy (%)", "test_acc": "Test accuracy (%)",
@@ -227,7 +445,7 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", action="store_true", default=False, help="show plots")
 
 
-def pyplot(show: bool = False):
+def pyplot(show: bool = False) -> Any:
     """matplotlib.pyplot, on the non-interactive Agg backend unless figures are shown."""
     import matplotlib
     if not show and "matplotlib.pyplot" not in sys.modules:
@@ -236,7 +454,7 @@ def pyplot(show: bool = False):
     return plt
 
 
-def save_figure(fig, base: str, formats: Iterable[str], plots: Plots, name: str,
+def save_figure(fig: "Figure", base: str, formats: Iterable[str], plots: Plots, name: str,
                 show: bool = False) -> None:
     """Save ``fig`` as ``base.<fmt>`` for each format (300 dpi, tight), each written
     atomically; record it in ``plots`` and close it unless it is to be shown."""
@@ -253,145 +471,12 @@ def save_figure(fig, base: str, formats: Iterable[str], plots: Plots, name: str,
             plt.close(fig)
 
 
-def finish(plots, show):
+def finish(plots: Plots, show: bool) -> Plots:
     for path in plots.files:
         print(f"wrote {path}")
     if show:
         pyplot(show=True).show()
     return plots
-
-
-# ---------------------------------------------------------------- interactive HTML
-
-def write_html(fig, base, plots):
-    """Write a plotly figure as ONE self-contained .html (plotly.js embedded, so it
-    opens without network)."""
-    import plotly.io as pio
-    path = f"{base}.html"
-    write_output(path, lambda tmp: pio.write_html(fig, tmp, include_plotlyjs=True,
-                                                  full_html=True, auto_open=False,
-                                                  config={"responsive": True}))
-    plots.files.append(path)
-    return path
-
-
-def html_curves(curves, title: str, xlabel: str, log: bool = False,
-                xrange: Optional[tuple] = None, loss_range: Optional[tuple] = None):
-    """1D: ``curves`` = [(x, y, name, axis ('loss'|'acc'), dash (bool))]; accuracy on
-    a second y axis. Hover shows x and the value. As the static figures: ``log`` makes
-    the loss axis logarithmic, ``xrange`` (xmin, xmax) and ``loss_range`` (bottom, top)
-    are the axis limits."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    for x, y, name, axis, dash in curves:
-        y = np.asarray(y, dtype=float)
-        if log and axis == "loss":
-            y = np.where(y > 0, y, np.nan)                  # not drawable on a log axis
-        fig.add_trace(go.Scatter(x=np.asarray(x, float).tolist(), y=_nan_to_none(y), name=name,
-                                 mode="lines+markers",
-                                 line=dict(dash="dash" if dash else "solid"),
-                                 hovertemplate=f"x=%{{x:.4g}}<br>{name}=%{{y:.5g}}<extra></extra>"),
-                      secondary_y=(axis == "acc"))
-    fig.update_layout(title=title.replace("\n", "<br>"), hovermode="closest")
-    fig.update_xaxes(title_text=xlabel)
-    if xrange is not None:
-        fig.update_xaxes(range=[float(xrange[0]), float(xrange[1])])
-    fig.update_yaxes(title_text="Loss (log scale)" if log else "Loss", secondary_y=False,
-                     type="log" if log else "linear")
-    if loss_range is not None:
-        lo, hi = (np.log10(loss_range[0]), np.log10(loss_range[1])) if log else loss_range
-        fig.update_yaxes(range=[float(lo), float(hi)], secondary_y=False)
-    fig.update_yaxes(title_text="Accuracy (%)", secondary_y=True, range=[0, 100])
-    return fig
-
-
-def html_surface(x, y, Z, name: str, title: str, xlabel: str = "x", ylabel: str = "y", *,
-                 log: bool = False, color_range: Optional[tuple] = None,
-                 levels: Optional[Iterable[float]] = None, clip: Optional[tuple] = None):
-    """2D: a rotatable 3D surface and a contour map side by side, drawn as the static
-    figures are: ``color_range`` (vmin, vmax) is the colour range of both, ``levels``
-    the contour levels, ``clip`` (low, high) the range the 3D surface is clipped to
-    (None: no clipping) -- all in values. With ``log`` both show log10(value) (values
-    <= 0 are gaps) with axis and colour-bar ticks labelled in values. ``Z[i, j]`` is
-    the value at (x_i, y_j); plotly wants rows = y, so it gets ``Z.T``. Hover shows
-    x, y and the (unclipped) value; missing points are gaps."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    Z = np.asarray(Z, dtype=float)
-    shown = Z
-    if clip is not None:
-        shown = np.clip(Z, -np.inf if clip[0] is None else clip[0],
-                        np.inf if clip[1] is None else clip[1])   # NaN stays NaN
-    to = _log10 if log else (lambda v: np.asarray(v, dtype=float))
-    label = f"{name} (log scale)" if log else name
-    hover = f"x=%{{x:.4g}}<br>y=%{{y:.4g}}<br>{name}=%{{customdata:.5g}}<extra></extra>"
-    raw = _nan_to_none(Z.T)
-    cmin, cmax = (None, None) if color_range is None else (float(to(color_range[0])),
-                                                           float(to(color_range[1])))
-    ticks = _log_ticks(cmin, cmax, Z) if log else {}
-    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "xy"}]],
-                        subplot_titles=("3D surface (drag to rotate)", "contour"))
-    fig.add_trace(go.Surface(x=np.asarray(x, float).tolist(), y=np.asarray(y, float).tolist(),
-                             z=_nan_to_none(to(shown).T), customdata=raw,
-                             colorscale="Viridis", showscale=False, cmin=cmin, cmax=cmax,
-                             hovertemplate=hover), 1, 1)
-    contours = dict(showlabels=True)
-    if levels is not None:
-        lv = to(np.asarray(list(levels), dtype=float))
-        if len(lv) >= 2:
-            contours.update(start=float(lv[0]), end=float(lv[-1]), size=float(lv[1] - lv[0]),
-                            coloring="fill")
-    fig.add_trace(go.Contour(x=np.asarray(x, float).tolist(), y=np.asarray(y, float).tolist(),
-                             z=_nan_to_none(to(Z).T), customdata=raw, colorscale="Viridis",
-                             zmin=cmin, zmax=cmax, autocontour=levels is None,
-                             hovertemplate=hover, contours=contours,
-                             colorbar=dict(title=dict(text=label), **ticks)),
-                  1, 2)
-    zaxis = dict(title=label, **ticks)
-    if clip is not None:
-        lo = np.nanmin(to(shown)) if clip[0] is None else float(to(clip[0]))
-        hi = np.nanmax(to(shown)) if clip[1] is None else float(to(clip[1]))
-        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
-            zaxis["range"] = [float(lo), float(hi)]
-    fig.update_layout(title=title.replace("\n", "<br>"), height=600,
-                      scene=dict(xaxis_title=xlabel, yaxis_title=ylabel, zaxis=zaxis))
-    fig.update_xaxes(title_text=xlabel, row=1, col=2)
-    fig.update_yaxes(title_text=ylabel, row=1, col=2)
-    return fig
-
-
-def _log10(v):
-    v = np.asarray(v, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
-
-
-def _log_ticks(lo, hi, Z):
-    """tickvals (log10 units) between lo and hi, labelled in values: 1, 2, 5 x 10^k
-    over up to two decades, else powers of ten (every other one past 8 decades...)."""
-    if lo is None or hi is None:
-        finite = _log10(Z)
-        finite = finite[np.isfinite(finite)]
-        if not finite.size:
-            return {}
-        lo, hi = finite.min(), finite.max()
-    span = hi - lo
-    subs = (1, 2, 5) if span <= 2 else (1,)                # at most about 8 ticks
-    every = max(1, int(np.ceil(span / 8)))
-    vals = [np.log10(m) + k for k in range(int(np.floor(lo)) - 1, int(np.ceil(hi)) + 2)
-            if k % every == 0 for m in subs]
-    vals = [v for v in vals if lo - 1e-9 <= v <= hi + 1e-9]
-    if len(vals) < 2:
-        return {}
-    return dict(tickmode="array", tickvals=[float(v) for v in vals],
-                ticktext=[f"{10 ** v:.3g}" for v in vals])
-
-
-def _nan_to_none(a):
-    """NaN -> None so plotly leaves a gap (and the JSON stays valid)."""
-    a = np.asarray(a, dtype=float)
-    return np.where(np.isfinite(a), a, None).tolist()
 
 
 def optional_float(text: str) -> Optional[float]:

@@ -421,3 +421,4 @@ def fill_disk(folder):
     except OSError:
         pass
     os.close(fd)
+

@@ -21,7 +21,8 @@ TIERS = [  # top to bottom (doc/architecture.md): a module may import its own ti
     ("runtime", {"grid", "scheduler", "flags", "runner", "spec", "mpi4pytorch"}),
     ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "evaluation_options", "direction_options",
                 "hessian_options", "hessian", "model_loader", "dataloader",
-                "surface", "inference", "plot_common", "cifar10", "cifar10.models", "cifar10.models.densenet",
+                "surface", "inference", "plot_common", "plot_curves", "plot_html", "plot_maps",
+                "cifar10", "cifar10.models", "cifar10.models.densenet",
                 "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
     ("base", {"errors", "fileio", "store", "plugins"}),
 ]
@@ -29,7 +30,6 @@ TIERS = [  # top to bottom (doc/architecture.md): a module may import its own ti
 ALLOWED = {
     ("demo", "sharpness"),  # being removed in round 3: the tables out of sharpness.py
     ("demo", "cifar10.main"),  # being removed in round 3: the training folder name out of cifar10/main.py
-    ("grid", "plot_1D"), ("grid", "plot_2D"),  # being removed in round 3: figure builders out of the plot scripts
     ("plot_trajectory", "plot_2D"), ("plot_trajectory", "projection"),  # being removed in round 3: likewise
 }
 def local_imports(name: str, path: str, modules: set[str]) -> set[str]:

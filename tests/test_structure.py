@@ -21,15 +21,8 @@ from conftest import REPO, is_command, module_files
 MAX_LINES = 60
 # Each entry is a function another change of round 3 is splitting now; the lead drops it at merge.
 LONG_ALLOWED = {
-    ("plot_1D", "plot_1d_loss_err"),  # being split in round 3: a layout and figure builders (plots)
-    ("plot_2D", "plot_2d_contour"),  # being split in round 3: figure builders (plots)
-    ("plot_common", "describe"),  # being split in round 3: plot_common reshaped (plots)
     ("demo", "main"),  # being split in round 3: the tables out of sharpness.py (mode connectivity)
     ("cifar10.main", "train"),  # being split in round 3: the training run (training)
-}
-# Modules whose public signatures another change of round 3 is rewriting now.
-UNTYPED_ALLOWED = {
-    "plot_common",  # being reshaped in round 3 (plots): figure builders out of the plot scripts
 }
 
 FILES = module_files()
@@ -78,7 +71,7 @@ def test_the_checks_see_what_they_should():
     assert "plot_surface" not in LIBRARY and "cifar10.main" not in LIBRARY
 
 
-@pytest.mark.parametrize("name", [m for m in LIBRARY if m not in UNTYPED_ALLOWED])
+@pytest.mark.parametrize("name", LIBRARY)
 def test_library_functions_are_typed(name):
     missing = [f"{fn.name}:{fn.lineno} ({', '.join(untyped(fn))})"
                for fn in public_functions(_tree(name)) if untyped(fn)]
@@ -91,14 +84,11 @@ def test_no_function_is_longer_than_the_bound(name):
     assert not long, f"{FILES[name]}: split {long} (at most {MAX_LINES} lines)"
 
 
-def test_the_allowlists_hold_only_what_exists():
+def test_the_allowlist_holds_only_what_exists():
     """An exception that is no longer needed is dropped."""
     stale = sorted((m, fn) for m, fn in LONG_ALLOWED
                    if m not in FILES or fn not in dict(long_functions(_tree(m))))
     assert not stale, f"drop from LONG_ALLOWED: {stale}"
-    done = sorted(m for m in UNTYPED_ALLOWED
-                  if m not in FILES or not any(untyped(f) for f in public_functions(_tree(m))))
-    assert not done, f"drop from UNTYPED_ALLOWED: {done}"
 
 
 def test_the_complexity_check_is_on():
