@@ -404,33 +404,11 @@ def main(argv=None):
             signal.signal(s, h)
 
 
-def train(args, state):  # noqa: C901 -- being split in round 3
+def train(args, state):
     """The run: data, folder (new, resumed or refused), model, optimizer, epochs; ``state``
     follows the folder and the epoch in progress."""
-    if args.cuda and not torch.cuda.is_available():
-        raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
-    if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
-        raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
-    threads = grid.set_threads(args.threads, None)
-    device = torch.device("cuda" if args.cuda else "cpu")
-    torch.backends.cudnn.benchmark = args.cuda  # as the original
-
-    random.seed(args.rand_seed)
-    np.random.seed(args.rand_seed)
-    torch.manual_seed(args.rand_seed)
-
-    # Data, with corrupted training labels if asked
-    data = dataloader.load_data(args)
-    if len(data.train_y) == 0 or len(data.test_y) == 0:
-        raise UserError(f"the {data.name} data have an empty train or test split; "
-                        "check --max_samples/--data_split")
-    if args.label_corrupt_prob > 0:
-        if data.num_classes < 2:
-            raise UserError(f"--label_corrupt_prob needs at least 2 classes; {data.name} has "
-                            f"{data.num_classes}")
-        data.train_y = corrupt_labels(data.train_y, args.label_corrupt_prob, data.num_classes,
-                                      args.rand_seed)
-    aug = data.name == "cifar10" and not args.noaug and not args.raw_data
+    device, threads = _device_and_seeds(args)
+    data = _training_data(args)
 
     # The run's folder: a new run, the rest of an interrupted one, or refused
     folder = os.path.join(args.save, name_save_folder(args))
@@ -446,28 +424,13 @@ def train(args, state):  # noqa: C901 -- being split in round 3
         return
 
     # Model: resumed from a checkpoint, or fresh with the original's initialization
-    start_epoch = 1
     resume_model, resume_opt = args.resume_model, args.resume_opt
     if last:
         resume_model = os.path.join(folder, f"model_{last}.t7")
         resume_opt = os.path.join(folder, f"opt_state_{last}.t7")
-    if resume_model:
-        net = model_loader.load(args.model, resume_model)
-        start_epoch = _checkpoint_epoch(resume_model) + 1
-    else:
-        net = model_loader.build_model(args.model)
-        init_params(net)
-    model_loader.check_fits(net, data, args.model)
-    net.to(device)
+    net, start_epoch = _model(args, resume_model, data, device)
     model = nn.DataParallel(net, device_ids=list(range(args.ngpu))) if args.ngpu > 1 else net
-
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
-                                    weight_decay=args.weight_decay, nesterov=args.momentum > 0)
-    else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if resume_opt:
-        load_optimizer_state(optimizer, resume_opt, device)
+    optimizer = _optimizer(args, net, resume_opt, device)
 
     os.makedirs(folder, exist_ok=True)
     state["folder"] = folder
@@ -483,7 +446,73 @@ def train(args, state):  # noqa: C901 -- being split in round 3
         # the training set as trained on, for plot_surface.py --trainloader
         with written_atomically(os.path.join(folder, "trainloader.t7")) as tmp:
             torch.save({"x": data.train_x, "y": data.train_y}, tmp)
+    _run_epochs(args, state, folder, data, net, model, optimizer, start_epoch, device)
+    if resume_model and start_epoch > args.epochs:
+        print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
+              f"{args.epochs}", flush=True)
 
+
+def _device_and_seeds(args):
+    """(device, threads) of the run, after checking --cuda/--ngpu; seeds every generator."""
+    if args.cuda and not torch.cuda.is_available():
+        raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
+    if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
+        raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
+    threads = grid.set_threads(args.threads, None)
+    device = torch.device("cuda" if args.cuda else "cpu")
+    torch.backends.cudnn.benchmark = args.cuda  # as the original
+
+    random.seed(args.rand_seed)
+    np.random.seed(args.rand_seed)
+    torch.manual_seed(args.rand_seed)
+    return device, threads
+
+
+def _training_data(args):
+    """The data, with corrupted training labels if asked."""
+    data = dataloader.load_data(args)
+    if len(data.train_y) == 0 or len(data.test_y) == 0:
+        raise UserError(f"the {data.name} data have an empty train or test split; "
+                        "check --max_samples/--data_split")
+    if args.label_corrupt_prob > 0:
+        if data.num_classes < 2:
+            raise UserError(f"--label_corrupt_prob needs at least 2 classes; {data.name} has "
+                            f"{data.num_classes}")
+        data.train_y = corrupt_labels(data.train_y, args.label_corrupt_prob, data.num_classes,
+                                      args.rand_seed)
+    return data
+
+
+def _model(args, resume_model, data, device):
+    """(net on ``device``, first epoch to train): resumed from ``resume_model``, or fresh
+    with the original's initialization; checked against the data."""
+    start_epoch = 1
+    if resume_model:
+        net = model_loader.load(args.model, resume_model)
+        start_epoch = _checkpoint_epoch(resume_model) + 1
+    else:
+        net = model_loader.build_model(args.model)
+        init_params(net)
+    model_loader.check_fits(net, data, args.model)
+    net.to(device)
+    return net, start_epoch
+
+
+def _optimizer(args, net, resume_opt, device):
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if resume_opt:
+        load_optimizer_state(optimizer, resume_opt, device)
+    return optimizer
+
+
+def _run_epochs(args, state, folder, data, net, model, optimizer, start_epoch, device):
+    """Train from ``start_epoch`` to --epochs (epoch 0: the initial model, evaluated only),
+    recording each epoch in log.out and saving the checkpoints."""
+    aug = data.name == "cifar10" and not args.noaug and not args.raw_data
     n_classes = data.num_classes
     with open(os.path.join(folder, "log.out"), "a") as log:
         def record(epoch, train_loss, train_acc, test_loss, test_acc, seconds):
@@ -516,9 +545,6 @@ def train(args, state):  # noqa: C901 -- being split in round 3
             record(epoch, train_loss, train_acc, test_loss, test_acc, time.time() - t)
             if epoch == 1 or epoch % args.save_epoch == 0 or epoch == args.epochs:
                 save_checkpoint(folder, epoch, test_acc, net, optimizer)
-    if resume_model and start_epoch > args.epochs:
-        print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
-              f"{args.epochs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ MAX_LINES = 60
 # Each entry is a function another change of round 3 is splitting now; the lead drops it at merge.
 LONG_ALLOWED = {
     ("demo", "main"),  # being split in round 3: the tables out of sharpness.py (mode connectivity)
-    ("cifar10.main", "train"),  # being split in round 3: the training run (training)
 }
 
 FILES = module_files()
