@@ -46,6 +46,7 @@ if REPO not in sys.path:
 import flags  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from surface import read_surface  # noqa: E402
+from tables import html_table, markdown_table, read_sharpness_table  # noqa: E402
 
 # The two networks: (key, label, batch size, learning rate, epochs full, epochs --quick)
 NETWORKS = [("small_batch", "small batch (bs=16)", 16, 0.05, 10, 2),
@@ -104,25 +105,8 @@ def main(argv=None):
     demo.plot("plot_1D", ["--surf_file", interp, "--log"], "interpolation")
 
     demo.step("Filter-normalized random directions: 1D curves and 2D surfaces")
-    lines = {key: [demo.surface(["--model_file", models[key], "--dir_type", "weights",
-                                 "--xnorm", "filter", "--xignore", "biasbn",
-                                 f"--x=-1:1:{size['line']}", "--idx", str(i)])
-                   for i in range(size["dirs"])] for key in models}
     labels = {key: label for key, label, *_ in NETWORKS}
-    demo.plot("plot_1D", ["--surf_file"] + [lines[k][0] for k in models]
-              + ["--labels"] + [labels[k] for k in models] + ["--log"], "random_1d")
-    demo.plot("plot_1D", ["--surf_file"] + [f for k in models for f in lines[k]] + ["--labels"]
-              + [f"{labels[k].split(' (')[0]} dir {i}" for k in models
-                 for i in range(size["dirs"])] + ["--log"], "random_1d_all")
-    grids = {}
-    for key in models:
-        g = size["grid"]
-        grids[key] = demo.surface(["--model_file", models[key], "--dir_type", "weights",
-                                   "--xnorm", "filter", "--xignore", "biasbn", "--ynorm", "filter",
-                                   "--yignore", "biasbn", f"--x=-1:1:{g}", f"--y=-1:1:{g}"])
-        demo.plot("plot_2D", ["--surf_file", grids[key], "--surf_name", "train_loss", "--log",
-                              "--vmin", str(LOSS_RANGE[0]), "--vmax", str(LOSS_RANGE[1]),
-                              "--vlevel", "0.25", "--zlim", str(LOSS_RANGE[1]), "--html"], key)
+    lines, grids = random_directions(demo, models, labels, size)
 
     demo.step("ParaView .vtp files of the 2D surfaces (the interactive pages came with --html)")
     for key in models:
@@ -145,6 +129,30 @@ def main(argv=None):
     if args.doc_images:
         copy_doc_images(demo.figures, args.doc_images)
     print(f"demo done in {seconds:.0f} s; open {os.path.join(out, 'index.html')}", flush=True)
+
+
+def random_directions(demo, models, labels, size):
+    """Step 3: 1D curves along several filter-normalized random directions for each
+    network, overlaid, and a 2D surface for each; returns their surface files."""
+    lines = {key: [demo.surface(["--model_file", models[key], "--dir_type", "weights",
+                                 "--xnorm", "filter", "--xignore", "biasbn",
+                                 f"--x=-1:1:{size['line']}", "--idx", str(i)])
+                   for i in range(size["dirs"])] for key in models}
+    demo.plot("plot_1D", ["--surf_file"] + [lines[k][0] for k in models]
+              + ["--labels"] + [labels[k] for k in models] + ["--log"], "random_1d")
+    demo.plot("plot_1D", ["--surf_file"] + [f for k in models for f in lines[k]] + ["--labels"]
+              + [f"{labels[k].split(' (')[0]} dir {i}" for k in models
+                 for i in range(size["dirs"])] + ["--log"], "random_1d_all")
+    grids = {}
+    for key in models:
+        g = size["grid"]
+        grids[key] = demo.surface(["--model_file", models[key], "--dir_type", "weights",
+                                   "--xnorm", "filter", "--xignore", "biasbn", "--ynorm", "filter",
+                                   "--yignore", "biasbn", f"--x=-1:1:{g}", f"--y=-1:1:{g}"])
+        demo.plot("plot_2D", ["--surf_file", grids[key], "--surf_name", "train_loss", "--log",
+                              "--vmin", str(LOSS_RANGE[0]), "--vmax", str(LOSS_RANGE[1]),
+                              "--vlevel", "0.25", "--zlim", str(LOSS_RANGE[1]), "--html"], key)
+    return lines, grids
 
 
 # ---------------------------------------------------------------------- running tools
@@ -271,11 +279,10 @@ def flatness_table(lines, labels, interp_file):
     note = ("Loss increase = (L(+α) + L(−α))/2 − L(0) of the training loss along each of "
             f"{len(files)} filter-normalized random directions; mean and standard deviation "
             "over the directions.")
-    md = [f"| {' | '.join(line)} |" for line in [header, ["---"] * len(header)] + cells]
     return {"radii": list(RADII), "rows": rows, "verdict": verdict,
             "small_batch_flatter": verdict.startswith(FLATTER), "header": header,
             "cells": cells, "note": note,
-            "markdown": "\n".join(md + ["", note, "", f"**{verdict}**"])}
+            "markdown": markdown_table(header, cells, note) + f"\n\n**{verdict}**"}
 
 
 def flatness_verdict(small, large):
@@ -317,14 +324,13 @@ SHARPNESS_RHO = 0.25
 def sharpness_section(demo, models, labels, quick):
     """sharpness.py on both networks (one table): λmax, trace, random and worst-case loss
     increase at filter-normalized radius 0.25; returns its table and a comparison line."""
-    import sharpness
     size = SHARPNESS["quick" if quick else "full"]
     prefix = os.path.join(demo.out, "sharpness")
     argv = ["--model", "digits_cnn", "--threads", "1", "--model_file"] + [models[k] for k in models] + \
         ["--labels"] + [labels[k] for k in models] + ["--rho", str(SHARPNESS_RHO), "--out", prefix] + \
         [f"--{k}={v}" for k, v in size.items()]
     demo.run(demo.mpi + [sys.executable, "sharpness.py"] + (["--mpi"] if demo.mpi else []) + argv)
-    header, cells, note, rows = sharpness.read_table(prefix + ".h5")
+    header, cells, note, rows = read_sharpness_table(prefix + ".h5")
     small, large = rows
     ratio = lambda k: float(np.ravel(large[k])[0]) / max(float(np.ravel(small[k])[0]), 1e-12)
     compare = (f"Large batch / small batch: λmax {ratio('lambda_max'):.1f}x, trace {ratio('trace'):.1f}x, "
@@ -337,10 +343,7 @@ def sharpness_section(demo, models, labels, quick):
 
 def sharpness_html(out, sharp):
     rel = lambda p: html.escape(os.path.relpath(p, out).replace(os.sep, "/"))
-    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>"
-                                              for c in cells) + "</tr>"
-    return ("<h2>Sharpness (sharpness.py)</h2><table>" + row(sharp["header"], "th")
-            + "".join(row(c, "td") for c in sharp["cells"]) + f"</table><p>{html.escape(sharp['note'])}</p>"
+    return ("<h2>Sharpness (sharpness.py)</h2>" + html_table(sharp["header"], sharp["cells"], sharp["note"])
             + f"<p><b>{html.escape(sharp['compare'])}</b> ("
             + ", ".join(f"<a href='{rel(f)}'>{html.escape(os.path.basename(f))}</a>" for f in sharp["files"])
             + ")</p>")
@@ -406,10 +409,8 @@ def write_index(out, demo, table, seconds, quick, sharp=None):
 
 
 def table_html(table):
-    row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>"
-                                              for c in cells) + "</tr>"
-    return ("<table>" + row(table["header"], "th") + "".join(row(c, "td") for c in table["cells"])
-            + f"</table><p>{html.escape(table['note'])}</p><p><b>{html.escape(table['verdict'])}"
+    return (html_table(table["header"], table["cells"], table["note"])
+            + f"<p><b>{html.escape(table['verdict'])}"
             "</b> (<a href='flatness.md'>flatness.md</a>, <a href='flatness.json'>flatness.json"
             "</a>)</p>")
 

@@ -26,24 +26,32 @@ model in eval mode. With ``--bn_update`` (default when the model has BatchNorm) 
 running statistics are first re-estimated at each point by one pass over the training
 data in train mode (the exact average over the batches, as Garipov et al.'s update_bn).
 Barrier height of each path, two definitions:
-``barrier_max``     max_t L(t) − max(L(0), L(1))
-``barrier_interp``  max_t [L(t) − ((1−t) L(0) + t L(1))]
+``barrier_max``     max_t L(t) − max(L0, L1)
+``barrier_interp``  max_t [L(t) − ((1−t) L0 + t L1)]
+each against two references, both stored and printed: ``barriers`` with L0, L1 = L(0),
+L(1), the path's own ends (BN statistics re-estimated there with --bn_update), and
+``barriers_checkpoints`` with L0, L1 = the checkpoints' own losses (their saved BN
+statistics). Without BN re-estimation the two are the same.
 
 Outputs in ``--out_dir`` (default: mode_connectivity_<curve> next to --model_file):
 ``bend.t7``, ``midpoint.t7`` (θ(0.5) = (θ_A + 2θ_b + θ_B)/4, on the curve, BN
 statistics re-estimated with --bn_update) and ``curve.t7`` (state_dict = the
-midpoint, plus the whole curve: ``load_curve``), all in the original checkpoint format
-{'state_dict': ...}; ``mode_connectivity.h5`` (a 1D surface file over t: line_* and
+midpoint, plus the whole curve: ``curves.load_curve``), all in the original checkpoint
+format {'state_dict': ...}; ``mode_connectivity.h5`` (a 1D surface file over t: line_* and
 curve_* losses and accuracies, barrier heights and settings as attributes;
-``read_results``); with ``--plot`` ``mode_connectivity.pdf/.png`` (both paths, loss and
+``curves.read_results``); with ``--plot`` ``mode_connectivity.pdf/.png`` (both paths, loss and
 accuracy vs t); ``curve_proj.h5`` (the curve's (x, y) in the plane through θ_A, θ_B
 and the bend: ``plot_2D.py --proj_file`` draws it on that plane's contours);
 ``train_state.pt`` (the bend and the optimizer after every epoch).
 
 Resume: a rerun of the same command continues training from the last finished epoch
 and computes only the evaluation points not yet saved; with other settings it is
-refused unless ``--overwrite``. ``--mpi``: training runs on rank 0 (the other ranks
-wait without spinning), the evaluation points are shared among all ranks.
+refused unless ``--overwrite``; a file in ``--out_dir`` that this script did not write
+(or an input of the run) is never replaced, not even with ``--overwrite``. ``--mpi``:
+training runs on rank 0 (the other ranks wait without spinning; SIGTERM/SIGINT to any
+rank stops it after the step at hand, every rank exits with 128 + the signal), the
+evaluation points are shared among all ranks. The curve, its training and the barrier
+heights are the library ``curves.py``.
 """
 import argparse
 
@@ -92,213 +100,23 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.func import functional_call
 
 import dataloader
 import model_loader
 import mpi4pytorch
-import runner
-from errors import UserError, run_main
+from curves import (CURVES, FORMAT, Curve, aliases, barrier_heights, check_trainable, curve_projection,
+                    has_batchnorm, is_own_file, line_state, make_optimizer, read_results, save_torch, train_epoch,
+                    update_bn)
+from errors import SharedUserError, UserError, run_main
 from evaluation import Evaluator, get_loss_fn
 import grid
-from fileio import check_output_path, check_reuse, written_atomically
-from surface import SurfaceWriter, read_surface
+import runner
+from fileio import check_not_input, check_output_path, check_reuse, h5_written_atomically
+from store import Lock
+from surface import SurfaceStore
 
-CURVES = ("bezier", "polychain")
 TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ = ("train_state.pt", "bend.t7", "midpoint.t7", "curve.t7",
                                                      "mode_connectivity.h5", "curve_proj.h5")
-
-
-# ============================================================================ library
-def has_batchnorm(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
-def _aliases(net: nn.Module) -> dict:
-    """Every parameter name (tied ones included) -> the canonical name of its tensor."""
-    canonical, out = {}, {}
-    for name, p in net.named_parameters(remove_duplicate=False):
-        out[name] = canonical.setdefault(id(p), name)
-    return out
-
-
-class Curve:
-    """A Bezier curve or polygonal chain θ(t) between two states of ``net``.
-
-    ``bend`` holds the trainable tensors (one per parameter of ``net``, leaf tensors
-    with requires_grad). ``at(t)`` gives parameters and buffers for
-    ``functional_call(net, curve.at(t), x)``: differentiable with respect to the bend;
-    ``state_at(t)`` gives a detached, complete state_dict (``net.load_state_dict``).
-    """
-
-    def __init__(self, net: nn.Module, state_a: dict, state_b: dict, kind: str = "bezier",
-                 bend: dict | None = None):
-        if kind not in CURVES:
-            raise UserError(f"unknown --curve '{kind}'; use {' or '.join(CURVES)}")
-        self.kind = kind
-        self.alias = _aliases(net)
-        self.keys = list(net.state_dict().keys())
-        self.params = list(dict.fromkeys(self.alias.values()))
-        self.buffers = [k for k in self.keys if k not in self.alias]
-        own = net.state_dict()
-        self.start = {k: state_a.get(k, own[k]).detach().clone() for k in self.keys}
-        self.end = {k: state_b.get(k, own[k]).detach().clone() for k in self.keys}
-        self.bend = {}
-        for k in self.params:
-            b = (bend[k] if bend is not None else (self.start[k] + self.end[k]) / 2)
-            self.bend[k] = b.detach().clone().to(self.start[k].dtype).requires_grad_(True)
-
-    def to(self, device) -> "Curve":
-        self.start = {k: v.to(device) for k, v in self.start.items()}
-        self.end = {k: v.to(device) for k, v in self.end.items()}
-        self.bend = {k: v.detach().to(device).requires_grad_(True) for k, v in self.bend.items()}
-        return self
-
-    def coefficients(self, t: float) -> tuple:
-        """(c_A, c_b, c_B) with θ(t) = c_A θ_A + c_b θ_b + c_B θ_B."""
-        t = float(t)
-        if self.kind == "bezier":
-            return (1 - t) ** 2, 2 * t * (1 - t), t ** 2
-        if t <= 0.5:
-            return 1 - 2 * t, 2 * t, 0.0
-        return 0.0, 2 - 2 * t, 2 * t - 1
-
-    def params_at(self, t: float) -> dict:
-        ca, cb, cB = self.coefficients(t)
-        return {k: ca * self.start[k] + cb * self.bend[k] + cB * self.end[k] for k in self.params}
-
-    def buffers_at(self, t: float) -> dict:
-        return interpolate_buffers(self.start, self.end, self.buffers, t)
-
-    def at(self, t: float) -> dict:
-        """Parameters (differentiable in the bend) and buffers (fresh tensors) at t."""
-        return {**self.params_at(t), **self.buffers_at(t)}
-
-    def state_at(self, t: float) -> dict:
-        """The complete state_dict at t (detached; tied parameters under every name)."""
-        with torch.no_grad():
-            p = self.params_at(t)
-            b = self.buffers_at(t)
-        return {k: (p[self.alias[k]] if k in self.alias else b[k]).detach() for k in self.keys}
-
-    def bend_state(self) -> dict:
-        """A complete state_dict holding the bend (buffers: those at t = 0.5)."""
-        b = self.buffers_at(0.5)
-        return {k: (self.bend[self.alias[k]] if k in self.alias else b[k]).detach().clone()
-                for k in self.keys}
-
-
-def interpolate_buffers(start: dict, end: dict, keys, t: float) -> dict:
-    """Floating entries (1−t)·start + t·end; integer ones copied from the nearer end."""
-    out = {}
-    for k in keys:
-        a, b = start[k], end[k]
-        if a.is_floating_point():
-            out[k] = (1 - t) * a + t * b
-        else:
-            out[k] = (a if t < 0.5 else b).clone()
-    return out
-
-
-def line_state(start: dict, end: dict, t: float) -> dict:
-    """The state_dict at t on the straight line (1−t)θ_A + tθ_B (integer entries: nearer end)."""
-    return interpolate_buffers(start, end, list(start), t)
-
-
-@torch.no_grad()
-def update_bn(net: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Re-estimate BatchNorm running statistics: one pass over ``x`` in train mode, the
-    statistics being the exact average of the batch statistics weighted by batch size."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-    net.train()
-    seen = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        for m in bns:
-            m.momentum = len(xb) / (seen + len(xb))
-        net(xb)
-        seen += len(xb)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    net.eval()
-
-
-def lr_factor(epoch: int, epochs: int) -> float:
-    """Garipov et al.'s schedule: constant for the first half, then linear down to 1 %
-    at 90 % of the epochs (``epoch`` counts from 1)."""
-    alpha = (epoch - 1) / max(epochs, 1)
-    if alpha <= 0.5:
-        return 1.0
-    if alpha <= 0.9:
-        return 1.0 - (alpha - 0.5) / 0.4 * 0.99
-    return 0.01
-
-
-def make_optimizer(curve: Curve, lr: float, momentum: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(list(curve.bend.values()), lr=lr, momentum=momentum)
-
-
-def train_epoch(net: nn.Module, curve: Curve, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, loss_fn, epoch: int, epochs: int, lr: float, batch_size: int,
-                weight_decay: float, seed: int, stop=lambda: False) -> float | None:
-    """One epoch of curve training; the mean training loss, or None if ``stop()`` said so.
-
-    Deterministic given (seed, epoch): the shuffle and the values of t come from a
-    generator seeded with both, so a resumed run repeats an uninterrupted one exactly.
-    """
-    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * lr_factor(epoch, epochs)
-    net.train()
-    total, n = 0.0, 0
-    for idx in torch.randperm(len(y), generator=g).split(batch_size):
-        t = float(torch.rand((), generator=g))
-        idx = idx.to(x.device)
-        xb, yb = x[idx], y[idx]
-        params = curve.params_at(t)
-        out = functional_call(net, {**params, **curve.buffers_at(t)}, (xb,))
-        loss = loss_fn(out, yb) / len(yb)
-        objective = loss
-        if weight_decay:
-            objective = loss + 0.5 * weight_decay * sum((p * p).sum() for p in params.values())
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        total += loss.item() * len(yb)
-        n += len(yb)
-        if stop():
-            return None
-    return total / max(n, 1)
-
-
-def barrier_heights(t, loss) -> dict:
-    """Both barrier heights of a path sampled at ``t`` (increasing, from 0 to 1):
-    ``barrier_max`` = max_t L(t) − max(L(0), L(1)) and
-    ``barrier_interp`` = max_t [L(t) − ((1−t) L(0) + t L(1))], with the t of each maximum."""
-    t, loss = np.asarray(t, dtype=np.float64), np.asarray(loss, dtype=np.float64)
-    above_max = loss - max(loss[0], loss[-1])
-    above_line = loss - ((1 - t) * loss[0] + t * loss[-1])
-    i, j = int(np.argmax(above_max)), int(np.argmax(above_line))
-    return {"barrier_max": float(above_max[i]), "t_max": float(t[i]),
-            "barrier_interp": float(above_line[j]), "t_interp": float(t[j])}
-
-
-def load_curve(path: str, model: str) -> Curve:
-    """The curve saved in ``curve.t7`` for zoo model (or factory) ``model``."""
-    if not os.path.isfile(path):
-        raise UserError(f"curve file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or "curve" not in obj:
-        raise UserError(f"{path} is not a curve file written by mode_connectivity.py")
-    c = obj["curve"]
-    net = model_loader.build_model(model)
-    return Curve(net, c["start"], c["end"], c["kind"], bend=c["bend"])
 
 
 # ============================================================================== flags
@@ -327,16 +145,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ============================================================================== story
+OUTPUTS = (TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ)
+STOP_TAG, OUTCOME_TAG = 31, 32  # messages of the training phase (on_rank0)
+
+
 def load_endpoints(args, comm):
     """Device, data, the model (at θ_A) and the two end states; checks they differ."""
     device, data, net = grid.load_run(args, comm)
     state_a = {k: v.clone() for k, v in net.state_dict().items()}
     state_b = model_loader.load(args.model, args.model_file2, args.unsafe_load).state_dict()
-    params = _aliases(net)
-    if all(torch.equal(state_a[k], state_b[k]) for k in params):
+    if all(torch.equal(state_a[k], state_b[k]) for k in aliases(net)):
         raise UserError(f"--model_file and --model_file2 hold the same weights ({args.model_file}, "
                         f"{args.model_file2}): there is no path between them to train")
     return device, data, net.to(device), state_a, state_b
+
+
+def check_inputs(args, net, curve, data, device):
+    """Rank 0, before anything is written: no output may be an input or a file this
+    script did not write (not even with --overwrite), and the loss must train the curve."""
+    for name in OUTPUTS:
+        path = os.path.join(args.out_dir, name)
+        check_not_input(path, "output file", runner.inputs_of(args))
+        if os.path.exists(path) and not is_own_file(path):
+            raise UserError(f"{path} exists and was not written by mode_connectivity.py; move it away or choose "
+                            "another --out_dir (--overwrite replaces only files this script wrote)")
+    if args.epochs > 0:
+        x, y = data.train_x[:2].to(device), data.train_y[:2].to(device)
+        check_trainable(net, curve, x, y, get_loss_fn(args.loss_name), args.loss_name)
 
 
 def train_settings(args, data):
@@ -351,65 +186,57 @@ def train_settings(args, data):
 def _load_train_state(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a foreign or damaged file: say so in one line
+    except Exception as e:  # a damaged file: say so in one line
         raise UserError(f"cannot read {path} ({str(e).splitlines()[0][:120]}); rerun with --overwrite")
 
 
-def train(args, net, curve, data, device, settings):
-    """Rank 0: train the bend (or resume/reuse a finished training); save it every epoch."""
+def resume_training(args, curve, optimizer, settings) -> int:
+    """The last finished epoch of a saved training with the same settings (0: none)."""
+    path = os.path.join(args.out_dir, TRAIN_STATE)
+    if not os.path.exists(path) or args.overwrite:
+        return 0
+    saved = _load_train_state(path)
+    check_reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
+                "the curve training", hint="rerun with --overwrite to start fresh or choose another --out_dir")
+    curve.set_bend(saved["bend"])
+    optimizer.load_state_dict(saved["optimizer"])
+    start = int(saved["epoch"])
+    print(f"resuming the curve training after epoch {start} of {args.epochs} ({path})"
+          if start < args.epochs else f"curve already trained ({args.epochs} epochs, {path})",
+          file=sys.stderr, flush=True)
+    return start
+
+
+def train(args, net, curve, data, device, settings, stop) -> bool:
+    """Rank 0: train the bend (or resume/reuse a finished training); save it every epoch.
+    False when ``stop()`` ended it early (the last finished epoch is saved)."""
     path = os.path.join(args.out_dir, TRAIN_STATE)
     optimizer = make_optimizer(curve, args.lr, args.momentum)
-    start = 0
-    if os.path.exists(path) and not args.overwrite:
-        saved = _load_train_state(path)
-        check_reuse(path, saved.get("settings") if isinstance(saved, dict) else None, settings,
-                    "the curve training", hint="rerun with --overwrite to start fresh or choose another --out_dir")
-        with torch.no_grad():
-            for k, v in saved["bend"].items():
-                curve.bend[k].copy_(v)
-        optimizer.load_state_dict(saved["optimizer"])
-        start = int(saved["epoch"])
-        print(f"resuming the curve training after epoch {start} of {args.epochs} ({path})"
-              if start < args.epochs else f"curve already trained ({args.epochs} epochs, {path})",
-              file=sys.stderr, flush=True)
+    start = resume_training(args, curve, optimizer, settings)
     loss_fn = get_loss_fn(args.loss_name)
     x, y = data.train_x.to(device), data.train_y.to(device)
-    caught = {"signum": None}
-
-    def on_signal(signum, frame):
-        caught["signum"] = signum
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for epoch in range(start + 1, args.epochs + 1):
-            t0 = time.perf_counter()
-            loss = train_epoch(net, curve, optimizer, x, y, loss_fn, epoch, args.epochs, args.lr,
-                               args.batch_size, args.weight_decay, args.seed,
-                               stop=lambda: caught["signum"] is not None)
-            if loss is None:
-                break
-            if not math.isfinite(loss):
-                raise UserError(f"the curve training diverged (loss {loss} in epoch {epoch}); lower --lr and "
-                                "rerun with --overwrite")
-            save_train_state(path, curve, optimizer, epoch, settings)
-            print(f"curve epoch {epoch}/{args.epochs}: train loss on the curve {loss:.4f} "
-                  f"({time.perf_counter() - t0:.2f} s)", flush=True)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if caught["signum"] is not None:
-        print(f"interrupted: the curve training is saved in {path} up to its last finished epoch; "
-              "rerun the same command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + caught["signum"])
+    for epoch in range(start + 1, args.epochs + 1):
+        t0 = time.perf_counter()
+        loss = train_epoch(net, curve, optimizer, x, y, loss_fn, epoch, args.epochs, args.lr,
+                           args.batch_size, args.weight_decay, args.seed, stop=stop)
+        if loss is None:
+            return False
+        if not math.isfinite(loss):
+            raise UserError(f"the curve training diverged (loss {loss} in epoch {epoch}); lower --lr and "
+                            "rerun with --overwrite")
+        save_train_state(path, curve, optimizer, epoch, settings)
+        print(f"curve epoch {epoch}/{args.epochs}: train loss on the curve {loss:.4f} "
+              f"({time.perf_counter() - t0:.2f} s)", flush=True)
+        if stop():
+            return False
     if args.epochs == 0:  # the bend stays the midpoint: the curve is the line
         save_train_state(path, curve, optimizer, 0, settings)
+    return True
 
 
 def save_train_state(path, curve, optimizer, epoch, settings):
-    state = {"epoch": epoch, "settings": settings, "optimizer": optimizer.state_dict(),
-             "bend": {k: v.detach().cpu() for k, v in curve.bend.items()}}
-    with written_atomically(path) as tmp:
-        torch.save(state, tmp)
+    save_torch({"format": FORMAT, "epoch": epoch, "settings": settings, "optimizer": optimizer.state_dict(),
+                "bend": {k: v.detach().cpu() for k, v in curve.bend.items()}}, path)
 
 
 def save_checkpoints(args, net, curve, data, device, bn_update, settings):
@@ -420,65 +247,112 @@ def save_checkpoints(args, net, curve, data, device, bn_update, settings):
         update_bn(net, data.train_x.to(device), args.batch_size)
         mid = net.state_dict()
     cpu = lambda d: {k: v.detach().cpu().clone() for k, v in d.items()}
-    info = {"curve": args.curve, "model": args.model, "model_file": os.path.abspath(args.model_file),
-            "model_file2": os.path.abspath(args.model_file2), "settings": settings}
+    info = {"format": FORMAT, "curve": args.curve, "model": args.model,
+            "model_file": os.path.abspath(args.model_file), "model_file2": os.path.abspath(args.model_file2),
+            "settings": settings}
     write_curve_projection(os.path.join(args.out_dir, PROJ), curve, np.linspace(0, 1, max(args.points, 51)))
     for name, obj in ((BEND, {"state_dict": cpu(curve.bend_state()), **info}),
                       (MIDPOINT, {"state_dict": cpu(mid), "t": 0.5, **info}),
                       (CURVE, {"state_dict": cpu(mid), **info,
                                "curve": {"kind": curve.kind, "start": cpu(curve.start),
                                          "bend": cpu(curve.bend), "end": cpu(curve.end)}})):
-        with written_atomically(os.path.join(args.out_dir, name)) as tmp:
-            torch.save(obj, tmp)
+        save_torch(obj, os.path.join(args.out_dir, name))
 
 
 def write_curve_projection(path: str, curve: Curve, ts) -> None:
-    """The curve in the plane of plot_surface.py --model_file A --model_file2 B
-    --model_file3 bend.t7: θ(t) = θ_A + c_B(t) (θ_B − θ_A) + c_b(t) (θ_b − θ_A), so
-    (x, y) = (c_B(t), c_b(t)); a projection file for plot_2D.py --proj_file."""
-    import h5py
-    xy = np.array([curve.coefficients(t)[2:0:-1] for t in ts], dtype=np.float64)
-    with written_atomically(path) as tmp, h5py.File(tmp, "w") as f:
+    """curves.curve_projection as a projection file for plot_2D.py --proj_file."""
+    xy = curve_projection(curve, ts)
+    with h5_written_atomically(path) as f:
         f["proj_xcoord"], f["proj_ycoord"], f["t"] = xy[:, 0], xy[:, 1], np.asarray(ts, dtype=np.float64)
         f.attrs["method"] = f"{curve.kind} curve in the plane (θ_B − θ_A, θ_bend − θ_A)"
+        f.attrs["format"] = FORMAT
 
 
-def on_rank0(comm, fn):
-    """Run ``fn`` on rank 0 while the others wait without spinning; a UserError there is
-    raised on every rank."""
-    result, err = None, None
+class _Signals:
+    """SIGTERM/SIGINT caught on this rank (the first one), for the duration of a phase."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _on(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def on_rank0(comm, fn, interrupted: str, sig: _Signals):
+    """Run ``fn(stop)`` on rank 0 while the other ranks wait without spinning.
+
+    SIGTERM/SIGINT to any rank (caught by ``sig``, before or during the phase) makes
+    ``stop()`` true on rank 0 (another rank's signal comes as a message), so ``fn`` ends
+    at its next check; then every rank exits with 128 + the signal. A UserError on rank 0
+    is raised on every rank. Never hangs: the other ranks wait only for rank 0's one
+    message, which rank 0 sends whatever happened.
+    """
     if mpi4pytorch.rank(comm) == 0:
-        try:
-            result = fn()
-        except UserError as e:
-            err = str(e)
-    if comm is not None:
-        req = comm.Ibarrier()
-        while not req.Test():
-            time.sleep(0.05)
-    err = mpi4pytorch.bcast(comm, err)
+        signum, err, result = _run_on_rank0(comm, fn, sig)
+    else:
+        signum, err, result = _wait_for_rank0(comm, sig)
     if err is not None:
-        raise UserError(err)
+        raise (SharedUserError(err) if comm is not None else UserError(err))
+    if signum is not None:
+        _exit_interrupted(comm, signum, sig, interrupted)
     return result
 
 
-def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
-    """Loss and accuracy at ``--points`` values of t on both paths, points shared by ranks."""
-    splits = ["train"] + (["test"] if args.test else [])
-    metrics = [f"{path}_{s}_{m}" for path in ("line", "curve") for s in splits for m in ("loss", "acc")]
-    ts = np.linspace(0.0, 1.0, args.points)
-    surf_file = os.path.join(args.out_dir, RESULTS)
+def _exit_interrupted(comm, signum, sig, interrupted):
+    if mpi4pytorch.rank(comm) == 0:
+        print(f"interrupted by {signal.Signals(signum).name}: {interrupted}; rerun the same command to "
+              "resume", file=sys.stderr, flush=True)
+    sys.exit(128 + (sig.signum or signum))
 
-    def open_writer():
-        w = SurfaceWriter(surf_file, ts, None, metrics, settings, overwrite=args.overwrite)
-        w.save()
-        return w
 
-    t0 = time.perf_counter()
-    writer = mpi4pytorch.check_all(comm, open_writer)
-    loss_fn = get_loss_fn(args.loss_name)
-    evaluators = {s: Evaluator(net, *data.split(s), loss_fn, args.batch_size, device, args.precision)
-                  for s in splits}
+def stop_if_signalled(comm, sig, interrupted: str) -> None:
+    """Collective, at a phase boundary: a signal caught on any rank ends every rank."""
+    signums = [sig.signum] if comm is None else comm.allgather(sig.signum)
+    signum = next((s for s in signums if s is not None), None)
+    if signum is not None:
+        _exit_interrupted(comm, signum, sig, interrupted)
+
+
+def _run_on_rank0(comm, fn, sig):
+    def stop():
+        if sig.signum is None and comm is not None and comm.iprobe(tag=STOP_TAG):
+            sig.signum = comm.recv(tag=STOP_TAG)
+        return sig.signum is not None
+
+    result, err = None, None
+    try:
+        result = fn(stop)
+    except UserError as e:
+        err = str(e)
+    finally:  # whatever happened, the other ranks get their one message
+        stop()
+        for r in range(1, mpi4pytorch.size(comm)):
+            comm.send((sig.signum, err), dest=r, tag=OUTCOME_TAG)
+    return sig.signum, err, result
+
+
+def _wait_for_rank0(comm, sig):
+    told = False
+    while not comm.iprobe(source=0, tag=OUTCOME_TAG):
+        if sig.signum is not None and not told:
+            comm.isend(sig.signum, dest=0, tag=STOP_TAG)
+            told = True
+        time.sleep(0.05)
+    signum, err = comm.recv(source=0, tag=OUTCOME_TAG)
+    return signum, err, None
+
+
+def point_compute(args, net, curve, evaluators, ts, bn_update):
+    """compute(k): loss and accuracy of both paths at t = ts[k] (BN re-estimated first with bn_update)."""
     train_x = evaluators["train"].x  # the copy on the device the evaluator holds
 
     def compute(k):
@@ -492,42 +366,67 @@ def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
             for s, ev in evaluators.items():
                 out[f"{path}_{s}_loss"], out[f"{path}_{s}_acc"] = ev()
         return out
+    return compute
 
-    runner.run(comm, writer if rank == 0 else None, compute, desc="mode connectivity", save_every=args.save_every,
-               progress=not args.no_progress, setup_seconds=time.perf_counter() - t0,
+
+def evaluate(args, comm, rank, net, curve, data, device, bn_update, settings):
+    """Loss and accuracy at ``--points`` values of t on both paths, points shared by the
+    ranks (the one result store and runner); rank 0 also evaluates the checkpoints
+    themselves (their own BN statistics): the second barrier reference."""
+    splits = ["train"] + (["test"] if args.test else [])
+    metrics = [f"{path}_{s}_{m}" for path in ("line", "curve") for s in splits for m in ("loss", "acc")]
+    ts = np.linspace(0.0, 1.0, args.points)
+    t0 = time.perf_counter()
+    store = mpi4pytorch.check_all(comm, lambda: SurfaceStore(
+        os.path.join(args.out_dir, RESULTS), ts, None, metrics, settings, overwrite=args.overwrite,
+        inputs=runner.inputs_of(args)))
+    loss_fn = get_loss_fn(args.loss_name)
+    evaluators = {s: Evaluator(net, *data.split(s), loss_fn, args.batch_size, device, args.precision)
+                  for s in splits}
+    runner.run(comm, store, point_compute(args, net, curve, evaluators, ts, bn_update), what="points",
+               desc="mode connectivity", save_every=args.save_every, progress=not args.no_progress,
+               setup_seconds=time.perf_counter() - t0,
                notes=["BN re-estimated at each point" if bn_update else "no BN re-estimation"])
+    ends = {}
     if rank == 0:
-        writer.close()
-    return writer, ts, splits
+        for s, ev in evaluators.items():
+            ends[s] = []
+            for state in (curve.start, curve.end):
+                net.load_state_dict(state)
+                net.eval()
+                ends[s].append(ev()[0])
+    return store, ts, splits, ends
 
 
-def summarize(writer, ts, splits):
-    """Rank 0: barrier heights of both paths into the results file; a printed table."""
-    table = {}
+def summarize(store, ts, splits, ends):
+    """Rank 0: barrier heights of both paths into the results file; a printed table.
+
+    ``barriers``: against the path's own ends L(0), L(1) (BN statistics re-estimated
+    there with --bn_update); ``barriers_checkpoints``: against the checkpoints' own
+    losses (their saved BN statistics)."""
+    table, own = {}, {}
     for path in ("line", "curve"):
         for s in splits:
-            table[f"{path}_{s}_loss"] = barrier_heights(ts, writer.values[f"{path}_{s}_loss"])
-    writer.attrs["barriers"] = json.dumps(table, sort_keys=True)
+            name = f"{path}_{s}_loss"
+            table[name] = barrier_heights(ts, store.values[name])
+            own[name] = barrier_heights(ts, store.values[name], ends=tuple(ends[s]))
+    store.attrs["barriers"] = json.dumps(table, sort_keys=True)
+    store.attrs["barriers_checkpoints"] = json.dumps(own, sort_keys=True)
+    store.attrs["checkpoint_losses"] = json.dumps(ends, sort_keys=True)
     for name, b in table.items():
-        writer.attrs[f"{name}_barrier_max"] = b["barrier_max"]
-        writer.attrs[f"{name}_barrier_interp"] = b["barrier_interp"]
-    writer.dirty = True
-    writer.save()
-    print("barrier heights of the loss (barrier_max = max_t L(t) - max(L(0), L(1)); "
-          "barrier_interp = max_t [L(t) - ((1-t) L(0) + t L(1))]):")
-    for name, b in table.items():
-        print(f"  {name:<16} barrier_max {b['barrier_max']:9.4f} (t={b['t_max']:.3f})   "
-              f"barrier_interp {b['barrier_interp']:9.4f} (t={b['t_interp']:.3f})")
+        store.attrs[f"{name}_barrier_max"] = b["barrier_max"]
+        store.attrs[f"{name}_barrier_interp"] = b["barrier_interp"]
+    store.dirty = True
+    store.save()
+    print("barrier heights of the loss (barrier_max = max_t L(t) - max(L0, L1); "
+          "barrier_interp = max_t [L(t) - ((1-t) L0 + t L1)]):")
+    for label, tab, ref in (("path ends", table, "L0, L1 = L(0), L(1) on the path"),
+                            ("checkpoints", own, "L0, L1 = the checkpoints' own losses")):
+        print(f" against the {label} ({ref}):")
+        for name, b in tab.items():
+            print(f"  {name:<16} barrier_max {b['barrier_max']:9.4f} (t={b['t_max']:.3f})   "
+                  f"barrier_interp {b['barrier_interp']:9.4f} (t={b['t_interp']:.3f})")
     return table
-
-
-def read_results(path: str) -> dict:
-    """The results file: t, every metric, and the barrier table."""
-    surf = read_surface(path)
-    out = {"t": surf.x, **surf.values}
-    out["barriers"] = json.loads(surf.attrs.get("barriers", "{}"))
-    out["settings"] = surf.settings
-    return out
 
 
 def plot(args: argparse.Namespace, surf_file: str):
@@ -563,37 +462,49 @@ def plot(args: argparse.Namespace, surf_file: str):
     return finish(plots, args.show)
 
 
+def set_up(args, comm):
+    """The model, data, end points and curve, every input checked (on rank 0) before any write."""
+    device, data, net, state_a, state_b = load_endpoints(args, comm)
+    bn_update = has_batchnorm(net) if args.bn_update is None else args.bn_update
+    curve = Curve(net, state_a, state_b, args.curve).to(device)
+    mpi4pytorch.check_all(comm, lambda: check_inputs(args, net, curve, data, device))
+    return device, data, net, curve, bn_update, train_settings(args, data)
+
+
 def main(argv=None):
     args = parse_args(argv)
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
-    device, data, net, state_a, state_b = load_endpoints(args, comm)
-    bn_update = has_batchnorm(net) if args.bn_update is None else args.bn_update
-    curve = Curve(net, state_a, state_b, args.curve).to(device)
-    settings = train_settings(args, data)
+    state_file = os.path.join(args.out_dir, TRAIN_STATE)
+    with _Signals() as sig:  # until the evaluation (runner.run's own): honoured at the next phase boundary
+        device, data, net, curve, bn_update, settings = set_up(args, comm)
 
-    def train_on_rank0():
-        os.makedirs(args.out_dir, exist_ok=True)
-        train(args, net, curve, data, device, settings)
-        save_checkpoints(args, net, curve, data, device, bn_update, settings)
+        def train_on_rank0(stop):
+            os.makedirs(args.out_dir, exist_ok=True)
+            lock = Lock(state_file, "the curve training")  # one run per --out_dir
+            try:
+                if train(args, net, curve, data, device, settings, stop):
+                    save_checkpoints(args, net, curve, data, device, bn_update, settings)
+            finally:
+                lock.release()
 
-    on_rank0(comm, train_on_rank0)
-    if rank != 0:  # the bend trained on rank 0
-        saved = _load_train_state(os.path.join(args.out_dir, TRAIN_STATE))
-        with torch.no_grad():
-            for k, v in saved["bend"].items():
-                curve.bend[k].copy_(v.to(device))
+        saved = f"the curve training is saved in {state_file} up to its last finished epoch"
+        on_rank0(comm, train_on_rank0, saved, sig)
+        if rank != 0:  # the bend trained on rank 0
+            curve.set_bend({k: v.to(device) for k, v in _load_train_state(state_file)["bend"].items()})
+        stop_if_signalled(comm, sig, saved)
     bend_hash = dataloader.tensor_hash(*(curve.bend[k] for k in sorted(curve.bend)))
     eval_settings = {**settings, "kind": "mode_connectivity", "bend_hash": bend_hash,
                      "points": args.points, "bn_update": bool(bn_update), "precision": args.precision,
                      "test": bool(args.test)}
-    writer, ts, splits = evaluate(args, comm, rank, net, curve, data, device, bn_update, eval_settings)
+    store, ts, splits, ends = evaluate(args, comm, rank, net, curve, data, device, bn_update, eval_settings)
     if rank == 0:
-        summarize(writer, ts, splits)
+        summarize(store, ts, splits, ends)
+        store.close()
         print(f"done: {os.path.join(args.out_dir, RESULTS)}; checkpoints {BEND}, {MIDPOINT}, {CURVE} "
               f"in {args.out_dir}", flush=True)
         if args.plot:
-            plot(args, writer.path)
+            plot(args, store.path)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ whole evaluation set, evaluation.Evaluator):
   the largest of them (so it is at least the largest random increase).
 
 Work is split into items (checkpoint × quantity: loss, λmax, trace, each random
-direction, each ascent); with ``--mpi`` the ranks take items from a shared counter
+direction, each ascent), kept in one result store (store.KeyedStore, by runner.run);
+with ``--mpi`` the ranks take items from a shared counter
 (scheduler.run_grid) and rank 0 saves them. Output: a text table on stdout and in
 ``PREFIX.txt``, an HTML table ``PREFIX.html``, and ``PREFIX.h5`` with every number
 and the settings (model and checkpoint hashes, data, ρ, directions, seeds, steps). A
@@ -42,8 +43,9 @@ import flags
 from errors import UserError, run_main
 from fileio import check_output_path
 from hessian_options import DEFAULT_CACHE_MB, DEFAULT_TOL
+from tables import SHARPNESS_FORMAT
 
-FORMAT = "loss-landscape-sharpness"
+FORMAT = SHARPNESS_FORMAT
 FORMAT_VERSION = 1
 HTML_MARK = "<!-- written by loss-landscape sharpness.py -->"
 TXT_MARK = "# sharpness table written by loss-landscape sharpness.py"
@@ -117,11 +119,11 @@ def _check_out(out: str, overwrite: bool) -> None:
         check_output_path(out + ext, "--out")
     for ext, mark in ((".html", HTML_MARK), (".txt", TXT_MARK)):
         path = out + ext
-        if os.path.isfile(path) and not overwrite:
+        if os.path.isfile(path):  # --overwrite too: it replaces only our own files
             with open(path, errors="replace") as f:
                 if mark not in f.read(300):
-                    raise UserError(f"{path} exists and was not written by sharpness.py; pass --overwrite "
-                                    "to replace it or choose another --out")
+                    raise UserError(f"{path} exists and was not written by sharpness.py; move it away or "
+                                    "choose another --out (--overwrite replaces only files sharpness.py wrote)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,11 +134,8 @@ if __name__ == "__main__":  # the flags and --help before torch is imported
     flags.parse_before_imports(build_parser)
 
 import html  # noqa: E402
-import json
-import sys
 import time
 
-import h5py
 import numpy as np
 import torch
 
@@ -145,9 +144,11 @@ import model_loader
 import mpi4pytorch
 import net_plotter
 from evaluation import Evaluator, get_loss_fn
-from fileio import check_reuse, open_h5, written_atomically
+from fileio import written_atomically
 from hess_vec_prod import hessian_operator, hessian_params, hutchinson_trace, top_k
-from scheduler import Interrupted, run_grid
+import runner
+from store import KeyedStore
+from tables import html_table, sharpness_table, text_table, write_sharpness_rows
 
 from grid import load_run
 
@@ -178,66 +179,13 @@ def _short(path):
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
-class Store:
-    """Rank 0's results: item key -> {name: value}; saved atomically to PREFIX.h5 with the
-    settings, and reloaded on a rerun with the same settings (resume)."""
-
-    def __init__(self, path, settings, overwrite):
-        self.path, self.settings = path, json.loads(json.dumps(settings))
-        self.results = {}
-        self.summary = None
-        self.dirty = True
-        if os.path.exists(path) and not overwrite:
-            self._resume()
-
-    def _resume(self):
-        with open_h5(self.path, "sharpness file") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise UserError(f"{self.path} is not a sharpness file; pass --overwrite to replace it "
-                                "or choose another --out")
-            stored = json.loads(f.attrs["settings"])
-            if check_reuse(self.path, stored, self.settings, "sharpness file",
-                           hint="rerun with --overwrite to start fresh or choose another --out"):
-                if "items" in f:
-                    f["items"].visititems(lambda name, obj: self._load_item(name, obj))
-
-    def _load_item(self, name, obj):
-        if isinstance(obj, h5py.Group) and "done" in obj.attrs:
-            self.results[name] = {k: obj[k][()] for k in obj}
-
-    def record(self, keys, values):
-        for key in keys:
-            self.results[key] = values
-        self.dirty = True
-
-    def save(self):
-        if not self.dirty:
-            return
-        with written_atomically(self.path) as tmp, h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
-            for key, values in self.results.items():
-                g = f.create_group(f"items/{key}")
-                g.attrs["done"] = 1
-                for k, v in values.items():
-                    g[k] = np.asarray(v)
-            if self.summary is not None:
-                write_summary(f, self.summary)
-        self.dirty = False
-
-
-class KeyedStore:
-    """Adapter for scheduler.run_grid: flat indices -> item keys."""
-
-    def __init__(self, store, keys):
-        self.store, self.keys = store, keys
-
-    def record(self, indices, values):
-        self.store.record([self.keys[k] for k in indices], values)
-
-    def save(self):
-        self.store.save()
+def open_store(args: argparse.Namespace, settings: dict, keys: list[str]) -> KeyedStore:
+    """Rank 0: the sharpness file, one item per (checkpoint, quantity) named by its key
+    (``0/base``, ``0/random/3``, ``1/ascent/0``...): store.KeyedStore, the ``items/<key>``
+    layout; once finished, also the table's rows (``checkpoint_<c>`` groups)."""
+    return KeyedStore(args.out + ".h5", FORMAT, "sharpness file", keys, settings, format_version=FORMAT_VERSION,
+                      overwrite=args.overwrite, inputs=runner.inputs_of(args),
+                      hint="rerun with --overwrite to start fresh or choose another --out")
 
 
 # ----------------------------------------------------------------------- computing
@@ -290,10 +238,10 @@ class Worker:
         if kind == "base":
             loss, acc = self.evaluate()
             return {"train_loss": loss, "train_acc": acc}
-        if kind == "lmax":
-            return {"lambda_max": float(top_k(self.op, 1, self.args.eig_tol, self.args.seed,
-                                              self.args.eig_maxiter)[0]),
-                    "products": self.op.count}
+        if kind == "lmax":  # products: those of this item alone (the operator counts every one)
+            before = self.op.count
+            lmax = float(top_k(self.op, 1, self.args.eig_tol, self.args.seed, self.args.eig_maxiter)[0])
+            return {"lambda_max": lmax, "products": self.op.count - before}
         if kind == "trace":
             est, se, samples = hutchinson_trace(self.op, self.args.trace_samples, self.args.seed)
             return {"trace": est, "trace_stderr": se, "trace_samples": samples}
@@ -359,12 +307,12 @@ class Worker:
 
 
 # ----------------------------------------------------------------------- summary
-def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
+def summarize(args: argparse.Namespace, store: KeyedStore) -> list[dict]:
     """Per checkpoint: every number of the table (from the item results)."""
     rows = []
     for c, path in enumerate(args.model_file):
-        get = lambda q, c=c: results.get(f"{c}/{q}", {})
-        rand = np.array([results[f"{c}/random/{i}"]["increase"] for i in range(args.n_dirs)])
+        get = lambda q, c=c: store.items[f"{c}/{q}"]
+        rand = np.array([get(f"random/{i}")["increase"] for i in range(args.n_dirs)])
         row = {"label": args.labels[c] if args.labels else _short(path), "model_file": path,
                "model_hash": model_loader.file_hash(path),
                "train_loss": float(get("base")["train_loss"]), "train_acc": float(get("base")["train_acc"]),
@@ -373,7 +321,7 @@ def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
                "random_increase": rand, "random_mean": rand.mean(axis=0),
                "random_std": rand.std(axis=0, ddof=1) if args.n_dirs > 1 else np.zeros(len(args.radii))}
         if args.ascent_steps:
-            asc = [results[f"{c}/ascent/{r}"] for r in range(len(args.radii))]
+            asc = [get(f"ascent/{r}") for r in range(len(args.radii))]
             row["ascent_increase"] = np.array([a["increase"] for a in asc])
             row["worst"] = np.array([float(a["worst"]) for a in asc])
             row["ascent_start_direction"] = np.array([int(a["start_direction"]) for a in asc])
@@ -381,110 +329,50 @@ def summarize(args: argparse.Namespace, results: dict) -> list[dict]:
     return rows
 
 
-def write_summary(f, rows):
-    for c, row in enumerate(rows):
-        g = f.create_group(f"checkpoint_{c}")
-        for k in ("label", "model_file", "model_hash"):
-            g.attrs[k] = row[k]
-        for k, v in row.items():
-            if k not in ("label", "model_file", "model_hash"):
-                g[k] = np.asarray(v)
-
-
-def table(args: argparse.Namespace, rows: list[dict]) -> tuple[list[str], list[list[str]], str]:
-    """(header, cells, note) of the sharpness table."""
-    header = ["checkpoint", "train loss", "train acc (%)", "λmax", "trace ± s.e."]
-    for rho in args.radii:
-        header.append(f"ΔL random ρ={rho:g} (mean ± std)")
-        if args.ascent_steps:
-            header.append(f"ΔL worst ρ={rho:g}")
-    cells = []
-    for row in rows:
-        line = [row["label"], f"{row['train_loss']:.4g}", f"{row['train_acc']:.2f}", f"{row['lambda_max']:.4g}",
-                f"{row['trace']:.4g} ± {row['trace_stderr']:.2g}"]
-        for r in range(len(args.radii)):
-            line.append(f"{row['random_mean'][r]:.4g} ± {row['random_std'][r]:.2g}")
-            if args.ascent_steps:
-                line.append(f"{row['worst'][r]:.4g}")
-        cells.append(line)
-    note = ("L: the mean training loss over the whole training set (model in eval mode). "
-            f"λmax: Lanczos, tolerance {args.eig_tol:g}; trace: Hutchinson, {args.trace_samples} Rademacher "
-            f"vectors, ± its standard error (Hessian w.r.t. the parameters with > 1 dimension). "
-            f"ΔL = L(θ + ρ·d) − L(θ) over {args.n_dirs} filter-normalized random directions "
-            f"(biases and BN ignored, seed {args.seed}; ρ = 1 is the paper's α = 1)"
-            + (f"; worst: the largest ΔL of {args.ascent_steps} steps of projected gradient ascent on the "
-               f"filter-normalized ball of radius ρ (step {args.ascent_lr:g}·ρ·‖filter‖), started at the "
-               "random direction with the largest ΔL." if args.ascent_steps else "."))
-    return header, cells, note
-
-
-def text_table(header: list[str], cells: list[list[str]], note: str) -> str:
-    widths = [max(len(r[i]) for r in [header] + cells) for i in range(len(header))]
-    fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells] + ["", note])
-
-
-def html_table(header: list[str], cells: list[list[str]], note: str) -> str:
-    row = lambda values, tag: "<tr>" + "".join(f"<{tag}>{html.escape(v)}</{tag}>" for v in values) + "</tr>"
-    return ("<table class='sharpness'>" + row(header, "th") + "".join(row(c, "td") for c in cells)
-            + f"</table><p>{html.escape(note)}</p>")
-
-
 def write_outputs(args, store, rows):
-    header, cells, note = table(args, rows)
+    header, cells, note = sharpness_table(store.settings, rows)
     text = text_table(header, cells, note)
     page = "\n".join(["<!DOCTYPE html>", HTML_MARK, "<html><head><meta charset='utf-8'><title>sharpness</title>",
                       "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
                       "td,th{border:1px solid #aaa;padding:4px 8px}</style></head><body>",
-                      "<h1>Sharpness</h1>", html_table(header, cells, note),
+                      "<h1>Sharpness</h1>", html_table(header, cells, note, "sharpness"),
                       f"<p>Every number and its settings: <code>{html.escape(os.path.basename(store.path))}"
                       "</code></p>", "</body></html>"])
-    html_file = args.out + ".html"
-    store.summary = rows
+    store.write_more = lambda f: write_sharpness_rows(f, rows)
     store.dirty = True
     store.save()
-    for path, content in ((html_file, page), (args.out + ".txt", TXT_MARK + "\n" + text)):
+    for path, content in ((args.out + ".html", page), (args.out + ".txt", TXT_MARK + "\n" + text)):
         with written_atomically(path) as tmp, open(tmp, "w") as f:
             f.write(content + "\n")
     return text
 
 
-def read_table(path: str) -> tuple[list[str], list[list[str]], str, list[dict]]:
-    """(header, cells, note) of the table stored in a finished PREFIX.h5, and its rows."""
-    with open_h5(path, "sharpness file") as f:
-        if f.attrs.get("format") != FORMAT or "checkpoint_0" not in f:
-            raise UserError(f"{path} is not a finished sharpness file")
-        st = json.loads(f.attrs["settings"])
-        args = argparse.Namespace(radii=st["rho"], n_dirs=st["n_dirs"], ascent_steps=st["ascent_steps"],
-                                  ascent_lr=st["ascent_lr"], trace_samples=st["trace_samples"],
-                                  eig_tol=st["eig_tol"], seed=st["seed"])
-        rows = []
-        for c in range(len(st["checkpoints"])):
-            g = f[f"checkpoint_{c}"]
-            row = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-            row.update({k: g[k][()] for k in g})
-            rows.append(row)
-    return (*table(args, rows), rows)
-
-
 # --------------------------------------------------------------------------- main
-def run_phase(args, comm, rank, store, worker, keys, desc):
-    todo = mpi4pytorch.bcast(comm, [i for i, k in enumerate(keys) if k not in store.results] if rank == 0 else None)
-    if rank == 0:
-        print(f"{desc}: {len(todo)} of {len(keys)} items to compute"
-              f"{' (the others are in ' + store.path + ')' if len(todo) < len(keys) else ''}",
-              file=sys.stderr, flush=True)
-    if not todo:
-        return
-    try:
-        run_grid(comm, np.array(todo, dtype=np.int64), lambda k: worker.compute(keys[k]),
-                 KeyedStore(store, keys) if rank == 0 else None, save_every=args.save_every,
-                 progress=not args.no_progress, desc=desc)
-    except Interrupted as e:
-        if rank == 0:
-            print(f"interrupted by {e}: {len(store.results)} items saved in {store.path}; rerun the same "
-                  "command to resume", file=sys.stderr, flush=True)
-        sys.exit(128 + e.signum)
+def run_phase(args, comm, store, worker, keys, n, desc, setup_seconds=0.0):
+    """The items of one phase (the first ``n`` of the store, or all): runner.run."""
+    runner.run(comm, store, lambda k: worker.compute(keys[k]), what="items", desc=desc, n=n,
+               save_every=args.save_every, progress=not args.no_progress, setup_seconds=setup_seconds)
+
+
+def ascent_starts(args, store) -> dict:
+    """(checkpoint, radius) -> the random direction with the largest increase there."""
+    starts = {}
+    for c in range(len(args.model_file)):
+        inc = np.array([store.items[f"{c}/random/{i}"]["increase"] for i in range(args.n_dirs)])
+        inc = np.where(np.isfinite(inc), inc, -np.inf)
+        for r in range(len(args.radii)):
+            starts[(c, r)] = int(np.argmax(inc[:, r]))
+    return starts
+
+
+def check_checkpoints(args: argparse.Namespace, net) -> None:
+    """Every later checkpoint fits the model (the first was loaded with it): checked before
+    the first write, so that a bad one never leaves a file behind."""
+    for path in args.model_file[1:]:
+        model_loader.apply_state_dict(net, model_loader.load_state_dict(path, args.unsafe_load), path)
+    if len(args.model_file) > 1:  # the model back at the first checkpoint
+        model_loader.apply_state_dict(net, model_loader.load_state_dict(args.model_file[0], args.unsafe_load),
+                                      args.model_file[0])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -495,24 +383,18 @@ def main(argv: list[str] | None = None) -> None:
     first_args = argparse.Namespace(**{**vars(args), "model_file": args.model_file[0], "model_file2": "",
                                        "model_file3": ""})
     device, data, net = load_run(first_args, comm)
+    mpi4pytorch.check_all(comm, lambda: check_checkpoints(args, net))
     settings = settings_of(args, data)
-    store = mpi4pytorch.check_all(comm, lambda: Store(args.out + ".h5", settings, args.overwrite))
-    worker = Worker(args, device, data, net)
     first, second = make_items(args)
-    run_phase(args, comm, rank, store, worker, first, "sharpness")
+    store = mpi4pytorch.check_all(comm, lambda: open_store(args, settings, first + second))
+    worker = Worker(args, device, data, net)
+    run_phase(args, comm, store, worker, first + second, len(first), "sharpness", time.perf_counter() - t0)
     if second:
-        starts = None
-        if rank == 0:
-            starts = {}
-            for c in range(len(args.model_file)):
-                inc = np.array([store.results[f"{c}/random/{i}"]["increase"] for i in range(args.n_dirs)])
-                inc = np.where(np.isfinite(inc), inc, -np.inf)
-                for r in range(len(args.radii)):
-                    starts[(c, r)] = int(np.argmax(inc[:, r]))
-        worker.start_dirs = mpi4pytorch.bcast(comm, starts)
-        run_phase(args, comm, rank, store, worker, second, "ascent")
+        worker.start_dirs = mpi4pytorch.bcast(comm, ascent_starts(args, store) if rank == 0 else None)
+        run_phase(args, comm, store, worker, first + second, None, "ascent")
     if rank == 0:
-        text = write_outputs(args, store, summarize(args, store.results))
+        text = write_outputs(args, store, summarize(args, store))
+        store.close()
         print(text)
         print(f"wrote {args.out}.h5, {args.out}.html, {args.out}.txt ({time.perf_counter() - t0:.1f} s, "
               f"{mpi4pytorch.size(comm)} rank(s))", flush=True)

@@ -380,17 +380,38 @@ def contour_set(fig):
     from matplotlib.contour import ContourSet
     return next(c for c in fig.axes[0].get_children() if isinstance(c, ContourSet))
 
+def assert_main_error(main, argv, capsys):
+    """``main(argv)`` in this process as the command line runs it: exit status 2 and one
+    'error: ...' line, nothing else on stderr, no traceback. Returns the line."""
+    code, err = run_main_error(main, [str(a) for a in argv], capsys)
+    assert code == 2, err
+    return assert_one_error_line(err, only=True)
+
+
+@pytest.fixture
+def file_size_limit(request):
+    """Writes past 1 kB (or the bytes given by indirect parametrization) fail with EFBIG,
+    as they do on a full disk (ENOSPC): RLIMIT_FSIZE, with SIGXFSZ ignored. The value is a
+    function that lifts the limit (the disk has room again)."""
+    import resource
+    import signal
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (getattr(request, "param", 1024), hard))
+
+    def lift():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    try:
+        yield lift
+    finally:
+        lift()
+
 
 def snapshot_files(folder):
-    """{path: bytes} of every file under ``folder`` (hidden ones too): compare two to see
-    that nothing was changed or created."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[p] = fh.read()
-    return out
+    """{path: sha256} of every file under ``folder`` (hidden ones too; ``snapshot`` without
+    the folders): compare two to see that nothing was changed or created."""
+    return {os.path.join(folder, k): v for k, v in snapshot(folder).items() if v != "<dir>"}
 
 
 @pytest.fixture

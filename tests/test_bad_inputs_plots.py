@@ -13,9 +13,7 @@ cases run the scripts' main(argv) in this process through errors.run_main; a few
 them as real subprocesses."""
 import json
 import os
-import resource
 import shutil
-import signal
 
 import h5py
 import matplotlib
@@ -176,19 +174,6 @@ def test_bad_input_is_one_line_and_damages_nothing(folder, capsys, script, argv,
     code, err = run_in_process(capsys, script, argv.format(d=folder).split())
     check_one_line(code, err, expected)
     assert snapshot(folder) == before
-
-
-@pytest.fixture
-def file_size_limit():
-    """Writes past 1 kB fail (EFBIG), as they do on a full disk (ENOSPC)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 @pytest.mark.slow

@@ -100,7 +100,7 @@ PLAN = {
     "doc/mode_connectivity.md": [
         Block("for s in 1 2; do   # two networks", subs=(FEW_SAMPLES, SHORT_CURVE)),
         Block("python plot_surface.py --model digits_cnn --model_file $A --model_file2 $B --model_file3"),
-        Block("import torch\nimport mode_connectivity as mc"),
+        Block("import torch\nimport curves"),
         Block("OMP_NUM_THREADS=1 python mode_connectivity.py", subs=(FEW_SAMPLES, SHORT_CURVE), twice=True),
     ],
     "doc/training.md": [
