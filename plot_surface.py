@@ -15,7 +15,7 @@ from errors import run_main
 from flags import build_parser, parse_args, spec_of
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(__doc__.splitlines()[0]), argv)
     spec = spec_of(args)
 
