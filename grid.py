@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import dataloader
+from curves import update_bn
 import model_loader
 import mpi4pytorch
 import net_plotter
@@ -413,20 +414,28 @@ def move_to(run: Run, k: int) -> tuple[float, float | None]:
 
 
 def loss_compute(run: Run, loss_fn: Callable, splits: list[str], batch_size: int, precision: str = "fp32",
-                 engine: str = "auto", points_per_pass: int | str = 1) -> PointCompute:
+                 engine: str = "auto", points_per_pass: int | str = 1, bn_update: int = 0) -> PointCompute:
     """``compute``: loss and accuracy of every split at grid point k (or at a list of
     points, ``points_per_pass`` of them in one pass with stacked weights: the returned
     ``chunk``). The evaluation path that runs (eager, BatchNorm folded, ...) and K go
-    into the timing line (``note``)."""
+    into the timing line (``note``). ``bn_update`` N > 0: at each point the BatchNorm
+    statistics are first re-estimated on the first N training batches
+    (curves.update_bn; one point per pass)."""
     evaluators = {s: Evaluator(run.net, *run.data.split(s), loss_fn, batch_size, run.device, precision, engine=engine)
                   for s in splits}
     first = evaluators[splits[0]]
-    k = first.probe_points_per_pass(run.perturb) if points_per_pass == "auto" else int(points_per_pass)
+    k = 1 if bn_update else first.probe_points_per_pass(run.perturb) if points_per_pass == "auto" \
+        else int(points_per_pass)
     chunk = max(1, mpi4pytorch.bcast(run.comm, k))  # rank 0's choice: the same K on every rank
     note = f"engine: {first.path}" + (f"; {chunk} points per pass" if chunk > 1 else "")
+    bn_x = run.data.train_x[:bn_update * batch_size].to(run.device) if bn_update else None
+    if bn_x is not None:
+        note += f"; BN re-estimated at each point on {len(bn_x)} training images"
 
     def compute(k: int) -> dict:
         move_to(run, k)
+        if bn_x is not None:
+            update_bn(run.net, bn_x, batch_size)
         out = {}
         for s, evaluate in evaluators.items():
             out[f"{s}_loss"], out[f"{s}_acc"] = evaluate()

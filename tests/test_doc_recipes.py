@@ -83,6 +83,7 @@ PLAN = {
             FEW_SAMPLES, FEW_SHARPNESS)),
         Block("for s in 1 2; do python cifar10/main.py --model digits_cnn", subs=(FEW_SAMPLES, SHORT_CURVE)),
         Block("python plot_surface.py --model digits_cnn --model_file $A --model_file2 $B --model_file3"),
+        Block("for s in 1 2; do python cifar10/main.py --model cifar10.models.digits:mlp_w512"),
         Block("python cifar10/main.py --dataset digits --model digits_cnn --epochs 20 --batch_size 32 --lr 0.1\n",
               subs=((r"(--model resnet56 --cuda)", r"\1 --epochs 1 --max_samples 20",
                      "300 ResNet-56 epochs on CIFAR-10 are a GPU job: 1 epoch on 20 images"),)),

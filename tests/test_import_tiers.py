@@ -22,7 +22,7 @@ TIERS = [  # top to bottom (doc/architecture.md): a module may import its own ti
     ("domain", {"evaluation", "net_plotter", "hess_vec_prod", "evaluation_options", "direction_options",
                 "hessian_options", "hessian", "model_loader", "dataloader",
                 "surface", "inference", "plot_common", "plot_curves", "plot_html", "plot_maps",
-                "curves", "tables",
+                "curves", "tables", "alignment", "merging",
                 "cifar10", "cifar10.models", "cifar10.models.densenet",
                 "cifar10.models.digits", "cifar10.models.resnet", "cifar10.models.vgg"}),
     ("base", {"errors", "fileio", "store", "plugins"}),
