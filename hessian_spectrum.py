@@ -34,7 +34,7 @@ import math
 
 import flags
 from errors import UserError, run_main
-from plot_common import FORMATS
+from plot_common import add_format_arg
 
 KIND = "loss-landscape-hessian-spectrum"
 # Sizes checked before any work: the density grid is evaluated for every Ritz node
@@ -55,8 +55,7 @@ def build_parser() -> flags.ArgumentParser:
                    help="Gaussian broadening, as a fraction of the spread of the Ritz values")
     g.add_argument("--n_grid", type=int, default=1000, help="points of the density grid")
     g.add_argument("--spectrum_file", default="", help="output file (empty: <model_file>_spectrum.h5)")
-    g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
-                   help="--plot: figure format(s)")
+    add_format_arg(g, ("pdf", "png"), help="--plot: figure format(s)")
     flags.add_check(p, check_args)
     return p
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import flags
 from errors import UserError, run_main
-from plot_common import FORMATS
+from plot_common import add_format_arg
 
 if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
     import torch
@@ -55,8 +55,7 @@ def build_parser() -> flags.ArgumentParser:
     g.add_argument("--exact_trace_max", type=int, default=100,
                    help="exact trace for blocks of at most N parameters (0: never)")
     g.add_argument("--curvature_file", default="", help="output file (empty: <model_file>_layers.h5)")
-    g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
-                   help="--plot: figure format(s)")
+    add_format_arg(g, ("pdf", "png"), help="--plot: figure format(s)")
     flags.add_check(p, check_args)
     return p
 
