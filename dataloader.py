@@ -20,16 +20,15 @@ parts, which together cover the data.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import os
 import pickle
-import re
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from errors import UserError
+from errors import first_line as _first_line
+from plugins import call_user, import_object
 
 if TYPE_CHECKING:  # torch and numpy are imported where used: --help stays instant
     import torch
@@ -313,73 +312,7 @@ def _cifar_batch(path: str) -> tuple:
     return data, labels
 
 
-# ------------------------------------------------------------ user's objects
-_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
-
-
-def _user_module_path() -> None:
-    """Let modules in the working directory be found, after the toolkit's own modules
-    and the installed packages (never in front: a torch.py or plot_1D.py there must not
-    replace them)."""
-    cwd = os.getcwd()
-    here = {os.path.abspath(p or os.curdir) for p in sys.path}
-    if cwd not in here:
-        sys.path.append(cwd)
-
-
-def import_object(spec: str, what: str) -> Any:
-    """Import ``package.module:name`` (the module may sit in the working directory).
-
-    The working directory is searched after the toolkit and the installed packages, so
-    it cannot shadow them. Every failure -- a malformed spec, a missing module, a syntax
-    error, an exception at import, a missing name -- is one UserError line.
-    """
-    if not isinstance(spec, str) or not _SPEC.match(spec):
-        raise UserError(f"{what} '{spec}' is not package.module:name (e.g. mymodels:net for "
-                        "a function net in mymodels.py in the working directory)")
-    mod_name, _, attr = spec.partition(":")
-    _user_module_path()
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
-            raise UserError(f"{what} {spec}: no module named '{e.name}' in the working directory "
-                            f"({os.getcwd()}) or on the Python path")
-        raise UserError(f"{what} {spec}: importing {mod_name} failed ({_first_line(e)})")
-    except SyntaxError as e:
-        where = f"{e.filename}:{e.lineno}" if e.filename else mod_name
-        raise UserError(f"{what} {spec}: syntax error in {where} ({e.msg})")
-    except (Exception, SystemExit) as e:
-        raise UserError(f"{what} {spec}: importing {mod_name} raised {_first_line(e)}")
-    obj: Any = mod
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise UserError(f"{what} {spec}: {mod_name} ({getattr(mod, '__file__', '?')}) has "
-                            f"no '{attr}'")
-        except Exception as e:
-            raise UserError(f"{what} {spec}: reading {attr} raised {_first_line(e)}")
-    return obj
-
-
-def call_user(fn: Callable, spec: str, what: str, *args: Any) -> Any:
-    """Call the user's ``fn``; anything it raises is one UserError line naming it."""
-    if not callable(fn):
-        raise UserError(f"{what} {spec} is a {type(fn).__name__}, not a function")
-    try:
-        return fn(*args)
-    except UserError:
-        raise
-    except (Exception, SystemExit) as e:
-        raise UserError(f"{what} {spec} raised {_first_line(e)}")
-
-
+# ------------------------------------------------------------ user's data
 def _custom(spec: str) -> Data:
     import torch
     out = call_user(import_object(spec, "--dataset"), spec, "--dataset")

@@ -21,9 +21,13 @@ or data file missing on one node) while the others wait for them in a collective
 Without a communicator (a flag error, found before MPI is set up, even under ``mpiexec``
 without ``--mpi``) a ``SharedUserError`` is printed by the launcher's rank 0 only.
 """
+from __future__ import annotations
+
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 QUIET = False  # set on MPI ranks other than 0, so that a shared error prints once
 _COMM = None   # a duplicate of the --mpi communicator, when it has more than one rank
@@ -39,7 +43,14 @@ class SharedUserError(UserError):
     """A UserError raised on every MPI rank at once (printed once, no abort needed)."""
 
 
-def set_comm(comm) -> None:
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters) of an exception, for a
+    one-line error that names what went wrong."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def set_comm(comm: Any) -> None:
     """Register the MPI communicator (collective: every rank calls it, at start-up)."""
     global _COMM
     _COMM = comm.Dup() if comm is not None and comm.Get_size() > 1 else None
@@ -76,7 +87,7 @@ def launched_as_other_rank() -> bool:
     return any(os.environ.get(v, "0") not in ("", "0") for v in RANK_VARS)
 
 
-def run_main(main, argv=None):
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
     """Run ``main(argv)``; turn a ``UserError`` into one line on stderr and exit 2."""
     try:
         return main(argv)

@@ -14,23 +14,31 @@ mean (a scalar, multiplied back by the batch size).
 ``--precision``: ``fp32`` (default, exact), ``tf32`` (TensorFloat-32 matmuls and
 convolutions on NVIDIA GPUs; no effect on the CPU), ``bf16`` (autocast to bfloat16).
 """
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from dataloader import import_object
 from errors import UserError
 from evaluation_options import ENGINES, PRECISIONS, check_engine, check_precision  # noqa: F401 -- owned here
 from inference import FusedModel, named_state
 from lm import logits_of, next_token_hits, next_token_loss, prediction_count
+from plugins import import_object
+
+if TYPE_CHECKING:
+    from net_plotter import Perturbation
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def keep_freed_memory():
+def keep_freed_memory() -> bool:
     """Stop glibc from returning activation buffers to the OS after every layer.
 
     With its default settings glibc serves each large tensor with a fresh mmap and
@@ -61,7 +69,7 @@ def _check_outputs(out, y, name):
                         f"model returned shape {tuple(out.shape)} for a batch of {len(y)}")
 
 
-def get_loss_fn(name):
+def get_loss_fn(name: str) -> LossFn:
     """A function (outputs, targets) -> summed loss of the batch (a 0-d tensor).
 
     Built-ins check the output shape (batch, classes); a custom function must return
@@ -91,7 +99,7 @@ def get_loss_fn(name):
                     "package.module:function")
 
 
-def summed_loss(fn: Callable, name: str) -> Callable:
+def summed_loss(fn: Callable[..., object], name: str) -> LossFn:
     """The batch's summed loss from ``fn(outputs, targets)``, which must return per-sample
     losses (shape (B,)) or their batch mean (0-d); anything else is a one-line UserError."""
     def custom(out, y):
@@ -112,7 +120,7 @@ def summed_loss(fn: Callable, name: str) -> Callable:
 
 
 @contextlib.contextmanager
-def precision_mode(precision, device):
+def precision_mode(precision: str, device: torch.device) -> Iterator[None]:
     """Numerics for ``fp32``/``tf32``/``bf16`` evaluation."""
     check_precision(precision)
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -343,7 +351,8 @@ class Evaluator:
             loss, correct = loss.tolist(), correct.tolist()
         return [(a / count, 100.0 * c / count) for a, c in zip(loss, correct)]
 
-    def evaluate_points(self, perturb, points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    def evaluate_points(self, perturb: Perturbation,
+                        points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
         """[(mean loss, accuracy %)] at each grid point (x, y) of ``points``, in order.
 
         ``perturb`` is the ``net_plotter.Perturbation`` that moves this evaluator's net.
@@ -377,7 +386,7 @@ class Evaluator:
         perturb.set(*points[-1])
         return out
 
-    def probe_points_per_pass(self, perturb, candidates: Sequence[int] = (1, 4, 16),
+    def probe_points_per_pass(self, perturb: Perturbation, candidates: Sequence[int] = (1, 4, 16),
                               min_gain: float = 1.15) -> int:
         """The number of points per pass that evaluates fastest on one batch (1 when
         stacking does not pay by at least ``min_gain``, or does not apply)."""

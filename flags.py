@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import dataloader
 from direction_options import check_dir_type, check_ignore, check_norm
@@ -32,6 +32,9 @@ from errors import SharedUserError, UserError, run_main
 from fileio import check_output_path
 from hessian_options import DEFAULT_BATCH_MB, DEFAULT_CACHE_MB, DEFAULT_TOL
 from evaluation_options import ENGINES, PRECISIONS, check_engine, check_precision
+
+if TYPE_CHECKING:
+    from spec import RunSpec
 
 # One grid's arrays (one float64 per quantity and point, plus the done mask) must stay well
 # inside memory: 2**27 points is 1 GiB per quantity.
@@ -504,7 +507,7 @@ def _points_per_pass(text):
     return k
 
 
-def spec_of(args: argparse.Namespace, **changes):
+def spec_of(args: argparse.Namespace, **changes: Any) -> RunSpec:
     """The typed run specification (spec.RunSpec) of parsed flags; ``changes`` replace fields."""
     from spec import RunSpec
     y = (args.ymin, args.ymax, args.ynum) if args.y is not None else None

@@ -192,7 +192,7 @@ parser.add_argument("--out_dir", default=None, help="folder for the .vtp (defaul
                                                     "the surface file)")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     h5_to_vtp(args.surf_file, args.surf_name, log=args.log, zmax=args.zmax, interp=args.interp,
               show_points=args.show_points, show_polys=args.show_polys, ascii=args.ascii,

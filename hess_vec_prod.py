@@ -474,7 +474,8 @@ def spectral_density(values: list, weights: list, sigma: float, n_grid: int = 10
 
 
 # ----------------------------------------------------------------- per-layer blocks
-def layer_blocks(net, groups: list[str] | None = None) -> list[tuple[str, list[tuple[str, "torch.nn.Parameter"]]]]:
+def layer_blocks(net: torch.nn.Module,
+                 groups: list[str] | None = None) -> list[tuple[str, list[tuple[str, "torch.nn.Parameter"]]]]:
     """The diagonal Hessian blocks of ``net``: [(block name, [(parameter name, parameter)])].
 
     By default one block per module that owns parameters with more than one dimension

@@ -27,12 +27,14 @@ steps, seed) is refused unless ``--overwrite``. With ``--mpi`` the starts are sh
 among the ranks (each start's vector depends only on ``--seed`` and its index, so the
 result does not depend on the number of ranks) and rank 0 writes the file.
 """
+from __future__ import annotations
+
 import argparse
 import math
 
 import flags
 from errors import UserError, run_main
-from plot_common import FORMATS
+from plot_common import add_format_arg
 
 KIND = "loss-landscape-hessian-spectrum"
 # Sizes checked before any work: the density grid is evaluated for every Ritz node
@@ -53,8 +55,7 @@ def build_parser() -> flags.ArgumentParser:
                    help="Gaussian broadening, as a fraction of the spread of the Ritz values")
     g.add_argument("--n_grid", type=int, default=1000, help="points of the density grid")
     g.add_argument("--spectrum_file", default="", help="output file (empty: <model_file>_spectrum.h5)")
-    g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
-                   help="--plot: figure format(s)")
+    add_format_arg(g, ("pdf", "png"), help="--plot: figure format(s)")
     flags.add_check(p, check_args)
     return p
 
@@ -81,6 +82,8 @@ if __name__ == "__main__":  # the flags and --help before torch is imported
     flags.parse_before_imports(build_parser)
 
 import time  # noqa: E402
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -90,6 +93,9 @@ import grid
 from fileio import check_output_path
 from hess_vec_prod import NonFinite, Progress, check_finite, slq_start, spectral_density
 from store import ResultStore
+
+if TYPE_CHECKING:
+    from plot_common import Plots
 
 
 def check_memory(args: argparse.Namespace, n: int) -> None:
@@ -103,11 +109,13 @@ def check_memory(args: argparse.Namespace, n: int) -> None:
                         "use fewer steps")
 
 
-def spectrum_file(args):
+def spectrum_file(args: argparse.Namespace) -> str:
+    """--spectrum_file, or the model file's stem + _spectrum.h5."""
     return args.spectrum_file or grid.model_stem(args) + "_spectrum.h5"
 
 
-def open_store(args, out, n, settings):
+def open_store(args: argparse.Namespace, out: str, n: int, settings: dict[str, Any]) -> ResultStore:
+    """Rank 0's store of the Ritz values of each start (new, resumed or refused), saved once."""
     store = ResultStore(out, KIND, "spectrum file", args.n_v, {
         "ritz_values": ((args.lanczos_steps,), np.nan), "ritz_weights": ((args.lanczos_steps,), 0.0),
         "products": ((), 0.0)}, settings, overwrite=args.overwrite, grow=True, inputs=runner.inputs_of(args))
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         plot(out, args.format, args.show)
 
 
-def density_of(values, weights, sigma_rel, n_grid):
+def density_of(values: Sequence[np.ndarray], weights: Sequence[np.ndarray], sigma_rel: float,
+               n_grid: int) -> dict[str, Any]:
     """Density, grid and summary numbers from per-start Ritz values and weights."""
     finite = [np.isfinite(v).any() for v in values]
     if not all(finite):
@@ -174,7 +183,7 @@ def density_of(values, weights, sigma_rel, n_grid):
             "lambda_min": float(th.min()), "sigma": sigma, "negative_mass": neg}
 
 
-def finish(args, store, out):
+def finish(args: argparse.Namespace, store: ResultStore, out: str) -> dict[str, Any]:
     """Rank 0: the density from the first --n_v starts, written into the file."""
     values = [store.values["ritz_values"][i] for i in range(args.n_v)]
     weights = [store.values["ritz_weights"][i] for i in range(args.n_v)]
@@ -187,7 +196,9 @@ def finish(args, store, out):
     return result
 
 
-def report(args, result, point, n, store, seconds, out):
+def report(args: argparse.Namespace, result: dict[str, Any], point: Sequence[float] | None, n: int,
+           store: ResultStore, seconds: float, out: str) -> None:
+    """Print the summary of the spectrum."""
     where = f"at {tuple(point)}" if point else "at the model"
     products = int(store.values["products"][:args.n_v].sum())
     print(f"Hessian spectral density of the mean training loss {where} ({n} parameters, "
@@ -198,7 +209,7 @@ def report(args, result, point, n, store, seconds, out):
     print(f"saved {out}", flush=True)
 
 
-def plot(path, formats=("pdf", "png"), show=False):
+def plot(path: str, formats: Sequence[str] = ("pdf", "png"), show: bool = False) -> Plots:
     """Log density against eigenvalue (as in PyHessian's figures), next to the file."""
     import json
 

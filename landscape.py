@@ -103,7 +103,7 @@ def surface(model: torch.nn.Module, data: Any, loss: str | Callable = "crossentr
 
 def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, data: Any,
                 loss: str | Callable = "crossentropy", *, x: Range = (-0.5, 1.5, 41),
-                dir_type: str = "states", **kw) -> SurfaceResult:
+                dir_type: str = "states", **kw: Any) -> SurfaceResult:
     """The line θ_a + α(θ_b − θ_a) (Goodfellow et al. 2015); BN statistics too by default."""
     return surface(model_a, data, loss, x=x, model2=model_b, dir_type=dir_type, **kw)
 

@@ -25,16 +25,21 @@ one with different settings is refused (``--overwrite`` starts afresh). ``--mpi`
 shares the blocks out among the ranks; rank 0 writes the file. ``--plot`` draws the
 bar chart (log scale) next to the file.
 """
+from __future__ import annotations
+
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import flags
 from errors import UserError, run_main
-from plot_common import FORMATS
+from plot_common import add_format_arg
 
 if TYPE_CHECKING:  # annotations only: the command imports torch after its flags are checked
     import torch
     from scipy.sparse.linalg import LinearOperator
+
+    from plot_common import Plots
 
 KIND = "loss-landscape-layer-curvature"
 FIELDS = ("top_eig", "trace", "trace_stderr", "exact", "parameters", "products", "seconds")
@@ -50,8 +55,7 @@ def build_parser() -> flags.ArgumentParser:
     g.add_argument("--exact_trace_max", type=int, default=100,
                    help="exact trace for blocks of at most N parameters (0: never)")
     g.add_argument("--curvature_file", default="", help="output file (empty: <model_file>_layers.h5)")
-    g.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf", "png"],
-                   help="--plot: figure format(s)")
+    add_format_arg(g, ("pdf", "png"), help="--plot: figure format(s)")
     flags.add_check(p, check_args)
     return p
 
@@ -96,7 +100,8 @@ def blocks_of(args: argparse.Namespace, net: "torch.nn.Module") -> list:
     return blocks
 
 
-def open_store(args, out, settings, names):
+def open_store(args: argparse.Namespace, out: str, settings: dict[str, Any], names: list[str]) -> ResultStore:
+    """Rank 0's store of the per-block results (new, resumed or refused), saved once."""
     store = ResultStore(out, KIND, "layer curvature file", len(names), {f: ((), np.nan) for f in FIELDS}, settings,
                         overwrite=args.overwrite, inputs=runner.inputs_of(args))
     store.attrs["layers"] = json.dumps(names)
@@ -162,7 +167,7 @@ def block_curvature(args: argparse.Namespace, name: str, op: "LinearOperator", p
             "parameters": float(n), "products": float(op.count), "seconds": time.perf_counter() - t}
 
 
-def table(names, v, point=()):
+def table(names: Sequence[str], v: Mapping[str, np.ndarray], point: Sequence[float] = ()) -> str:
     """The per-block table as text."""
     width = max(12, max(len(n) for n in names))
     where = f"at {tuple(point)}" if point else "at the model"
@@ -180,14 +185,14 @@ def table(names, v, point=()):
     return "\n".join(lines)
 
 
-def block_labels(names: list, parameters) -> list:
+def block_labels(names: Sequence[str], parameters: Sequence[float]) -> list[str]:
     """Bar labels: each block's module name as the model names it (a bare index of an
     nn.Sequential becomes 'layer <index>') and its number of parameters."""
     return [f"{'layer ' + name if name.isdigit() else name}\n{int(n):,} params"
             for name, n in zip(names, parameters)]
 
 
-def plot(path: str, formats=("pdf", "png"), show: bool = False):
+def plot(path: str, formats: Sequence[str] = ("pdf", "png"), show: bool = False) -> Plots:
     """Bars of each block's top eigenvalue and trace (log scale; negative values hatched)."""
     from fileio import open_h5
     from plot_common import Plots, finish as finish_plots, output_base, pyplot, save_figure

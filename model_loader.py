@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dataloader import _first_line, call_user, import_object
 from errors import UserError
+from errors import first_line as _first_line
+from plugins import call_user, import_object
 
 UNSAFE_FLAG = "--unsafe_load"
 _NAME_ATTR = "_landscape_model_name"
@@ -212,28 +213,7 @@ def load_state_dict(path: str, allow_unsafe: bool = False) -> dict:
     if os.path.getsize(path) == 0:
         raise _damaged(path, "the file is empty")
     _check_zip(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        names = _pickle_globals(path)
-        plain = _plain_globals()
-        odd = sorted({n for n in names or [] if n not in plain})
-        if names is None or not odd:
-            raise _damaged(path, "its pickled data are cut off, corrupted or not a checkpoint's")
-        if not allow_unsafe:
-            shown = ", ".join(odd[:3]) + (f" (+{len(odd) - 3} more)" if len(odd) > 3 else "")
-            raise UserError(f"{path} holds more than tensors and plain data (it references "
-                            f"{shown}), so loading it could run code; if you trust this file, "
-                            f"rerun with {UNSAFE_FLAG}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e2:
-            raise UserError(f"cannot load checkpoint {path} even with {UNSAFE_FLAG} "
-                            f"({_first_line(e2)})")
-    except MemoryError:
-        raise _damaged(path, "it claims more memory than this machine has")
-    except Exception as e:
-        raise _damaged(path, _first_line(e)[:160])
+    obj = _torch_load(path, allow_unsafe)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and "state_dict" in obj:
@@ -244,6 +224,39 @@ def load_state_dict(path: str, allow_unsafe: bool = False) -> dict:
         raise UserError(f"{path} holds no state_dict (expected a dict with 'state_dict', or a "
                         "dict of tensors)")
     return {(k[7:] if str(k).startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _torch_load(path: str, allow_unsafe: bool) -> Any:
+    """``torch.load`` of tensors and plain data; a pickle that references other globals
+    only with ``allow_unsafe``; every failure one UserError line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        _check_unsafe_globals(path, allow_unsafe)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise UserError(f"cannot load checkpoint {path} even with {UNSAFE_FLAG} "
+                            f"({_first_line(e2)})")
+    except MemoryError:
+        raise _damaged(path, "it claims more memory than this machine has")
+    except Exception as e:
+        raise _damaged(path, _first_line(e)[:160])
+
+
+def _check_unsafe_globals(path: str, allow_unsafe: bool) -> None:
+    """The checkpoint failed the tensors-only load: damaged, or it references globals that
+    could run code (allowed only with ``allow_unsafe``)."""
+    names = _pickle_globals(path)
+    plain = _plain_globals()
+    odd = sorted({n for n in names or [] if n not in plain})
+    if names is None or not odd:
+        raise _damaged(path, "its pickled data are cut off, corrupted or not a checkpoint's")
+    if not allow_unsafe:
+        shown = ", ".join(odd[:3]) + (f" (+{len(odd) - 3} more)" if len(odd) > 3 else "")
+        raise UserError(f"{path} holds more than tensors and plain data (it references "
+                        f"{shown}), so loading it could run code; if you trust this file, "
+                        f"rerun with {UNSAFE_FLAG}")
 
 
 def apply_state_dict(net: nn.Module, state: dict, path: str) -> nn.Module:

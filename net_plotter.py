@@ -24,8 +24,12 @@ original code reads our files and we read theirs), plus the group attribute ``na
 settings that made the directions. PCA direction files (projection.py) also hold
 ``explained_variance_ratio_``, ``singular_values_`` and ``explained_variance_``.
 """
+from __future__ import annotations
+
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +42,7 @@ FORMAT = "loss-landscape-directions"
 FORMAT_VERSION = 2
 
 
-def get_entries(net, dir_type):
+def get_entries(net: torch.nn.Module, dir_type: str) -> list[tuple[str, torch.Tensor]]:
     """[(name, tensor)] that a direction of ``dir_type`` covers, in model order.
 
     The tensors share storage with the model: writing into them moves the model. A tensor
@@ -58,11 +62,12 @@ def get_entries(net, dir_type):
     raise UserError(f"unknown --dir_type '{dir_type}'; use weights or states")
 
 
-def normalize_direction(d, w, norm, axis=0):
+def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str, axis: int = 0) -> torch.Tensor:
     """Scale direction entry ``d`` (in place) to weight entry ``w`` by ``norm``; the filters
     are the slices along ``axis`` (lm.filter_axis: 1 for a (in, out) Conv1D weight)."""
     if axis and (norm == "filter" or norm == "dfilter"):
-        d, w = d.movedim(axis, 0), w.movedim(axis, 0)  # views: d is scaled in place
+        normalize_direction(d.movedim(axis, 0), w.movedim(axis, 0), norm)  # a view: d is scaled in place
+        return d
     if norm == "filter" or norm == "dfilter":
         dn = d.reshape(len(d), -1).norm(dim=1)
         target = w.reshape(len(w), -1).norm(dim=1) if norm == "filter" else torch.ones_like(dn)
@@ -79,7 +84,8 @@ def normalize_direction(d, w, norm, axis=0):
     return d
 
 
-def random_direction(net, dir_type="weights", norm="filter", ignore="biasbn", generator=None):
+def random_direction(net: torch.nn.Module, dir_type: str = "weights", norm: str = "filter", ignore: str = "biasbn",
+                     generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """A normalized Gaussian direction for every entry of ``net``."""
     from lm import filter_axis
     out = []
@@ -96,19 +102,21 @@ def random_direction(net, dir_type="weights", norm="filter", ignore="biasbn", ge
     return out
 
 
-def difference_direction(net, net2, dir_type):
+def difference_direction(net: torch.nn.Module, net2: torch.nn.Module, dir_type: str) -> list[torch.Tensor]:
     """θ2 − θ1 for every entry (integer entries: zero)."""
     e1, e2 = get_entries(net, dir_type), dict(get_entries(net2, dir_type))
     return [(e2[n] - w) if w.is_floating_point() else torch.zeros_like(w) for n, w in e1]
 
 
-def make_generator(seed, idx):
+def make_generator(seed: int, idx: int) -> torch.Generator:
     """The random stream of directions: set by --seed and --idx, not by the rank count."""
     s = np.random.SeedSequence([int(seed), int(idx)]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(s[0]) << 32 | int(s[1]))
 
 
-def write_directions(path, names, xdir, ydir=None, attrs=None, extra=None):
+def write_directions(path: str, names: Sequence[str], xdir: Sequence[torch.Tensor],
+                     ydir: Sequence[torch.Tensor] | None = None, attrs: Mapping[str, Any] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> None:
     """Write a direction file (see the module doc for the layout)."""
     with h5_written_atomically(path) as f:
         f.attrs["format"] = FORMAT
@@ -126,12 +134,14 @@ def write_directions(path, names, xdir, ydir=None, attrs=None, extra=None):
             f[k] = np.asarray(v)
 
 
-def read_direction_attrs(path):
+def read_direction_attrs(path: str) -> dict[str, Any]:
+    """The root attributes of a direction file (bytes decoded to str)."""
     with open_h5(path, "direction file") as f:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
 
 
-def read_directions(path, net, dir_type, need_y):
+def read_directions(path: str, net: torch.nn.Module, dir_type: str,
+                    need_y: bool) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """(xdir, ydir) from a direction file, aligned to ``get_entries(net, dir_type)``.
 
     Our files are matched by entry name; original files by position (including legacy
@@ -191,7 +201,7 @@ def _read_group(g, entries, path, dir_type):
     return out
 
 
-def directions_hash(*directions):
+def directions_hash(*directions: Sequence[torch.Tensor] | None) -> str:
     """Content hash of directions: identifies them in a surface file's settings."""
     h = hashlib.sha256()
     for direction in directions:
@@ -208,7 +218,8 @@ class Perturbation:
     make a BatchNorm variance negative).
     """
 
-    def __init__(self, net, dir_type, xdir, ydir=None):
+    def __init__(self, net: torch.nn.Module, dir_type: str, xdir: Sequence[torch.Tensor],
+                 ydir: Sequence[torch.Tensor] | None = None) -> None:
         self.targets, self.base, self.dx, self.dy, self.variances = [], [], [], [], []
         for (name, w), dx, dy in zip(get_entries(net, dir_type), xdir,
                                      ydir if ydir is not None else [None] * len(xdir)):
@@ -226,7 +237,8 @@ class Perturbation:
                 self.variances.append(w)
 
     @torch.no_grad()
-    def set(self, x, y=0.0):
+    def set(self, x: float, y: float = 0.0) -> None:
+        """Move the model to θ0 + x·dx + y·dy."""
         if not self.targets:
             return
         torch._foreach_copy_(self.targets, self.base)
@@ -238,7 +250,7 @@ class Perturbation:
             v.clamp_(min=0)
 
     @torch.no_grad()
-    def stacked(self, points):
+    def stacked(self, points: Sequence[tuple[float, float]]) -> list[torch.Tensor]:
         """For each target, the (K, *shape) stack of its values at the K grid points
         ``points`` [(x, y)], computed exactly as ``set(x, y)`` writes them; the model
         is not moved (for evaluating several points in one pass)."""

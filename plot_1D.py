@@ -67,7 +67,7 @@ parser.add_argument("--suffix", default=".h5", help="file name end for --prefix 
 add_output_args(parser)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     paths = expand_files(args.surf_file, args.prefix, args.idx_min, args.idx_max, args.suffix)
     plot_1d_loss_err(paths, args.xmin, args.xmax, args.loss_max, args.log, args.show,

@@ -40,7 +40,7 @@ parser.add_argument("--log", action=argparse.BooleanOptionalAction, default=None
 add_output_args(parser)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     opts = dict(show=args.show, out_dir=args.out_dir, formats=args.format)
     if args.surf_file:

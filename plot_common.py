@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -225,7 +225,7 @@ def ensure_folder(folder: str) -> str:
     return folder
 
 
-def write_output(path: str, write) -> str:
+def write_output(path: str, write: Callable[[str], object]) -> str:
     """Write one output file atomically: ``write(tmp)`` fills a temporary file beside
     ``path``, which then replaces ``path``. Any failure (disk full, folder removed,
     ...) is a UserError, and an existing ``path`` is left as it was."""
@@ -433,11 +433,15 @@ def quantity_label(name: str) -> str:
 
 # ---------------------------------------------------------------- figures
 
+def add_format_arg(parser: Any, default: tuple[str, ...] = ("pdf",), help: str = "") -> None:
+    """--format: the figure file format(s), on a parser or an argument group."""
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(default),
+                        help=help or "figure file format(s), e.g. --format png pdf")
+
+
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     """The flags every plotting script takes for its outputs."""
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["pdf"],
-                        help="figure file format(s), e.g. --format png pdf (default: pdf, "
-                             "as the original)")
+    add_format_arg(parser, help="figure file format(s), e.g. --format png pdf (default: pdf, as the original)")
     parser.add_argument("--out_dir", default=None,
                         help="folder for the outputs (default: next to the surface file)")
     parser.add_argument("--html", action="store_true",

@@ -25,6 +25,7 @@ from plot_common import (Plots, Scale, check_finite, contour_levels, describe, e
 from plot_html import html_surface, write_html
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 CMAP = "viridis"
@@ -309,7 +310,7 @@ def is_curve(proj_file: str) -> bool:
         return "t" in f or "curve" in str(f.attrs.get("method", ""))
 
 
-def draw_trajectory(ax, proj_file: str, dir_file: Optional[str] = None) -> None:
+def draw_trajectory(ax: "Axes", proj_file: str, dir_file: Optional[str] = None) -> None:
     """The projected points (proj_xcoord, proj_ycoord) with markers. An optimization
     path: its start and the final model at (0, 0); a curve between two minima: its
     ends, model_file at t=0 and model_file2 at t=1. PCA axis labels from dir_file's

@@ -17,7 +17,7 @@ from errors import UserError, run_main
 from flags import build_parser, parse_args, spec_of
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--bn_update", type=int, default=0,
                         help="re-estimate the BatchNorm statistics at each point on N training batches "

@@ -39,7 +39,7 @@ import plot_2D  # noqa: E402
 import projection
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = flags.parse_args(build_parser(), argv)
     if args.out_dir and os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise UserError(f"--out_dir {args.out_dir} is a file, not a folder; choose another --out_dir")

@@ -37,6 +37,7 @@ Existing output files are reused only if they were made from the same checkpoint
 settings; otherwise the run stops (``--overwrite`` replaces them). A ``--dir_file``
 given by the user is only read.
 """
+from __future__ import annotations
 
 import flags
 
@@ -50,11 +51,14 @@ def build_parser() -> flags.ArgumentParser:
 if __name__ == "__main__":  # the flags and --help before torch is imported
     flags.parse_before_imports(build_parser)
 
-import glob  # noqa: E402
+import argparse  # noqa: E402
+import glob
 import json
 import math
 import os
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -64,6 +68,8 @@ import model_loader
 import net_plotter
 from errors import UserError, run_main
 from fileio import check_reuse, h5_written_atomically
+
+Rows = list[list[torch.Tensor]]  # per checkpoint, its flattened float entries
 
 BLOCK = 1 << 24  # float64 elements per block (checkpoints × entry columns): 128 MiB
 
@@ -87,7 +93,7 @@ def _natural_key(path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
 
-def checkpoint_files(args):
+def checkpoint_files(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     """(files, epochs): the checkpoints in trajectory order; the last is the final model."""
     if args.model_files:
         files = []
@@ -126,7 +132,8 @@ def _epoch_of(path, index):
     return int(nums[-1]) if nums else index
 
 
-def load_trajectory(args, files):
+def load_trajectory(args: argparse.Namespace,
+                    files: list[str]) -> tuple[torch.nn.Module, list[str], list[torch.Size], Rows]:
     """(names, dims, shapes, rows): the float entries of every checkpoint, as stored."""
     net = model_loader.build_model(args.model)
     names, rows = None, []
@@ -143,7 +150,7 @@ def load_trajectory(args, files):
     return net, names, shapes, rows
 
 
-def differences(rows, keep):
+def differences(rows: Rows, keep: list[bool]) -> Iterator[tuple[int, slice, torch.Tensor]]:
     """Yield (entry index, column slice, D): D = θ_e − θ_f in float64, (checkpoints × columns),
     for the kept entries, in blocks of at most BLOCK elements."""
     final = rows[-1]
@@ -158,7 +165,8 @@ def differences(rows, keep):
 
 
 # ------------------------------------------------------------------------- PCA
-def pca_directions(rows, keep, n_components=2):
+def pca_directions(rows: Rows, keep: list[bool],
+                   n_components: int = 2) -> tuple[list[list[torch.Tensor]], dict[str, np.ndarray]]:
     """The leading principal directions of the centred rows θ_e − θ_f.
 
     Returns (directions, stats): ``directions[c][j]`` is the float64 vector of entry j in
@@ -196,7 +204,7 @@ def pca_directions(rows, keep, n_components=2):
 
 
 # ------------------------------------------------------------------ projection
-def project(rows, xdir, ydir):
+def project(rows: Rows, xdir: list[torch.Tensor], ydir: list[torch.Tensor]) -> tuple[np.ndarray, bool]:
     """(coords (checkpoints × 2), orthonormal): least-squares coordinates of θ_e − θ_f in
     the plane of (xdir, ydir), float64; ``orthonormal`` says whether the directions are."""
     dirs = (xdir, ydir)
@@ -210,7 +218,7 @@ def project(rows, xdir, ydir):
     return coords, bool(np.allclose(gram, np.eye(2), atol=1e-6))
 
 
-def suggest_range(values, margin, num=51):
+def suggest_range(values: Any, margin: float, num: int = 51) -> str:
     """'lo:hi:num' covering ``values`` and 0 with ``margin`` × span on each side,
     rounded outwards to two significant digits of the span."""
     lo, hi = min(float(np.min(values)), 0.0), max(float(np.max(values)), 0.0)
@@ -225,7 +233,7 @@ def suggest_range(values, margin, num=51):
 
 
 # ----------------------------------------------------------------------- files
-def run_settings(args, files, epochs):
+def run_settings(args: argparse.Namespace, files: list[str], epochs: list[int]) -> dict[str, Any]:
     """What identifies a trajectory: stored in the output files, checked on reuse."""
     return {"model": args.model, "dir_type": args.dir_type,
             "checkpoints": [[os.path.basename(f), model_loader.file_hash(f)] for f in files],
@@ -245,14 +253,17 @@ def _check_existing(path, settings, overwrite, what):
                 hint="pass --overwrite to replace it or choose another path")
 
 
-def default_pca_file(args, files):
+def default_pca_file(args: argparse.Namespace, files: list[str]) -> str:
+    """The PCA direction file's default path: a folder named by the settings beside the run."""
     folder = args.model_folder or os.path.dirname(os.path.abspath(files[-1]))
     name = f"PCA_{args.dir_type}" + (f"_ignore={args.ignore}" if args.ignore else "")
     name += f"_save_epoch={args.save_epoch}" if not args.model_files else f"_{len(files)}files"
     return os.path.join(folder, name, "directions.h5")
 
 
-def write_projection(path, coords, epochs, files, dir_file, method, settings, ranges):
+def write_projection(path: str, coords: np.ndarray, epochs: list[int], files: list[str], dir_file: str, method: str,
+                     settings: dict[str, Any], ranges: tuple[str, str]) -> None:
+    """Write the projection file (see the module doc for the layout)."""
     with h5_written_atomically(path) as f:
         f["proj_xcoord"] = coords[:, 0]
         f["proj_ycoord"] = coords[:, 1]
@@ -265,7 +276,7 @@ def write_projection(path, coords, epochs, files, dir_file, method, settings, ra
 
 
 # ------------------------------------------------------------------------ main
-def run(args):
+def run(args: argparse.Namespace) -> tuple[str, str]:
     """PCA (unless --dir_file) and projection; returns (dir_file, proj_file)."""
     flags.check_trajectory(args)  # again: run() is also called with a plain namespace
     files, epochs = checkpoint_files(args)
@@ -311,7 +322,9 @@ def run(args):
     return dir_file, proj_file
 
 
-def write_pca_file(path, net, dir_type, names, shapes, xdir, ydir, stats, settings):
+def write_pca_file(path: str, net: torch.nn.Module, dir_type: str, names: list[str], shapes: list[torch.Size],
+                   xdir: list[torch.Tensor], ydir: list[torch.Tensor], stats: dict[str, np.ndarray],
+                   settings: dict[str, Any]) -> None:
     """Write PCA directions for every entry of ``dir_type`` (integer entries: zeros)."""
     by_name = {n: (x.view(s), y.view(s)) for n, s, x, y in zip(names, shapes, xdir, ydir)}
     entries = net_plotter.get_entries(net, dir_type)
@@ -323,7 +336,7 @@ def write_pca_file(path, net, dir_type, names, shapes, xdir, ydir, stats, settin
                                  extra=stats)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     run(flags.parse_args(build_parser(), argv))
 
 

@@ -75,7 +75,7 @@ def row_order(precisions, engines):
     return ([ref] if ref in rows else []) + [r for r in rows if r != ref]
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=50000, help="images resident on the device")
     ap.add_argument("--timed_images", type=int, default=0,
@@ -99,6 +99,52 @@ def main(argv=None):
         a.images, a.device, a.model, a.points, a.rounds = 32, "cpu", "resnet20", 2, 1
         a.batch_size, a.timed_images = 16, min(a.timed_images, 32)
         a.engines = ",".join(e for e in a.engines.split(",") if e != "compiled" and e != "K=16").replace("K=4", "K=2")
+    return a
+
+
+def time_floor(net, move, xt, batch, device, rounds):
+    """Median seconds of one plain forward pass over ``xt`` at the origin (fp32): the floor."""
+    def floor():
+        with torch.inference_mode(), precision_mode("fp32", device):  # cuDNN's default is TF32
+            for i in range(0, len(xt), batch):
+                net(xt[i:i + batch])
+    move.set(0.0)
+    floor()
+    sync(device)
+    floors = []
+    for _ in range(max(2, rounds)):
+        t = time.perf_counter()
+        floor()
+        sync(device)
+        floors.append(time.perf_counter() - t)
+    return statistics.median(floors)
+
+
+def time_row(ev, move, eng, coords, rounds, device):
+    """(the points, their values, seconds per point of each round) of one engine row."""
+    pts = [coords[i % len(coords)] for i in range(int(eng[2:]))] if eng.startswith("K=") else coords
+
+    def run():
+        if eng.startswith("K="):
+            return ev.evaluate_points(move, pts)
+        out = []
+        for c in pts:
+            move.set(*c)
+            out.append(ev())
+        return out
+    vals = run()  # warm-up (and compilation)
+    sync(device)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        vals = run()
+        sync(device)
+        times.append((time.perf_counter() - t) / len(pts))
+    return pts, vals, times
+
+
+def main(argv=None):
+    a = parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA device; use --device cpu (or --smoke)")
@@ -116,21 +162,7 @@ def main(argv=None):
     move = net_plotter.Perturbation(net, "weights", d)
     coords = [(float(c), 0.0) for c in torch.linspace(-1, 1, a.points)]
     loss = get_loss_fn("crossentropy")
-
-    def floor():
-        with torch.inference_mode(), precision_mode("fp32", device):  # cuDNN's default is TF32
-            for i in range(0, timed, batch):
-                net(xt[i:i + batch])
-    move.set(0.0)
-    floor()
-    sync(device)
-    floors = []
-    for _ in range(max(2, a.rounds)):
-        t = time.perf_counter()
-        floor()
-        sync(device)
-        floors.append(time.perf_counter() - t)
-    t_floor = statistics.median(floors)
+    t_floor = time_floor(net, move, xt, batch, device, a.rounds)
     info = device_info(device)
     head = {**info, "model": a.model, "images": a.images, "timed_images": timed, "batch_size": batch,
             "points": a.points, "rounds": a.rounds, "floor_s": t_floor * scale,
@@ -161,24 +193,7 @@ def main(argv=None):
             ev = evs.get((prec, base)) or Evaluator(net, xt, yt, loss, batch, device, prec, engine=base)
             evs[(prec, base)] = ev
             setup = time.perf_counter() - t
-            pts = [coords[i % len(coords)] for i in range(int(eng[2:]))] if eng.startswith("K=") else coords
-
-            def run(ev=ev, pts=pts, eng=eng):
-                if eng.startswith("K="):
-                    return ev.evaluate_points(move, pts)
-                out = []
-                for c in pts:
-                    move.set(*c)
-                    out.append(ev())
-                return out
-            vals = run()  # warm-up (and compilation)
-            sync(device)
-            times = []
-            for _ in range(a.rounds):
-                t = time.perf_counter()
-                vals = run()
-                sync(device)
-                times.append((time.perf_counter() - t) / len(pts))
+            pts, vals, times = time_row(ev, move, eng, coords, a.rounds, device)
         except Exception as e:  # report, do not stop the table
             row["path"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             write()

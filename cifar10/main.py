@@ -22,6 +22,9 @@ checkpoints that this script did not write (no ``train_settings.json``, e.g. the
 original's released ``model_300.t7``) or a run with other settings is refused unless
 ``--overwrite``. See doc/training.md.
 """
+from __future__ import annotations
+
+import argparse
 import json
 import math
 import os
@@ -30,6 +33,7 @@ import re
 import signal
 import sys
 import time
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -44,7 +48,7 @@ import dataloader  # noqa: E402
 import flags  # noqa: E402
 import grid  # noqa: E402
 import model_loader  # noqa: E402
-from errors import UserError, run_main  # noqa: E402
+from errors import UserError, first_line, run_main  # noqa: E402
 from fileio import settings_diff, written_atomically  # noqa: E402
 
 DEFAULT_SAVE = os.path.join(REPO, "cifar10", "trained_nets")
@@ -56,7 +60,7 @@ NOT_SETTINGS = ("save", "cuda", "ngpu", "threads", "resume_model", "resume_opt",
                 "datapath", "download", "trainloader", "testloader", "unsafe_load")
 
 
-def build_parser():
+def build_parser() -> flags.ArgumentParser:
     p = flags.ArgumentParser("Train a model for loss-landscape plots", prog="cifar10/main.py")
     p.add_argument("--batch_size", default=128, type=int, help="minibatch size (also for evaluation)")
     p.add_argument("--lr", default=0.1, type=float, help="learning rate")
@@ -95,7 +99,7 @@ def build_parser():
     return p
 
 
-def name_save_folder(args):
+def name_save_folder(args: argparse.Namespace) -> str:
     """The original's folder name, as its released runs are named (README paths):
     ``_mom=`` and ``_save_epoch=`` appear only for values other than the defaults (0.9,
     10); ``_dataset=``/``_max_samples=`` only for data the original could not train on
@@ -129,7 +133,7 @@ def name_save_folder(args):
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
 
 
-def corrupt_labels(labels, prob, num_classes, seed):
+def corrupt_labels(labels: torch.Tensor, prob: float, num_classes: int, seed: int) -> torch.Tensor:
     """Change exactly round(prob * N) labels, chosen at random, each to a different
     random class; deterministic given the seed."""
     g = torch.Generator().manual_seed(seed)
@@ -141,14 +145,14 @@ def corrupt_labels(labels, prob, num_classes, seed):
     return out
 
 
-def lr_at(epoch, args):
+def lr_at(epoch: int, args: argparse.Namespace) -> float:
     """The original schedule: the rate decays after epochs 150, 225 and 275 of 300;
     for other run lengths the same fractions of ``--epochs`` (rounded down)."""
     milestones = {m * args.epochs // 300 for m in LR_DECAY_EPOCHS}
     return args.lr * args.lr_decay ** sum(1 for m in milestones if 0 < m < epoch)
 
 
-def init_params(net):
+def init_params(net: nn.Module) -> None:
     """The original's initialization: Kaiming-normal convs, unit BN, N(0, 1e-3) linears."""
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -164,7 +168,7 @@ def init_params(net):
                 nn.init.zeros_(m.bias)
 
 
-def augment(x, g, fill=0.0):
+def augment(x: torch.Tensor, g: torch.Generator, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
     """Random 32x32 crop of the image padded by 4 pixels of value ``fill`` and random
     horizontal flip, per image (the original's RandomCrop(32, padding=4) +
     RandomHorizontalFlip; it padded black pixels before normalizing)."""
@@ -179,7 +183,8 @@ def augment(x, g, fill=0.0):
     return torch.where(flip, out.flip(3), out)
 
 
-def loss_and_hits(net, x, y, loss_name, num_classes):
+def loss_and_hits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_name: str,
+                  num_classes: int) -> tuple[torch.Tensor, int]:
     """The original's losses: cross-entropy on logits, or MSE of softmax vs one-hot."""
     out = net(x)
     if loss_name == "mse":
@@ -189,7 +194,9 @@ def loss_and_hits(net, x, y, loss_name, num_classes):
     return loss, (out.argmax(1) == y).sum().item()
 
 
-def train_epoch(net, x, y, args, num_classes, device, optimizer, g, aug):
+def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, num_classes: int,
+                device: torch.device, optimizer: torch.optim.Optimizer, g: torch.Generator,
+                aug: bool) -> tuple[float, float]:
     """One pass over the shuffled training set; (mean loss, accuracy %)."""
     black = (-torch.tensor(dataloader.CIFAR_MEAN) / torch.tensor(dataloader.CIFAR_STD)).to(device)
     net.train()
@@ -208,7 +215,8 @@ def train_epoch(net, x, y, args, num_classes, device, optimizer, g, aug):
 
 
 @torch.no_grad()
-def evaluate(net, x, y, args, num_classes, device):
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, num_classes: int,
+             device: torch.device) -> tuple[float, float]:
     """Loss and accuracy % in eval mode."""
     net.eval()
     total_loss, hits = 0.0, 0
@@ -220,7 +228,7 @@ def evaluate(net, x, y, args, num_classes, device):
     return total_loss / len(y), 100.0 * hits / len(y)
 
 
-def save_checkpoint(folder, epoch, acc, net, optimizer):
+def save_checkpoint(folder: str, epoch: int, acc: float, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """model_<epoch>.t7 and opt_state_<epoch>.t7 in the original's format, each written to a
     temporary file and renamed: an interrupted save never leaves half a checkpoint."""
     with written_atomically(os.path.join(folder, f"opt_state_{epoch}.t7")) as tmp:
@@ -229,7 +237,7 @@ def save_checkpoint(folder, epoch, acc, net, optimizer):
         torch.save({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()}, tmp)
 
 
-def run_settings(args, data):
+def run_settings(args: argparse.Namespace, data: dataloader.Data) -> dict[str, Any]:
     """What defines the run (checked when a rerun resumes it): every flag that changes the
     result, and the data by content."""
     flags = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_SETTINGS}
@@ -237,7 +245,7 @@ def run_settings(args, data):
                 data_hash=dataloader.tensor_hash(data.train_x, data.train_y, data.test_x, data.test_y))
 
 
-def read_settings(folder):
+def read_settings(folder: str) -> dict[str, Any] | None:
     """The settings of the run in ``folder`` (None without our marker file)."""
     path = os.path.join(folder, SETTINGS_FILE)
     if not os.path.isfile(path):
@@ -250,14 +258,14 @@ def read_settings(folder):
         return {}
 
 
-def saved_epochs(folder):
+def saved_epochs(folder: str) -> list[int]:
     """Epochs with both model_<e>.t7 and opt_state_<e>.t7 in ``folder``, ascending."""
     names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
     epochs = {int(m.group(1)) for n in names for m in [re.fullmatch(r"model_(\d+)\.t7", n)] if m}
     return sorted(e for e in epochs if f"opt_state_{e}.t7" in names)
 
 
-def plan_run(folder, args, settings):
+def plan_run(folder: str, args: argparse.Namespace, settings: dict[str, Any]) -> int:
     """Where this run starts: 0 (fresh) or the last saved epoch of the same run in ``folder``
     (resume). Refuses a folder with checkpoints this script did not write, or a run with
     other settings, unless --overwrite."""
@@ -286,7 +294,7 @@ def plan_run(folder, args, settings):
     return done[-1] if done else 0
 
 
-def trim_log(folder, last_epoch):
+def trim_log(folder: str, last_epoch: int) -> None:
     """log.out without the lines of epochs after ``last_epoch`` (an interrupted run's)."""
     path = os.path.join(folder, "log.out")
     if not os.path.isfile(path):
@@ -311,7 +319,7 @@ def _raise_stop(signum, frame):
     raise Stopped(signum)
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
     """Every flag that training cannot use: one line, before anything is loaded or written."""
     for flag, low in (("batch_size", 1), ("save_epoch", 1), ("epochs", 0), ("ngpu", 1), ("threads", 0)):
         if getattr(args, flag) < low:
@@ -356,7 +364,7 @@ def _checkpoint_epoch(path):
         return 0
 
 
-def load_optimizer_state(optimizer, path, device):
+def load_optimizer_state(optimizer: torch.optim.Optimizer, path: str, device: torch.device) -> None:
     """--resume_opt: the optimizer state saved with the model; one line if it is damaged or
     belongs to another model or optimizer."""
     hint = "pass the opt_state_<epoch>.t7 saved with --resume_model (same --model and --optimizer)"
@@ -364,14 +372,14 @@ def load_optimizer_state(optimizer, path, device):
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise UserError(f"--resume_opt {path} is damaged or not an optimizer state "
-                        f"({dataloader._first_line(e)[:150]}); {hint}")
+                        f"({first_line(e)[:150]}); {hint}")
     if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
         raise UserError(f"--resume_opt {path} holds no {{'optimizer': ...}} state; {hint}")
     try:
         optimizer.load_state_dict(state["optimizer"])
     except Exception as e:
         raise UserError(f"--resume_opt {path} does not hold this model's optimizer state "
-                        f"({dataloader._first_line(e)[:150]}); {hint}")
+                        f"({first_line(e)[:150]}); {hint}")
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, buf in optimizer.state.get(p, {}).items():
@@ -380,7 +388,7 @@ def load_optimizer_state(optimizer, path, device):
                                     f"does not fit a parameter of shape {tuple(p.shape)}; {hint}")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
     state = {"folder": None, "epoch": None}   # what an interruption reports
@@ -404,33 +412,11 @@ def main(argv=None):
             signal.signal(s, h)
 
 
-def train(args, state):
+def train(args: argparse.Namespace, state: dict[str, Any]) -> None:
     """The run: data, folder (new, resumed or refused), model, optimizer, epochs; ``state``
     follows the folder and the epoch in progress."""
-    if args.cuda and not torch.cuda.is_available():
-        raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
-    if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
-        raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
-    threads = grid.set_threads(args.threads, None)
-    device = torch.device("cuda" if args.cuda else "cpu")
-    torch.backends.cudnn.benchmark = args.cuda  # as the original
-
-    random.seed(args.rand_seed)
-    np.random.seed(args.rand_seed)
-    torch.manual_seed(args.rand_seed)
-
-    # Data, with corrupted training labels if asked
-    data = dataloader.load_data(args)
-    if len(data.train_y) == 0 or len(data.test_y) == 0:
-        raise UserError(f"the {data.name} data have an empty train or test split; "
-                        "check --max_samples/--data_split")
-    if args.label_corrupt_prob > 0:
-        if data.num_classes < 2:
-            raise UserError(f"--label_corrupt_prob needs at least 2 classes; {data.name} has "
-                            f"{data.num_classes}")
-        data.train_y = corrupt_labels(data.train_y, args.label_corrupt_prob, data.num_classes,
-                                      args.rand_seed)
-    aug = data.name == "cifar10" and not args.noaug and not args.raw_data
+    device, threads = _device_and_seeds(args)
+    data = _training_data(args)
 
     # The run's folder: a new run, the rest of an interrupted one, or refused
     folder = os.path.join(args.save, name_save_folder(args))
@@ -446,28 +432,13 @@ def train(args, state):
         return
 
     # Model: resumed from a checkpoint, or fresh with the original's initialization
-    start_epoch = 1
     resume_model, resume_opt = args.resume_model, args.resume_opt
     if last:
         resume_model = os.path.join(folder, f"model_{last}.t7")
         resume_opt = os.path.join(folder, f"opt_state_{last}.t7")
-    if resume_model:
-        net = model_loader.load(args.model, resume_model)
-        start_epoch = _checkpoint_epoch(resume_model) + 1
-    else:
-        net = model_loader.build_model(args.model)
-        init_params(net)
-    model_loader.check_fits(net, data, args.model)
-    net.to(device)
+    net, start_epoch = _model(args, resume_model, data, device)
     model = nn.DataParallel(net, device_ids=list(range(args.ngpu))) if args.ngpu > 1 else net
-
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
-                                    weight_decay=args.weight_decay, nesterov=args.momentum > 0)
-    else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if resume_opt:
-        load_optimizer_state(optimizer, resume_opt, device)
+    optimizer = _optimizer(args, net, resume_opt, device)
 
     os.makedirs(folder, exist_ok=True)
     state["folder"] = folder
@@ -483,7 +454,73 @@ def train(args, state):
         # the training set as trained on, for plot_surface.py --trainloader
         with written_atomically(os.path.join(folder, "trainloader.t7")) as tmp:
             torch.save({"x": data.train_x, "y": data.train_y}, tmp)
+    _run_epochs(args, state, folder, data, net, model, optimizer, start_epoch, device)
+    if resume_model and start_epoch > args.epochs:
+        print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
+              f"{args.epochs}", flush=True)
 
+
+def _device_and_seeds(args):
+    """(device, threads) of the run, after checking --cuda/--ngpu; seeds every generator."""
+    if args.cuda and not torch.cuda.is_available():
+        raise UserError("--cuda given but no CUDA GPU is available; drop --cuda to train on the CPU")
+    if args.ngpu > 1 and (not args.cuda or args.ngpu > torch.cuda.device_count()):
+        raise UserError(f"--ngpu {args.ngpu} needs --cuda and {args.ngpu} visible GPUs")
+    threads = grid.set_threads(args.threads, None)
+    device = torch.device("cuda" if args.cuda else "cpu")
+    torch.backends.cudnn.benchmark = args.cuda  # as the original
+
+    random.seed(args.rand_seed)
+    np.random.seed(args.rand_seed)
+    torch.manual_seed(args.rand_seed)
+    return device, threads
+
+
+def _training_data(args):
+    """The data, with corrupted training labels if asked."""
+    data = dataloader.load_data(args)
+    if len(data.train_y) == 0 or len(data.test_y) == 0:
+        raise UserError(f"the {data.name} data have an empty train or test split; "
+                        "check --max_samples/--data_split")
+    if args.label_corrupt_prob > 0:
+        if data.num_classes < 2:
+            raise UserError(f"--label_corrupt_prob needs at least 2 classes; {data.name} has "
+                            f"{data.num_classes}")
+        data.train_y = corrupt_labels(data.train_y, args.label_corrupt_prob, data.num_classes,
+                                      args.rand_seed)
+    return data
+
+
+def _model(args, resume_model, data, device):
+    """(net on ``device``, first epoch to train): resumed from ``resume_model``, or fresh
+    with the original's initialization; checked against the data."""
+    start_epoch = 1
+    if resume_model:
+        net = model_loader.load(args.model, resume_model)
+        start_epoch = _checkpoint_epoch(resume_model) + 1
+    else:
+        net = model_loader.build_model(args.model)
+        init_params(net)
+    model_loader.check_fits(net, data, args.model)
+    net.to(device)
+    return net, start_epoch
+
+
+def _optimizer(args, net, resume_opt, device):
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if resume_opt:
+        load_optimizer_state(optimizer, resume_opt, device)
+    return optimizer
+
+
+def _run_epochs(args, state, folder, data, net, model, optimizer, start_epoch, device):
+    """Train from ``start_epoch`` to --epochs (epoch 0: the initial model, evaluated only),
+    recording each epoch in log.out and saving the checkpoints."""
+    aug = data.name == "cifar10" and not args.noaug and not args.raw_data
     n_classes = data.num_classes
     with open(os.path.join(folder, "log.out"), "a") as log:
         def record(epoch, train_loss, train_acc, test_loss, test_acc, seconds):
@@ -516,9 +553,6 @@ def train(args, state):
             record(epoch, train_loss, train_acc, test_loss, test_acc, time.time() - t)
             if epoch == 1 or epoch % args.save_epoch == 0 or epoch == args.epochs:
                 save_checkpoint(folder, epoch, test_acc, net, optimizer)
-    if resume_model and start_epoch > args.epochs:
-        print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "
-              f"{args.epochs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,29 @@ def _dump(path, rng, n, label):
                      b"filenames": [f"img_{k}.png".encode() for k in range(n)]}, f, protocol=2)
 
 
+# ------------------------------------------------ the project's own modules, read with ast
+SKIP_DIRS = {"tests", "bench", "doc", "script", ".git", ".ci", "__pycache__"}
+
+
+def module_files() -> dict[str, str]:
+    """{dotted module name: path} of every Python file of the project (not tests, benches)."""
+    found = {}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(root, f), REPO)[:-3].replace(os.sep, ".")
+                found[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = os.path.join(root, f)
+    return found
+
+
+def is_command(path: str) -> bool:
+    """A command: the file has a top-level ``if __name__ == "__main__":`` block."""
+    import ast
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    return any(isinstance(n, ast.If) and "__name__" in ast.unparse(n.test) for n in tree.body)
+
+
 def exact_hessian(net, x, y, loss_sum, names=None):
     """The dense float64 Hessian of the mean loss over (x, y) w.r.t. the parameters
     ``names`` (default: all with > 1 dimension, as hess_vec_prod's), the others fixed, by

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 import dataloader
+import plugins
 from conftest import assert_one_line_error, run_script, write_cifar_batches
 from errors import UserError
 
@@ -119,6 +120,6 @@ def test_user_module_may_import_its_siblings_from_the_working_directory(tmp_path
         "torch.nn.Linear(layers_q7.WIDTH, 10))\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
-    factory = dataloader.import_object("mymodel_q7:net", "--model")
+    factory = plugins.import_object("mymodel_q7:net", "--model")
     assert factory()[1].in_features == 64
     assert sys.path[-1] == str(tmp_path)  # appended: after the toolkit and the packages

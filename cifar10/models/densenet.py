@@ -15,7 +15,7 @@ class DenseLayer(nn.Module):
         self.bn2 = nn.BatchNorm2d(4 * growth)
         self.conv2 = nn.Conv2d(4 * growth, growth, kernel_size=3, padding=1, bias=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(F.relu(self.bn1(x)))
         out = self.conv2(F.relu(self.bn2(out)))
         return torch.cat([out, x], 1)
@@ -27,7 +27,7 @@ class Transition(nn.Module):
         self.bn = nn.BatchNorm2d(c_in)
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=1, bias=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
 
 
@@ -48,7 +48,7 @@ class DenseNet(nn.Module):
         self.bn = nn.BatchNorm2d(c)
         self.linear = nn.Linear(c, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         for i in range(1, self.num_stages):
             out = getattr(self, f"trans{i}")(getattr(self, f"dense{i}")(out))
@@ -57,5 +57,5 @@ class DenseNet(nn.Module):
         return self.linear(out.flatten(1))
 
 
-def densenet121():
+def densenet121() -> DenseNet:
     return DenseNet([6, 12, 24, 16], growth=32)

@@ -10,6 +10,7 @@ module at all, and a bottleneck without shortcut ends without a ReLU (as the ori
 A block with a shortcut whose shape does not change keeps an empty ``shortcut``
 Sequential (the identity), and a 1x1 conv + BN projection when it does.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -36,7 +37,7 @@ class BasicBlock(nn.Module):
         if shortcut:
             self.shortcut = _projection(c_in, planes, stride)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
         if hasattr(self, "shortcut"):
             out = out + self.shortcut(x)
@@ -55,7 +56,7 @@ class Bottleneck(nn.Module):
         if shortcut:
             self.shortcut = _projection(c_in, 4 * planes, stride)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -82,7 +83,7 @@ class ResNet(nn.Module):
         self.pool = 32 >> (len(widths) - 1)  # 8 for CIFAR ResNets, 4 for ImageNet-style
         self.linear = nn.Linear(c_in, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         for i in range(self.num_stages):
             out = getattr(self, f"layer{i + 1}")(out)
@@ -90,7 +91,7 @@ class ResNet(nn.Module):
         return self.linear(out.flatten(1))
 
 
-def cifar_resnet(depth, width=1, shortcut=True):
+def cifar_resnet(depth: int, width: int = 1, shortcut: bool = True) -> ResNet:
     """ResNet-<depth> for CIFAR (depth = 6n + 2), channels widened by ``width``."""
     n = (depth - 2) // 6
     return ResNet(BasicBlock, [n] * 3, [16 * width, 32 * width, 64 * width], shortcut)
@@ -101,7 +102,7 @@ IMAGENET_DEPTHS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]
                    152: (Bottleneck, [3, 8, 36, 3])}
 
 
-def imagenet_resnet(depth, shortcut=True):
+def imagenet_resnet(depth: int, shortcut: bool = True) -> ResNet:
     """ResNet-18/34/50/101/152 with a CIFAR stem (kuangliu style)."""
     block, num_blocks = IMAGENET_DEPTHS[depth]
     return ResNet(block, num_blocks, [64, 128, 256, 512], shortcut)

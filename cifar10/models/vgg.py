@@ -1,5 +1,6 @@
 """VGG-9 of the original zoo: conv3x3(+bias)-BN-ReLU layers with 2x2 max pools
 (ceil mode), then fc = Linear-BN1d-ReLU to 256 units and a linear classifier."""
+import torch
 import torch.nn as nn
 
 VGG9 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M"]
@@ -22,9 +23,9 @@ class VGG(nn.Module):
                                 nn.ReLU(inplace=True))
         self.classifier = nn.Linear(c_in, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.fc(self.features(x).flatten(1)))
 
 
-def vgg9():
+def vgg9() -> VGG:
     return VGG(VGG9)
