@@ -308,14 +308,12 @@ def write(args: argparse.Namespace, state: dict, rep: dict) -> None:
     """The checkpoint (original format) and its report, each written atomically."""
     import json
 
-    import torch
 
-    from fileio import written_atomically
+    from fileio import save_torch, written_atomically
     acc = rep.get("merge", {}).get("test_acc", rep.get("merge", {}).get("train_acc"))
     obj = {"state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()}, "acc": acc,
            "epoch": None, "alignment": json.dumps({k: rep[k] for k in ("model", "model_file", "method")})}
-    with written_atomically(args.out) as tmp:
-        torch.save(obj, tmp)
+    save_torch(obj, args.out)
     with written_atomically(args.out + ".json") as tmp, open(tmp, "w") as f:
         json.dump(rep, f, indent=1)
     print(f"done: {args.out} (report {args.out}.json)", flush=True)

@@ -16,7 +16,6 @@ end points; integer buffers are those of the nearer end point, never interpolate
 """
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Sequence
 
@@ -27,7 +26,7 @@ from torch.func import functional_call
 
 import model_loader
 from errors import UserError
-from fileio import written_atomically
+from fileio import save_torch  # noqa: F401 (curves.save_torch: mode_connectivity's files)
 
 CURVES = ("bezier", "polychain")
 # Every file mode_connectivity.py writes carries this mark (a "format" entry of the saved
@@ -244,16 +243,6 @@ def curve_projection(curve: Curve, ts: Sequence[float]) -> np.ndarray:
     --model_file3 bend.t7: θ(t) = θ_A + c_B(t) (θ_B − θ_A) + c_b(t) (θ_b − θ_A), so
     (x, y) = (c_B(t), c_b(t)), one row per t."""
     return np.array([curve.coefficients(t)[2:0:-1] for t in ts], dtype=np.float64).reshape(-1, 2)
-
-
-def save_torch(obj: object, path: str) -> None:
-    """``torch.save`` to ``path`` atomically: serialized in memory, then written beside
-    ``path`` and renamed over it, so a failed write (disk full) is one UserError and
-    leaves the previous file whole and no temporary file behind."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    with written_atomically(path) as tmp, open(tmp, "wb") as f:
-        f.write(buf.getbuffer())
 
 
 def is_own_file(path: str) -> bool:

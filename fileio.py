@@ -55,6 +55,20 @@ def written_atomically(path: str) -> Iterator[str]:
                 os.remove(tmp)
 
 
+def save_torch(obj: object, path: str) -> None:
+    """``torch.save`` to ``path`` atomically: serialized in memory, then written beside
+    ``path`` and renamed over it, so a failed write (disk full: torch raises RuntimeError,
+    not OSError, when it writes a file itself) is one UserError and leaves the previous
+    file whole and no temporary file behind."""
+    import io
+
+    import torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with written_atomically(path) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
+
+
 @contextlib.contextmanager
 def h5_written_atomically(path: str) -> Iterator[Any]:
     """Yield a new HDF5 file (an ``h5py.File`` in memory); on success its image replaces

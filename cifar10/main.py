@@ -49,7 +49,7 @@ import flags  # noqa: E402
 import grid  # noqa: E402
 import model_loader  # noqa: E402
 from errors import UserError, first_line, run_main  # noqa: E402
-from fileio import settings_diff, written_atomically  # noqa: E402
+from fileio import save_torch, settings_diff, written_atomically  # noqa: E402
 
 DEFAULT_SAVE = os.path.join(REPO, "cifar10", "trained_nets")
 LR_DECAY_EPOCHS = (150, 225, 275)  # the original's decay epochs for a 300-epoch run
@@ -231,10 +231,8 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Na
 def save_checkpoint(folder: str, epoch: int, acc: float, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """model_<epoch>.t7 and opt_state_<epoch>.t7 in the original's format, each written to a
     temporary file and renamed: an interrupted save never leaves half a checkpoint."""
-    with written_atomically(os.path.join(folder, f"opt_state_{epoch}.t7")) as tmp:
-        torch.save({"optimizer": optimizer.state_dict()}, tmp)
-    with written_atomically(os.path.join(folder, f"model_{epoch}.t7")) as tmp:
-        torch.save({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()}, tmp)
+    save_torch({"optimizer": optimizer.state_dict()}, os.path.join(folder, f"opt_state_{epoch}.t7"))
+    save_torch({"acc": acc, "epoch": epoch, "state_dict": net.state_dict()}, os.path.join(folder, f"model_{epoch}.t7"))
 
 
 def run_settings(args: argparse.Namespace, data: dataloader.Data) -> dict[str, Any]:
@@ -452,8 +450,7 @@ def train(args: argparse.Namespace, state: dict[str, Any]) -> None:
           f"into {folder}", flush=True)
     if args.label_corrupt_prob > 0 and not os.path.exists(os.path.join(folder, "trainloader.t7")):
         # the training set as trained on, for plot_surface.py --trainloader
-        with written_atomically(os.path.join(folder, "trainloader.t7")) as tmp:
-            torch.save({"x": data.train_x, "y": data.train_y}, tmp)
+        save_torch({"x": data.train_x, "y": data.train_y}, os.path.join(folder, "trainloader.t7"))
     _run_epochs(args, state, folder, data, net, model, optimizer, start_epoch, device)
     if resume_model and start_epoch > args.epochs:
         print(f"nothing to do: the checkpoint is at epoch {start_epoch - 1}, --epochs is "

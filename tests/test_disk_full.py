@@ -81,3 +81,34 @@ def test_a_full_disk_keeps_the_last_good_file(writer, ckpt, small_disk):
     assert p.returncode == 2
     _check_outcome(p, disk)
     assert {n: open(os.path.join(disk, n), "rb").read() for n in before} == before
+
+
+# ------------------------------------------------ checkpoints (torch.save): training, align.py
+def test_a_checkpoint_save_on_a_full_disk_is_one_user_error_and_keeps_the_old_file(small_disk):
+    """fileio.save_torch (cifar10/main.py's checkpoints, align.py's output, mode_connectivity's
+    files): torch.save writing a file itself raises RuntimeError on a full disk; ours is a
+    UserError, the previous file is whole and no temporary is left."""
+    from errors import UserError
+    from fileio import save_torch
+    d = small_disk("64k")
+    path = os.path.join(d, "model_1.t7")
+    save_torch({"state_dict": {"w": torch.zeros(4)}}, path)
+    before = open(path, "rb").read()
+    fill_disk(d)
+    with pytest.raises(UserError, match="cannot write"):
+        save_torch({"state_dict": {"w": torch.ones(100_000)}}, path)
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(d)) == ["filler", "model_1.t7"]
+    os.remove(os.path.join(d, "filler"))
+    save_torch({"state_dict": {"w": torch.ones(4)}}, path)  # the corrected run writes
+    assert torch.equal(torch.load(path)["state_dict"]["w"], torch.ones(4))
+
+
+@pytest.mark.slow
+def test_training_on_a_full_disk_stops_with_one_line(tmp_path, small_disk):
+    d = small_disk("24k")
+    p = run_script(["cifar10/main.py", "--model", "digits_mlp", "--epochs", "1", "--max_samples", "50",
+                    "--threads", "1", "--save", d])
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "no space" in assert_one_line_error(p).lower() or "cannot write" in p.stderr
+    assert not [f for root, _, fs in os.walk(d) for f in fs if f.endswith(".tmp")]

@@ -101,3 +101,50 @@ def test_no_function_is_too_complex():
     p = subprocess.run(["ruff", "check", "--no-cache", "--select", "C901", "--output-format", "concise", "."],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ----------------------------------------------------- one store, one runner, one atomic save
+STORE_METHODS = {"record", "save"}  # what scheduler.run_grid needs of a result store
+
+
+def _classes_with(tree: ast.Module, methods: set) -> list[str]:
+    return [c.name for c in tree.body if isinstance(c, ast.ClassDef) and not c.name.startswith("_")
+            and methods <= {f.name for f in c.body if isinstance(f, ast.FunctionDef)}]
+
+
+def test_one_result_store():
+    """Result stores (classes with record + save) are defined in store.py, and surface.py
+    holds only the grid view on top of it."""
+    found = {name: _classes_with(_tree(name), STORE_METHODS) for name in module_files()}
+    found = {k: v for k, v in found.items() if v}
+    assert set(found) <= {"store", "surface"}, found
+    for cls in found.get("surface", []):
+        bases = next(c for c in _tree("surface").body if isinstance(c, ast.ClassDef) and c.name == cls).bases
+        assert any("Store" in ast.unparse(b) for b in bases), f"surface.{cls} is not a view of store.py's store"
+
+
+def _uses(tree: ast.Module, names: set) -> set:
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    used |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    return used & names
+
+
+def test_one_runner():
+    """Only runner.py drives scheduler.run_grid and turns its Interrupted into an exit."""
+    users = {name for name in module_files() if name not in ("scheduler", "runner")
+             and _uses(_tree(name), {"run_grid", "Interrupted"})}
+    assert not users, f"run the cycle through runner.run instead: {sorted(users)}"
+
+
+def test_checkpoints_are_saved_through_one_atomic_writer():
+    """torch.save into a file is fileio.save_torch's alone (serialized in memory first, so a
+    full disk is one line and the old file stays); elsewhere only into memory buffers."""
+    offenders = []
+    for name in module_files():
+        if name == "fileio":
+            continue
+        for n in ast.walk(_tree(name)):
+            if isinstance(n, ast.Call) and ast.unparse(n.func) == "torch.save":
+                offenders.append(f"{name}:{n.lineno}")
+    assert not offenders, f"use fileio.save_torch: {offenders}"
