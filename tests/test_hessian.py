@@ -31,25 +31,25 @@ def tiny_problem():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [1, 7, N_SAMPLES])
 @pytest.mark.parametrize("loss_name", ["crossentropy", "mse"])
-def test_tiny_network_matches_exact_hessian_for_every_batch_size(loss_name):
+def test_tiny_network_matches_exact_hessian_for_every_batch_size(loss_name, batch_size):
     net, x, y = tiny_problem()
     loss_sum = get_loss_fn(loss_name)
     H = exact_hessian(net, x, y, loss_sum)
     ev = np.linalg.eigvalsh(H)
     assert ev[0] < 0 < ev[-1]  # an indefinite Hessian: both ends are tested
-    for batch_size in (1, 7, N_SAMPLES):
-        op = Hessian(net, x, y, loss_sum, batch_size)
-        assert op.shape == (160, 160)
-        lmax, lmin = min_max_eigs(op)
-        assert lmax == pytest.approx(ev[-1], rel=1e-3)
-        assert lmin == pytest.approx(ev[0], rel=1e-3)
-        np.testing.assert_allclose(top_k(op, 5), ev[::-1][:5], rtol=1e-3)
-        if batch_size == 7:  # the operator is the Hessian itself, not a multiple of it
-            np.testing.assert_allclose(op.matmat(np.eye(160)), H, atol=1e-6 * abs(H).max())
-            est, se, samples = hutchinson_trace(op, 200, seed=1)
-            assert len(samples) == 200 and 0 < se < abs(est)
-            assert abs(est - np.trace(H)) < 4 * se
+    op = Hessian(net, x, y, loss_sum, batch_size)
+    assert op.shape == (160, 160)
+    lmax, lmin = min_max_eigs(op)
+    assert lmax == pytest.approx(ev[-1], rel=1e-3)
+    assert lmin == pytest.approx(ev[0], rel=1e-3)
+    np.testing.assert_allclose(top_k(op, 5), ev[::-1][:5], rtol=1e-3)
+    if batch_size == 7:  # the operator is the Hessian itself, not a multiple of it
+        np.testing.assert_allclose(op.matmat(np.eye(160)), H, atol=1e-6 * abs(H).max())
+        est, se, samples = hutchinson_trace(op, 200, seed=1)
+        assert len(samples) == 200 and 0 < se < abs(est)
+        assert abs(est - np.trace(H)) < 4 * se
 
 
 class Quadratic(nn.Module):
@@ -73,7 +73,8 @@ def quadratic_loss(out, lam):
     (-5.0, 0.5),    # negative-dominant
     (-3.0, -1.0),   # negative definite
 ])
-def test_quadratic_with_known_spectrum(spectrum):
+@pytest.mark.parametrize("batch_size", [7, 60])  # 60: the whole set, one batch
+def test_quadratic_with_known_spectrum(spectrum, batch_size):
     n = 60
     rng = np.random.default_rng(0)
     lam = np.sort(np.concatenate([spectrum, rng.uniform(*spectrum, n - 2)]))
@@ -81,13 +82,12 @@ def test_quadratic_with_known_spectrum(spectrum):
     x = torch.from_numpy(np.sqrt(n) * q)
     net = Quadratic(n)
     rho = np.abs(lam).max()
-    for batch_size in (7, n):
-        op = Hessian(net, x, torch.from_numpy(lam), quadratic_loss, batch_size)
-        lmax, lmin = min_max_eigs(op)  # the default tolerance: within 1e-3 of ρ
-        assert abs(lmax - lam[-1]) < 1e-3 * rho and abs(lmin - lam[0]) < 1e-3 * rho
-        lmax, lmin = min_max_eigs(op, tol=1e-10)
-        assert abs(lmax - lam[-1]) < 1e-8 * rho and abs(lmin - lam[0]) < 1e-8 * rho
-        np.testing.assert_allclose(top_k(op, 3, tol=1e-10), lam[::-1][:3], atol=1e-8 * rho)
+    op = Hessian(net, x, torch.from_numpy(lam), quadratic_loss, batch_size)
+    lmax, lmin = min_max_eigs(op)  # the default tolerance: within 1e-3 of ρ
+    assert abs(lmax - lam[-1]) < 1e-3 * rho and abs(lmin - lam[0]) < 1e-3 * rho
+    lmax, lmin = min_max_eigs(op, tol=1e-10)
+    assert abs(lmax - lam[-1]) < 1e-8 * rho and abs(lmin - lam[0]) < 1e-8 * rho
+    np.testing.assert_allclose(top_k(op, 3, tol=1e-10), lam[::-1][:3], atol=1e-8 * rho)
 
 
 def test_graph_cache_follows_a_moving_model():
