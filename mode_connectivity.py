@@ -94,7 +94,6 @@ if __name__ == "__main__":  # the flags and --help before torch is imported
 import json  # noqa: E402
 import math
 import os
-import signal
 import sys
 import time
 
@@ -107,7 +106,7 @@ import mpi4pytorch
 from curves import (CURVES, FORMAT, Curve, aliases, barrier_heights, check_trainable, curve_projection,
                     has_batchnorm, is_own_file, line_state, make_optimizer, read_results, save_torch, train_epoch,
                     update_bn)
-from errors import SharedUserError, UserError, run_main
+from errors import UserError, run_main
 from evaluation import Evaluator, get_loss_fn
 import grid
 import runner
@@ -146,7 +145,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ============================================================================== story
 OUTPUTS = (TRAIN_STATE, BEND, MIDPOINT, CURVE, RESULTS, PROJ)
-STOP_TAG, OUTCOME_TAG = 31, 32  # messages of the training phase (on_rank0)
 
 
 def load_endpoints(args, comm):
@@ -266,89 +264,6 @@ def write_curve_projection(path: str, curve: Curve, ts) -> None:
         f["proj_xcoord"], f["proj_ycoord"], f["t"] = xy[:, 0], xy[:, 1], np.asarray(ts, dtype=np.float64)
         f.attrs["method"] = f"{curve.kind} curve in the plane (θ_B − θ_A, θ_bend − θ_A)"
         f.attrs["format"] = FORMAT
-
-
-class _Signals:
-    """SIGTERM/SIGINT caught on this rank (the first one), for the duration of a phase."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self.old = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def _on(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-
-def on_rank0(comm, fn, interrupted: str, sig: _Signals):
-    """Run ``fn(stop)`` on rank 0 while the other ranks wait without spinning.
-
-    SIGTERM/SIGINT to any rank (caught by ``sig``, before or during the phase) makes
-    ``stop()`` true on rank 0 (another rank's signal comes as a message), so ``fn`` ends
-    at its next check; then every rank exits with 128 + the signal. A UserError on rank 0
-    is raised on every rank. Never hangs: the other ranks wait only for rank 0's one
-    message, which rank 0 sends whatever happened.
-    """
-    if mpi4pytorch.rank(comm) == 0:
-        signum, err, result = _run_on_rank0(comm, fn, sig)
-    else:
-        signum, err, result = _wait_for_rank0(comm, sig)
-    if err is not None:
-        raise (SharedUserError(err) if comm is not None else UserError(err))
-    if signum is not None:
-        _exit_interrupted(comm, signum, sig, interrupted)
-    return result
-
-
-def _exit_interrupted(comm, signum, sig, interrupted):
-    if mpi4pytorch.rank(comm) == 0:
-        print(f"interrupted by {signal.Signals(signum).name}: {interrupted}; rerun the same command to "
-              "resume", file=sys.stderr, flush=True)
-    sys.exit(128 + (sig.signum or signum))
-
-
-def stop_if_signalled(comm, sig, interrupted: str) -> None:
-    """Collective, at a phase boundary: a signal caught on any rank ends every rank."""
-    signums = [sig.signum] if comm is None else comm.allgather(sig.signum)
-    signum = next((s for s in signums if s is not None), None)
-    if signum is not None:
-        _exit_interrupted(comm, signum, sig, interrupted)
-
-
-def _run_on_rank0(comm, fn, sig):
-    def stop():
-        if sig.signum is None and comm is not None and comm.iprobe(tag=STOP_TAG):
-            sig.signum = comm.recv(tag=STOP_TAG)
-        return sig.signum is not None
-
-    result, err = None, None
-    try:
-        result = fn(stop)
-    except UserError as e:
-        err = str(e)
-    finally:  # whatever happened, the other ranks get their one message
-        stop()
-        for r in range(1, mpi4pytorch.size(comm)):
-            comm.send((sig.signum, err), dest=r, tag=OUTCOME_TAG)
-    return sig.signum, err, result
-
-
-def _wait_for_rank0(comm, sig):
-    told = False
-    while not comm.iprobe(source=0, tag=OUTCOME_TAG):
-        if sig.signum is not None and not told:
-            comm.isend(sig.signum, dest=0, tag=STOP_TAG)
-            told = True
-        time.sleep(0.05)
-    signum, err = comm.recv(source=0, tag=OUTCOME_TAG)
-    return signum, err, None
 
 
 def point_compute(args, net, curve, evaluators, ts, bn_update):
@@ -476,7 +391,7 @@ def main(argv=None):
     comm = mpi4pytorch.setup(args.mpi)
     rank = mpi4pytorch.rank(comm)
     state_file = os.path.join(args.out_dir, TRAIN_STATE)
-    with _Signals() as sig:  # until the evaluation (runner.run's own): honoured at the next phase boundary
+    with runner.Signals() as sig:  # until the evaluation (runner.run's own): honoured at the next phase boundary
         device, data, net, curve, bn_update, settings = set_up(args, comm)
 
         def train_on_rank0(stop):
@@ -489,10 +404,10 @@ def main(argv=None):
                 lock.release()
 
         saved = f"the curve training is saved in {state_file} up to its last finished epoch"
-        on_rank0(comm, train_on_rank0, saved, sig)
+        runner.on_rank0(comm, train_on_rank0, saved, sig)
         if rank != 0:  # the bend trained on rank 0
             curve.set_bend({k: v.to(device) for k, v in _load_train_state(state_file)["bend"].items()})
-        stop_if_signalled(comm, sig, saved)
+        runner.stop_if_signalled(comm, sig, saved)
     bend_hash = dataloader.tensor_hash(*(curve.bend[k] for k in sorted(curve.bend)))
     eval_settings = {**settings, "kind": "mode_connectivity", "bend_hash": bend_hash,
                      "points": args.points, "bn_update": bool(bn_update), "precision": args.precision,

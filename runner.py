@@ -27,10 +27,16 @@ How a script uses it::
 loaders) for the store's check that no output is an input; ``fileio.check_reuse`` is the
 one policy for "may this existing file serve this run?" (the store uses it too).
 
+A phase that only rank 0 computes (mode_connectivity.py's training) runs under
+``Signals`` and ``on_rank0``: a signal to any rank ends the phase at rank 0's next
+check and every rank with 128 + the signal; ``stop_if_signalled`` is the same at a
+phase boundary.
+
 Importable without MPI or torch (mpi4py is imported by the communicator's owner).
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +45,7 @@ from typing import Any
 import numpy as np
 
 import mpi4pytorch
-from errors import UserError
+from errors import SharedUserError, UserError
 from scheduler import Interrupted, run_grid
 
 INPUT_FLAGS = ("model_file", "model_file2", "model_file3", "dir_file", "trainloader", "testloader", "proj_file")
@@ -124,3 +130,90 @@ def _timing(comm: Any, count: int, what: str, seconds: float, setup_seconds: flo
     print(f"timing: {count} {what} in {seconds:.2f} s, {seconds / count:.3f} s per "
           f"{what[:-1] if what.endswith('s') else what}, {mpi4pytorch.size(comm)} rank(s) x "
           f"{torch.get_num_threads()} thread(s); set-up {setup_seconds:.2f} s{extra}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------- a phase on rank 0 (training)
+STOP_TAG, OUTCOME_TAG = 31, 32  # messages of a rank-0 phase (on_rank0)
+
+
+class Signals:
+    """SIGTERM/SIGINT caught on this rank (the first one), for the duration of a phase."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _on(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def on_rank0(comm: Any, fn: Callable[[Callable[[], bool]], Any], interrupted: str, sig: Signals) -> Any:
+    """Run ``fn(stop)`` on rank 0 while the other ranks wait without spinning.
+
+    SIGTERM/SIGINT to any rank (caught by ``sig``, before or during the phase) makes
+    ``stop()`` true on rank 0 (another rank's signal comes as a message), so ``fn`` ends
+    at its next check; then every rank exits with 128 + the signal. A UserError on rank 0
+    is raised on every rank. Never hangs: the other ranks wait only for rank 0's one
+    message, which rank 0 sends whatever happened.
+    """
+    if mpi4pytorch.rank(comm) == 0:
+        signum, err, result = _run_on_rank0(comm, fn, sig)
+    else:
+        signum, err, result = _wait_for_rank0(comm, sig)
+    if err is not None:
+        raise (SharedUserError(err) if comm is not None else UserError(err))
+    if signum is not None:
+        _exit_interrupted(comm, signum, sig, interrupted)
+    return result
+
+
+def _exit_interrupted(comm, signum, sig, interrupted):
+    if mpi4pytorch.rank(comm) == 0:
+        print(f"interrupted by {signal.Signals(signum).name}: {interrupted}; rerun the same command to "
+              "resume", file=sys.stderr, flush=True)
+    sys.exit(128 + (sig.signum or signum))
+
+
+def stop_if_signalled(comm: Any, sig: Signals, interrupted: str) -> None:
+    """Collective, at a phase boundary: a signal caught on any rank ends every rank."""
+    signums = [sig.signum] if comm is None else comm.allgather(sig.signum)
+    signum = next((s for s in signums if s is not None), None)
+    if signum is not None:
+        _exit_interrupted(comm, signum, sig, interrupted)
+
+
+def _run_on_rank0(comm, fn, sig):
+    def stop():
+        if sig.signum is None and comm is not None and comm.iprobe(tag=STOP_TAG):
+            sig.signum = comm.recv(tag=STOP_TAG)
+        return sig.signum is not None
+
+    result, err = None, None
+    try:
+        result = fn(stop)
+    except UserError as e:
+        err = str(e)
+    finally:  # whatever happened, the other ranks get their one message
+        stop()
+        for r in range(1, mpi4pytorch.size(comm)):
+            comm.send((sig.signum, err), dest=r, tag=OUTCOME_TAG)
+    return sig.signum, err, result
+
+
+def _wait_for_rank0(comm, sig):
+    told = False
+    while not comm.iprobe(source=0, tag=OUTCOME_TAG):
+        if sig.signum is not None and not told:
+            comm.isend(sig.signum, dest=0, tag=STOP_TAG)
+            told = True
+        time.sleep(0.05)
+    signum, err = comm.recv(source=0, tag=OUTCOME_TAG)
+    return signum, err, None
